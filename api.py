@@ -1,0 +1,259 @@
+"""The HTTP intake: ``uvicorn api:app`` (or ``interq api``). OpenAPI at /docs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobs import metrics, steps, webhooks
+from jobs.intake import BodyLimit, ErrorResponse, api_error, job_view
+from jobs.models import TERMINAL, JobCreate, JobStatus, JobView
+from jobs.results import ResultNotFound
+from jobs.services import Services
+from jobs.settings import Settings, get_settings
+from jobs.store import Fields
+
+log = logging.getLogger("interq.api")
+DEFAULT_TENANT = "default"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 503)
+}
+
+
+def create_app(
+    settings: Settings | None = None, upstream_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    cfg = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.svc = Services.open(cfg, upstream_transport=upstream_transport)
+        if not cfg.api_keys:
+            log.warning(
+                "no INTERQ_API_KEYS configured: serving one tenant, %r, without auth",
+                DEFAULT_TENANT,
+            )
+        try:
+            yield
+        finally:
+            await app.state.svc.close()
+
+    app = FastAPI(title="interq", version="0.1.0", lifespan=lifespan, responses=ERRORS)
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(routes(cfg))
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        msg = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
+        return api_error(422, "invalid_request", msg or "invalid request", details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            exc.status_code, "error"
+        )
+        return api_error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
+        log.error("redis unreachable: %s", type(exc).__name__)
+        return api_error(503, "unavailable", "the queue store is unreachable; retry shortly")
+
+
+def svc(request: Request) -> Services:
+    s: Services = request.app.state.svc
+    return s
+
+
+def tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    cfg: Settings = request.app.state.svc.settings
+    if not cfg.api_keys:
+        return DEFAULT_TENANT
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise StarletteHTTPException(401, "missing 'Authorization: Bearer <key>'")
+    t = cfg.tenant_for_key(authorization[7:].strip())
+    if t is None:
+        raise StarletteHTTPException(401, "unknown API key")
+    return t
+
+
+Svc = Annotated[Services, Depends(svc)]
+Tenant = Annotated[str, Depends(tenant)]
+
+
+def routes(cfg: Settings) -> APIRouter:
+    r = APIRouter()
+
+    async def own_job(s: Services, t: str, job_id: str) -> Fields:
+        job = await s.store.get_job(job_id) if len(job_id) <= 64 else None
+        if job is None or job.get("tenant") != t:
+            raise StarletteHTTPException(404, f"no job {job_id!r}")
+        return job
+
+    @r.post("/v1/jobs", status_code=202, response_model=JobView)
+    async def create_job(
+        body: JobCreate,
+        s: Svc,
+        t: Tenant,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> Any:
+        secret = None
+        if body.webhook is not None:
+            try:
+                webhooks.check_url(str(body.webhook.url), allow_private=cfg.webhook_allow_private)
+            except webhooks.UnsafeURL as e:
+                return api_error(422, "unsafe_webhook_url", str(e))
+            secret = body.webhook.secret or webhooks.generate_secret()
+        job_id = "job_" + uuid.uuid4().hex
+        now = time.time()
+        timeout = min(body.timeout_s or cfg.default_timeout_s, cfg.max_timeout_s)
+        inter = body.interaction
+        fields: Fields = {
+            "status": JobStatus.queued.value,
+            "created_at": f"{now:.3f}",
+            "updated_at": f"{now:.3f}",
+            "deadline": f"{now + timeout:.3f}",
+            "request": json.dumps(inter),
+            "model": str(inter.get("model") or inter.get("agent")),
+            "metadata": json.dumps(body.metadata),
+            "custom_id": body.custom_id or "",
+            "webhook_url": str(body.webhook.url) if body.webhook else "",
+            "webhook_secret": secret or "",
+        }
+        idem = None
+        if idempotency_key:
+            digest = hashlib.sha256(
+                json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
+            ).hexdigest()
+            idem = (hashlib.sha256(idempotency_key.encode()).hexdigest(), f"{job_id}|{digest}")
+        created, existing = await s.store.create_job(
+            job_id,
+            t,
+            fields,
+            [steps.submit_step(job_id)],
+            idem=idem,
+            idem_ttl_s=cfg.idempotency_ttl_s,
+        )
+        if not created:
+            assert idem is not None
+            first_id, first_digest = existing.split("|", 1)
+            if first_digest != idem[1].split("|", 1)[1]:
+                return api_error(
+                    422,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different body",
+                )
+            response.headers["Idempotent-Replayed"] = "true"
+            return job_view(await own_job(s, t, first_id))
+        metrics.JOBS_ACCEPTED.labels(model=metrics.model_label(fields["model"])).inc()
+        out = job_view({**fields, "id": job_id, "tenant": t})
+        if secret and not (body.webhook and body.webhook.secret):
+            response.headers["X-Webhook-Secret"] = secret
+        return out
+
+    @r.get("/v1/jobs/{job_id}", response_model=JobView)
+    async def get_job(job_id: str, s: Svc, t: Tenant) -> Any:
+        return job_view(await own_job(s, t, job_id))
+
+    @r.get("/v1/jobs")
+    async def list_jobs(
+        s: Svc,
+        t: Tenant,
+        status: JobStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[int | None, Query(ge=0)] = None,
+    ) -> Any:
+        page = await s.store.list_jobs(
+            t, status=status.value if status else None, limit=limit, cursor=cursor
+        )
+        return {
+            "data": [job_view(j).model_dump(mode="json") for j in page.items],
+            "next_cursor": page.next_cursor,
+        }
+
+    @r.get("/v1/jobs/{job_id}/result")
+    async def get_result(job_id: str, s: Svc, t: Tenant) -> Any:
+        job = await own_job(s, t, job_id)
+        key = job.get("result_key")
+        if not key:
+            return api_error(
+                404, "no_result", f"job {job_id} has no result yet (status {job['status']})"
+            )
+        try:
+            data = await s.results.get(key)
+        except ResultNotFound:
+            return api_error(404, "no_result", "the stored result is missing")
+        return Response(content=data, media_type="application/json")
+
+    @r.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobView)
+    async def cancel_job(job_id: str, s: Svc, t: Tenant) -> Any:
+        job = await own_job(s, t, job_id)
+        status = JobStatus(job["status"])
+        if status in TERMINAL:
+            return api_error(409, "illegal_transition", f"job is already {status.value}")
+        if status == JobStatus.queued:
+            if await steps.finish(
+                s,
+                job,
+                JobStatus.cancelled,
+                expect={JobStatus.queued},
+                note="cancelled before it was sent upstream",
+            ):
+                return job_view(await own_job(s, t, job_id))
+            job = await own_job(s, t, job_id)  # it moved on meanwhile: cancel as running
+        out = await s.store.transition(
+            job_id, expect={JobStatus.running}, set_fields={"cancel_requested": "1"}
+        )
+        if out.ok:
+            await s.store.poke(f"poll:{job_id}:{job.get('interaction_id', '')}")
+        elif out.previous == JobStatus.requires_action:
+            await steps.cancel_paused(s, job)
+        elif out.previous in TERMINAL:
+            return api_error(409, "illegal_transition", f"job is already {out.previous}")
+        return job_view(await own_job(s, t, job_id))
+
+    @r.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @r.get("/readyz")
+    async def readyz(s: Svc) -> Any:
+        try:
+            await s.redis.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return api_error(503, "unavailable", "redis unreachable")
+        return {"status": "ready"}
+
+    @r.get("/metrics")
+    async def prom() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return r
+
+
+app = create_app()

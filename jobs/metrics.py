@@ -1,0 +1,83 @@
+"""Every Prometheus metric interq exports, in one place.
+
+Names follow Prometheus conventions: prefix ``interq_``, base units, counters
+ending in ``_total``. Label values are bounded: ``model`` is one of the
+configured/known models or ``other``; ``status`` and ``op`` are closed sets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Durations from 100 ms to 6 h: flash models end in seconds, research agents in an hour.
+DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+KNOWN_MODELS = frozenset(
+    {
+        "gemini-3.5-flash",
+        "gemini-3.5-pro",
+        "gemini-3-flash",
+        "gemini-3-pro",
+        "gemini-2.5-flash",
+        "gemini-2.5-pro",
+        "deep-research-pro-preview-12-2025",
+        "deep-research-preview-04-2026",
+        "deep-research-max-preview-04-2026",
+        "antigravity-preview-05-2026",
+        "antigravity-preview-09-2026",
+        "sim-model",
+    }
+)
+
+
+def model_label(name: str | None) -> str:
+    return name if name in KNOWN_MODELS else "other"
+
+
+JOBS_ACCEPTED = Counter("interq_jobs_accepted_total", "Jobs accepted by the API", ["model"])
+JOBS_FINISHED = Counter(
+    "interq_jobs_finished_total", "Jobs that reached a terminal status", ["status", "model"]
+)
+JOB_DURATION = Histogram(
+    "interq_job_duration_seconds",
+    "From acceptance to terminal status",
+    ["status"],
+    buckets=DURATION_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "interq_job_queue_wait_seconds",
+    "From acceptance to the upstream create",
+    buckets=DURATION_BUCKETS,
+)
+UPSTREAM_REQUESTS = Counter(
+    "interq_upstream_requests_total", "Requests to the Interactions API", ["op", "code"]
+)
+UPSTREAM_LATENCY = Histogram(
+    "interq_upstream_request_duration_seconds",
+    "Latency of Interactions API requests",
+    ["op"],
+    buckets=LATENCY_BUCKETS,
+)
+POLLS = Counter("interq_polls_total", "GET polls of running interactions", ["model"])
+POSSIBLE_DUPLICATES = Counter(
+    "interq_possible_duplicate_submissions_total",
+    "Creates re-sent after an earlier create's response may have been lost",
+)
+UNKNOWN_UPSTREAM_STATUS = Counter(
+    "interq_unknown_upstream_status_total", "Upstream statuses this version does not know"
+)
+WEBHOOK_DELIVERIES = Counter(
+    "interq_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"]
+)
+WEBHOOK_LATENCY = Histogram(
+    "interq_webhook_delivery_duration_seconds",
+    "Latency of webhook delivery attempts",
+    buckets=LATENCY_BUCKETS,
+)
+WEBHOOK_DEAD_LETTERS = Counter(
+    "interq_webhook_dead_letters_total", "Webhook events that exhausted their retry schedule"
+)
+TOKENS = Counter("interq_tokens_total", "Tokens used, from upstream usage", ["model", "kind"])
+STEP_ERRORS = Counter("interq_step_errors_total", "Unexpected errors inside worker steps", ["step"])
+WORKER_UP = Gauge("interq_worker_up", "1 while this worker process runs")

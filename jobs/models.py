@@ -1,0 +1,188 @@
+"""Jobs, their statuses and the state machine, and the request/response shapes.
+
+    queued -> running -> (requires_action <-> running)
+           -> completed | failed | cancelled | incomplete | expired
+
+The upstream status is an open enum: values this code does not know are kept in
+``upstream_status`` and treated as still pending.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    requires_action = "requires_action"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+    incomplete = "incomplete"
+    expired = "expired"
+
+
+TERMINAL: frozenset[JobStatus] = frozenset(
+    {
+        JobStatus.completed,
+        JobStatus.failed,
+        JobStatus.cancelled,
+        JobStatus.incomplete,
+        JobStatus.expired,
+    }
+)
+ACTIVE: frozenset[JobStatus] = frozenset(set(JobStatus) - TERMINAL)
+
+# Upstream statuses, grouped by what interq does with them.
+UPSTREAM_PENDING = frozenset({"queued", "in_progress", "idle"})
+UPSTREAM_TERMINAL: dict[str, JobStatus] = {
+    "completed": JobStatus.completed,
+    "failed": JobStatus.failed,
+    "cancelled": JobStatus.cancelled,
+    "incomplete": JobStatus.incomplete,
+    "budget_exceeded": JobStatus.incomplete,
+}
+UPSTREAM_KNOWN = (
+    UPSTREAM_PENDING
+    | set(UPSTREAM_TERMINAL)
+    | {
+        "requires_action",
+        "requires_continuation",
+    }
+)
+
+UpstreamClass = Literal["pending", "action", "continuation", "terminal"]
+
+
+def classify_upstream(status: str) -> UpstreamClass:
+    """What to do with an upstream status; unknown values keep polling."""
+    if status in UPSTREAM_TERMINAL:
+        return "terminal"
+    if status == "requires_action":
+        return "action"
+    if status == "requires_continuation":
+        return "continuation"
+    return "pending"
+
+
+def event_type(status: JobStatus) -> str:
+    return f"job.{status.value}"
+
+
+# --------------------------------------------------------------------------- intake
+
+
+class WebhookSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: AnyHttpUrl
+    secret: str | None = Field(
+        default=None, description="Standard Webhooks secret, `whsec_` + base64; generated if absent"
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith("whsec_"):
+            raise ValueError("webhook secret must start with 'whsec_'")
+        try:
+            key = base64.b64decode(v.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            raise ValueError("webhook secret must be 'whsec_' followed by base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError("webhook secret must decode to 24..64 bytes")
+        return v
+
+
+MAX_METADATA_BYTES = 16_384
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+    interaction: dict[str, Any] = Field(
+        description="An Interactions API create body (`model` or `agent`, `input`, ...)"
+    )
+    webhook: WebhookSpec | None = None
+    metadata: Any = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    custom_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("interaction")
+    @classmethod
+    def _check_interaction(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_interaction_body(v)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, v: Any) -> Any:
+        if len(json.dumps(v)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
+        return v
+
+
+def check_interaction_body(v: dict[str, Any], *, need_input: bool = True) -> dict[str, Any]:
+    model, agent = v.get("model"), v.get("agent")
+    if (model is None) == (agent is None):
+        raise ValueError("interaction needs exactly one of 'model' or 'agent'")
+    name = model if model is not None else agent
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("'model' / 'agent' must be a non-empty string")
+    if model is not None and "agent_config" in v:
+        raise ValueError("'agent_config' goes with 'agent', not 'model'")
+    if agent is not None and "generation_config" in v:
+        raise ValueError("'generation_config' goes with 'model', not 'agent'")
+    if v.get("store") is False:
+        raise ValueError("interq runs interactions in the background, which needs store=true")
+    if v.get("background") is False:
+        raise ValueError("interq always sets background=true; do not send background=false")
+    if v.get("stream"):
+        raise ValueError("stream is not supported; interq polls the interaction")
+    if need_input and v.get("input") in (None, "", []):
+        raise ValueError("interaction needs an 'input'")
+    return v
+
+
+class JobView(BaseModel):
+    """What the API returns for a job (never the webhook secret)."""
+
+    id: str
+    status: JobStatus
+    upstream_status: str | None = None
+    custom_id: str | None = None
+    batch_id: str | None = None
+    metadata: Any = None
+    model: str | None = None
+    created_at: float
+    updated_at: float
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    deadline: float | None = None
+    interaction_id: str | None = None
+    interaction_ids: list[str] = Field(default_factory=list)
+    possible_duplicate: bool = False
+    poll_count: int = 0
+    error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    output_text: str | None = None
+    pending_calls: list[dict[str, Any]] | None = None
+    result_url: str | None = None
+    webhook_url: str | None = None
+    note: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

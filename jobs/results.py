@@ -1,0 +1,60 @@
+"""Result storage through obstore: local folders (default), S3, GCS, Azure.
+
+``INTERQ_RESULTS_URL`` picks the backend: ``file://./data/results`` (relative
+paths are taken from the working directory), ``s3://bucket/prefix``,
+``gs://bucket/prefix``. Credentials and endpoints come from the usual
+environment variables of each cloud (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``,
+``GOOGLE_APPLICATION_CREDENTIALS`` ...), read by obstore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import obstore
+from obstore.store import LocalStore, from_url
+
+
+class ResultNotFound(Exception):
+    pass
+
+
+class ResultStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = urlparse(url)
+        if parsed.scheme in ("", "file"):
+            raw = url.removeprefix("file://")
+            path = Path(raw).expanduser()
+            if not path.is_absolute():
+                path = Path.cwd() / path
+            path.mkdir(parents=True, exist_ok=True)
+            self.store: Any = LocalStore(str(path), mkdir=True)
+        else:
+            options: dict[str, Any] = {}
+            if parsed.scheme == "s3":
+                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+                    "AWS_ENDPOINT_URL"
+                )
+                if endpoint:
+                    options["endpoint"] = endpoint
+                    options["allow_http"] = endpoint.startswith("http://")
+                    options.setdefault("virtual_hosted_style_request", False)
+            self.store = from_url(url, **options)
+
+    async def put(self, key: str, data: bytes) -> None:
+        await obstore.put_async(self.store, key, data)
+
+    async def put_json(self, key: str, obj: Any) -> None:
+        await self.put(key, json.dumps(obj, separators=(",", ":")).encode())
+
+    async def get(self, key: str) -> bytes:
+        try:
+            res = await obstore.get_async(self.store, key)
+        except FileNotFoundError:
+            raise ResultNotFound(key) from None
+        return bytes(await res.bytes_async())

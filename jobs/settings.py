@@ -1,0 +1,135 @@
+"""All configuration, from the environment (prefix ``INTERQ_``) or a ``.env`` file.
+
+One class, built once per process with :func:`get_settings`. A bad value stops
+start-up with pydantic's message naming the variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_UPSTREAM_URL = "https://generativelanguage.googleapis.com"
+POLL_INITIAL_INTERVAL_S = 1.5
+POLL_MAX_INTERVAL_S = 30.0
+# Webhook retry schedule: delays between attempts, ~8 h in all, then dead letter.
+WEBHOOK_SCHEDULE_S = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
+
+
+def hash_api_key(key: str) -> str:
+    """The form in which API keys are stored in settings: sha256 hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="INTERQ_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # --- Redis -------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; unset means redis://localhost:6379/0"
+    )
+    queue_name: str = "interq:queue"
+    key_prefix: str = "interq"
+
+    # --- upstream (Gemini Interactions API) ---------------------------------
+    upstream_url: str = DEFAULT_UPSTREAM_URL
+    upstream_api_version: str = "v1beta"
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "INTERQ_GEMINI_API_KEY")
+    )
+    upstream_timeout_s: float = 30.0
+    create_timeout_s: float = 60.0
+    not_found_grace_s: float = 30.0
+
+    # --- polling -------------------------------------------------------------
+    poll_initial_s: float = POLL_INITIAL_INTERVAL_S
+    poll_max_s: float = POLL_MAX_INTERVAL_S
+    poll_multiplier: float = 1.5
+    poll_jitter: float = 0.2
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 60.0
+    max_submit_attempts: int = 50
+
+    # --- jobs ------------------------------------------------------------------
+    default_timeout_s: float = 24 * 3600.0
+    max_timeout_s: float = 7 * 24 * 3600.0
+    max_body_bytes: int = 1_048_576
+    idempotency_ttl_s: int = 24 * 3600
+
+    # --- worker --------------------------------------------------------------
+    worker_max_jobs: int = 200
+    step_timeout_s: float = 60.0
+    worker_poll_delay_s: float = 0.2
+    worker_metrics_port: int = 9101
+
+    # --- results -------------------------------------------------------------
+    results_url: str = "file://./data/results"
+
+    # --- webhooks --------------------------------------------------------------
+    webhook_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(WEBHOOK_SCHEDULE_S)
+    )
+    webhook_timeout_s: float = 10.0
+    webhook_jitter: float = 0.1
+    webhook_allow_private: bool = False
+
+    # --- API auth ----------------------------------------------------------------
+    # JSON object mapping tenant -> sha256 hex of its API key (`interq hash-key KEY`).
+    api_keys: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("webhook_schedule_s", mode="before")
+    @classmethod
+    def _parse_schedule(cls, v: object) -> object:
+        if isinstance(v, str):
+            parts = [p.strip() for p in v.split(",") if p.strip()]
+            return [float(p) for p in parts]
+        return v
+
+    @field_validator("webhook_schedule_s")
+    @classmethod
+    def _check_schedule(cls, v: list[float]) -> list[float]:
+        if any(d < 0 for d in v):
+            raise ValueError("webhook delays must be >= 0")
+        return v
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("INTERQ_UPSTREAM_URL must be an http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for tenant, digest in v.items():
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(
+                    f"INTERQ_API_KEYS[{tenant!r}] must be a sha256 hex digest "
+                    "(use `interq hash-key`), not a plain key"
+                )
+        return v
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or DEFAULT_REDIS_URL
+
+    def tenant_for_key(self, key: str) -> str | None:
+        digest = hash_api_key(key)
+        for tenant, expected in self.api_keys.items():
+            if hmac.compare_digest(digest, expected):
+                return tenant
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

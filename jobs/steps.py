@@ -1,0 +1,490 @@
+"""The worker steps: submit, poll, deliver. Each is short and idempotent.
+
+* ``submit(job_id)`` sends the create once, then records the interaction id
+  and enqueues the first poll in one atomic step. A re-run that finds the job
+  no longer ``queued`` does nothing. A re-run that finds ``create_inflight``
+  set knows an earlier create may have reached the upstream with its answer
+  lost: it re-sends and flags the job ``possible_duplicate``.
+* ``poll(job_id, interaction_id)`` GETs the interaction. Pending: it raises
+  ``arq.Retry(defer=...)``, so no worker slot is held while waiting. Terminal:
+  the result goes to storage first, then the job is marked terminal and its
+  webhook event created and enqueued, atomically (an outbox).
+* ``deliver(event_id)`` POSTs the signed event, retrying on the schedule, then
+  dead-letters it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from arq import Retry
+
+from . import interactions, metrics, webhooks
+from .models import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream, event_type
+from .services import Services
+from .store import Event, Fields, Step
+from .upstream import NotFound, Rejected, Retryable, UpstreamError
+
+log = logging.getLogger("interq.steps")
+
+STEP_GUARD_MAX_TRIES = 25  # unexpected errors in one step before it gives up
+CANCEL_404_MAX_TRIES = 3
+DAY_S = 86_400.0
+
+
+# --------------------------------------------------------------------------- steps to enqueue
+
+
+def submit_step(job_id: str, defer_s: float = 0.0) -> Step:
+    return Step("submit", (job_id,), f"submit:{job_id}", defer_s=defer_s, expires_s=30 * DAY_S)
+
+
+def poll_step(job_id: str, interaction_id: str, defer_s: float, deadline: float) -> Step:
+    expires = max(deadline - time.time(), 0.0) + DAY_S
+    return Step(
+        "poll", (job_id, interaction_id), f"poll:{job_id}:{interaction_id}", defer_s, expires
+    )
+
+
+def deliver_step(event_id: str, n: int = 0) -> Step:
+    suffix = f":r{n}" if n else ""
+    return Step("deliver", (event_id,), f"deliver:{event_id}{suffix}", expires_s=7 * DAY_S)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def poll_interval(svc: Services, polls_done: int) -> float:
+    s = svc.settings
+    base = min(s.poll_max_s, s.poll_initial_s * s.poll_multiplier ** max(polls_done, 0))
+    return float(max(0.05, base * (1 + random.uniform(-s.poll_jitter, s.poll_jitter))))
+
+
+def retry_delay(svc: Services, err: Retryable, tries: int) -> float:
+    """The server's hint when it gave one, else capped exponential backoff."""
+    s = svc.settings
+    if err.delay_s is not None:
+        return err.delay_s * (1 + random.uniform(0.0, 0.1))
+    base = min(s.retry_max_s, s.retry_initial_s * 2.0 ** max(tries - 1, 0))
+    return base * random.uniform(0.5, 1.0)
+
+
+# --------------------------------------------------------------------------- guard
+
+
+StepFn = Callable[..., Coroutine[Any, Any, None]]
+
+
+def guarded(name: str) -> Callable[[StepFn], StepFn]:
+    """An unexpected exception in a step is logged and retried with backoff,
+    never left to kill the job: after too many, the job fails visibly."""
+
+    def wrap(fn: StepFn) -> StepFn:
+        @functools.wraps(fn)
+        async def inner(ctx: dict[str, Any], *args: str) -> None:
+            try:
+                await fn(ctx, *args)
+            except Retry:
+                raise
+            except Exception as e:
+                metrics.STEP_ERRORS.labels(step=name).inc()
+                tries = int(ctx.get("job_try", 1))
+                log.exception("step %s%s failed unexpectedly (try %d)", name, args, tries)
+                if tries < STEP_GUARD_MAX_TRIES:
+                    raise Retry(defer=min(60.0, 2.0**tries)) from None
+                await give_up(ctx["svc"], name, args, f"{type(e).__name__}: {e}")
+
+        return inner
+
+    return wrap
+
+
+async def give_up(svc: Services, name: str, args: tuple[str, ...], reason: str) -> None:
+    if name == "deliver":
+        await svc.store.update_event(args[0], {"state": "dead", "last_error": reason}, dead=True)
+        metrics.WEBHOOK_DEAD_LETTERS.inc()
+        return
+    job = await svc.store.get_job(args[0])
+    if job is not None:
+        await finish(svc, job, JobStatus.failed, error={"code": "internal", "message": reason})
+
+
+# --------------------------------------------------------------------------- finishing
+
+
+def job_data(job: Fields, extra: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` of a webhook event: what a caller needs to act on it."""
+    data: dict[str, Any] = {
+        "id": job["id"],
+        "status": extra.get("status", job.get("status")),
+        "upstream_status": extra.get("upstream_status", job.get("upstream_status") or None),
+        "custom_id": job.get("custom_id") or None,
+        "batch_id": job.get("batch_id") or None,
+        "metadata": json.loads(job.get("metadata") or "null"),
+        "interaction_id": job.get("interaction_id") or None,
+        "result_url": f"/v1/jobs/{job['id']}/result",
+    }
+    for k in ("output_text", "usage", "error", "pending_calls", "note"):
+        if extra.get(k) is not None:
+            data[k] = extra[k]
+    return data
+
+
+def make_event(job: Fields, etype: str, extra: dict[str, Any]) -> Event:
+    event_id = "evt_" + uuid.uuid4().hex
+    body = {
+        "type": etype,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": job_data(job, extra),
+    }
+    state = "pending" if job.get("webhook_url") else "no_endpoint"
+    return Event(
+        event_id,
+        {
+            "id": event_id,
+            "job_id": job["id"],
+            "tenant": job.get("tenant", ""),
+            "type": etype,
+            "body": json.dumps(body, separators=(",", ":")),
+            "state": state,
+            "attempts": "0",
+            "created_at": f"{time.time():.3f}",
+        },
+    )
+
+
+async def finish(
+    svc: Services,
+    job: Fields,
+    status: JobStatus,
+    *,
+    expect: set[JobStatus] | None = None,
+    interaction: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    note: str | None = None,
+) -> bool:
+    """Mark the job terminal, create its event and enqueue its delivery, in
+    one atomic step. The result (if any) must already be in storage."""
+    extra: dict[str, Any] = {"status": status.value, "error": error, "note": note}
+    fields: Fields = {"finished_at": f"{time.time():.3f}"}
+    if interaction is not None:
+        extra["upstream_status"] = str(interaction.get("status"))
+        extra["output_text"] = interactions.output_text(interaction)
+        extra["usage"] = interaction.get("usage")
+        fields["upstream_status"] = extra["upstream_status"]
+        if extra["output_text"] is not None:
+            fields["output_text"] = extra["output_text"]
+        if extra["usage"] is not None:
+            fields["usage"] = json.dumps(extra["usage"])
+    if error is not None:
+        fields["error"] = json.dumps(error)
+    if note is not None:
+        fields["note"] = note
+    event = make_event(job, event_type(status), extra)
+    fields["event_id"] = event.id
+    steps = [deliver_step(event.id)] if event.fields["state"] == "pending" else []
+    cond = {"interaction_id": job.get("interaction_id", "")}
+    out = await svc.store.transition(
+        job["id"],
+        expect=expect or {JobStatus(job["status"])},
+        cond=cond,
+        status=status,
+        set_fields=fields,
+        event=event,
+        steps=steps,
+    )
+    if out.ok:
+        model = metrics.model_label(job.get("model"))
+        metrics.JOBS_FINISHED.labels(status=status.value, model=model).inc()
+        metrics.JOB_DURATION.labels(status=status.value).observe(
+            time.time() - float(job.get("created_at") or time.time())
+        )
+        for kind, n in interactions.token_counts(extra.get("usage")).items():
+            metrics.TOKENS.labels(model=model, kind=kind).inc(n)
+        log.info("job %s %s", job["id"], status.value)
+    return out.ok
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def create_body(job: Fields) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(job["request"])
+    body["background"] = True
+    body.pop("store", None)
+    labels = dict(body.get("labels") or {})
+    labels["interq_job"] = job["id"]
+    body["labels"] = labels
+    return body
+
+
+@guarded("submit")
+async def submit(ctx: dict[str, Any], job_id: str) -> None:
+    svc: Services = ctx["svc"]
+    job = await svc.store.get_job(job_id)
+    if job is None or job["status"] != JobStatus.queued:
+        return
+    if time.time() > float(job["deadline"]):
+        await finish(
+            svc,
+            job,
+            JobStatus.expired,
+            error={"code": "deadline", "message": "job timed out before it was sent"},
+        )
+        return
+    flags: Fields = {"create_inflight": "1"}
+    if job.get("create_inflight") == "1":
+        flags["possible_duplicate"] = "1"
+        metrics.POSSIBLE_DUPLICATES.inc()
+        log.warning("job %s: re-sending a create whose answer may have been lost", job_id)
+    marked = await svc.store.transition(
+        job_id, expect={JobStatus.queued}, set_fields=flags, incr={"submit_attempts": 1}
+    )
+    if not marked.ok:
+        return
+    attempts = int(job.get("submit_attempts") or 0) + 1
+    try:
+        inter = await svc.upstream.create(create_body(job))
+    except Retryable as e:
+        if not e.maybe_sent:
+            await svc.store.transition(
+                job_id, expect={JobStatus.queued}, set_fields={"create_inflight": "0"}
+            )
+        if attempts >= svc.settings.max_submit_attempts:
+            await finish(
+                svc,
+                job,
+                JobStatus.failed,
+                error={"code": "upstream_unavailable", "message": e.message},
+            )
+            return
+        raise Retry(defer=retry_delay(svc, e, attempts)) from None
+    except Rejected as e:
+        error = {"code": "upstream_rejected", "status": e.status_code, "message": e.message}
+        await finish(svc, job, JobStatus.failed, error=error)
+        return
+    await record_interaction(svc, job, inter)
+
+
+async def record_interaction(svc: Services, job: Fields, inter: dict[str, Any]) -> None:
+    """Persist a new interaction id and schedule its first poll, atomically."""
+    iid = str(inter["id"])
+    now = time.time()
+    chain = [*json.loads(job.get("interaction_ids") or "[]"), iid]
+    out = await svc.store.transition(
+        job["id"],
+        expect={JobStatus(job["status"])},
+        cond={"interaction_id": job.get("interaction_id", "")},
+        status=JobStatus.running,
+        set_fields={
+            "interaction_id": iid,
+            "interaction_ids": json.dumps(chain),
+            "upstream_status": str(inter.get("status", "")),
+            "create_inflight": "0",
+            "submitted_at": f"{now:.3f}",
+        },
+        steps=[poll_step(job["id"], iid, poll_interval(svc, 0), float(job["deadline"]))],
+    )
+    if out.ok:
+        if job["status"] == JobStatus.queued:
+            metrics.QUEUE_WAIT.observe(now - float(job["created_at"]))
+        return
+    # Cancelled while the create was in flight: keep the id, cancel it upstream too.
+    log.info("job %s was %s during create; cancelling %s upstream", job["id"], out.previous, iid)
+    await svc.store.set_fields(
+        job["id"], {"interaction_id": iid, "interaction_ids": json.dumps(chain)}
+    )
+    try:
+        await svc.upstream.cancel(iid)
+    except UpstreamError as e:
+        log.warning("job %s: upstream cancel of %s failed: %s", job["id"], iid, e.message)
+
+
+# --------------------------------------------------------------------------- poll
+
+
+@guarded("poll")
+async def poll(ctx: dict[str, Any], job_id: str, interaction_id: str) -> None:
+    svc: Services = ctx["svc"]
+    tries = int(ctx.get("job_try", 1))
+    job = await svc.store.get_job(job_id)
+    if (
+        job is None
+        or job["status"] != JobStatus.running
+        or job.get("interaction_id") != interaction_id
+    ):
+        return  # stale: the job moved on
+    if job.get("cancel_requested") == "1" and job.get("cancel_sent") != "1":
+        if await send_cancel(svc, job):
+            return
+    elif time.time() > float(job["deadline"]):
+        await expire(svc, job)
+        return
+    try:
+        inter = await svc.upstream.get(interaction_id)
+    except Retryable as e:
+        raise Retry(defer=retry_delay(svc, e, tries)) from None
+    except NotFound as e:
+        since = time.time() - float(job.get("submitted_at") or 0)
+        if since < svc.settings.not_found_grace_s:
+            raise Retry(defer=poll_interval(svc, 0)) from None
+        await finish(
+            svc,
+            job,
+            JobStatus.failed,
+            error={"code": "interaction_not_found", "message": e.message},
+        )
+        return
+    except Rejected as e:
+        await finish(
+            svc,
+            job,
+            JobStatus.failed,
+            error={"code": "upstream_rejected", "status": e.status_code, "message": e.message},
+        )
+        return
+    metrics.POLLS.labels(model=metrics.model_label(job.get("model"))).inc()
+    status = inter["status"]
+    kind = classify_upstream(status)
+    if kind == "terminal":
+        await store_result(svc, job, inter)
+        err = interactions.errors(inter) if status == "failed" else None
+        if status == "failed" and err is None:
+            err = {"code": "upstream_failed", "message": "the interaction failed upstream"}
+        note = (
+            "upstream cancel was requested"
+            if status == "cancelled" and job.get("cancel_requested") == "1"
+            else None
+        )
+        await finish(svc, job, UPSTREAM_TERMINAL[status], interaction=inter, error=err, note=note)
+        return
+    if kind == "pending" and status not in UPSTREAM_KNOWN and job.get("unknown_logged") != status:
+        metrics.UNKNOWN_UPSTREAM_STATUS.inc()
+        log.warning("job %s: unknown upstream status %r, still polling", job_id, status)
+        await svc.store.set_fields(job_id, {"unknown_logged": status})
+    if kind in ("action", "continuation"):
+        # Handled by later steps; until then a paused interaction is polled slowly.
+        log.info("job %s: upstream status %s", job_id, status)
+    polls = int(job.get("poll_count") or 0)
+    await svc.store.set_fields(job_id, {"upstream_status": status}, incr={"poll_count": 1})
+    raise Retry(defer=poll_interval(svc, polls + 1))
+
+
+async def store_result(svc: Services, job: Fields, inter: dict[str, Any]) -> str:
+    key = f"{job['id']}/{inter['id']}.json"
+    await svc.results.put_json(key, inter)
+    await svc.store.set_fields(job["id"], {"result_key": key})
+    job["result_key"] = key
+    return key
+
+
+async def send_cancel(svc: Services, job: Fields) -> bool:
+    """Send the upstream cancel for a job whose cancel was requested. Returns
+    True when the job was finished here (cancel unsupported upstream)."""
+    iid = job["interaction_id"]
+    try:
+        await svc.upstream.cancel(iid)
+    except NotFound:
+        attempts = int(job.get("cancel_attempts") or 0) + 1
+        await svc.store.set_fields(job["id"], {"cancel_attempts": str(attempts)})
+        if attempts < CANCEL_404_MAX_TRIES:
+            raise Retry(defer=2.0 * attempts) from None
+        await finish(
+            svc,
+            job,
+            JobStatus.cancelled,
+            note="upstream cancel answered 404; the interaction may still run upstream",
+        )
+        return True
+    except Retryable as e:
+        raise Retry(defer=retry_delay(svc, e, int(job.get("cancel_attempts") or 0) + 1)) from None
+    except Rejected as e:
+        log.info(
+            "job %s: upstream refused cancel (%s); polling for the outcome", job["id"], e.message
+        )
+    await svc.store.set_fields(job["id"], {"cancel_sent": "1"})
+    return False
+
+
+async def expire(svc: Services, job: Fields) -> None:
+    try:
+        await svc.upstream.cancel(job["interaction_id"])
+    except UpstreamError as e:
+        log.info("job %s: cancel at deadline failed: %s", job["id"], e.message)
+    await finish(
+        svc,
+        job,
+        JobStatus.expired,
+        error={"code": "deadline", "message": "job passed its timeout_s"},
+    )
+
+
+# --------------------------------------------------------------------------- deliver
+
+
+@guarded("deliver")
+async def deliver(ctx: dict[str, Any], event_id: str) -> None:
+    svc: Services = ctx["svc"]
+    ev = await svc.store.get_event(event_id)
+    if ev is None or ev.get("state") != "pending":
+        return
+    job = await svc.store.get_job(ev["job_id"])
+    if job is None or not job.get("webhook_url"):
+        await svc.store.update_event(event_id, {"state": "no_endpoint"})
+        return
+    attempt = int(ev.get("attempts") or 0) + 1
+    url = job["webhook_url"]
+    try:
+        webhooks.check_url(url, allow_private=svc.settings.webhook_allow_private)
+        res = await webhooks.post(
+            svc.http, url, job["webhook_secret"], event_id, ev["body"].encode()
+        )
+    except webhooks.UnsafeURL as e:
+        res = webhooks.AttemptResult("failed", None, str(e), 0.0)
+    metrics.WEBHOOK_DELIVERIES.labels(outcome=res.outcome).inc()
+    metrics.WEBHOOK_LATENCY.observe(res.duration_s)
+    await svc.store.log_attempt(
+        event_id,
+        {
+            "attempt": attempt,
+            "at": time.time(),
+            "outcome": res.outcome,
+            "status_code": res.status_code,
+            "error": res.error,
+        },
+    )
+    fields: Fields = {"attempts": str(attempt), "last_attempt_at": f"{time.time():.3f}"}
+    if res.error:
+        fields["last_error"] = res.error
+    if res.outcome in ("delivered", "gone"):
+        fields["state"] = res.outcome
+        await svc.store.update_event(event_id, fields)
+        return
+    delay = webhooks.next_delay(
+        svc.settings.webhook_schedule_s, attempt, svc.settings.webhook_jitter
+    )
+    if delay is None:
+        fields["state"] = "dead"
+        await svc.store.update_event(event_id, fields, dead=True)
+        metrics.WEBHOOK_DEAD_LETTERS.inc()
+        log.warning("event %s dead-lettered after %d attempts", event_id, attempt)
+        return
+    await svc.store.update_event(event_id, fields)
+    raise Retry(defer=delay)
+
+
+async def cancel_paused(svc: Services, job: Fields) -> None:
+    """Cancel a job waiting in ``requires_action``: nothing runs upstream, so it
+    ends at once (the upstream cancel is best effort)."""
+    try:
+        await svc.upstream.cancel(job["interaction_id"])
+    except UpstreamError as e:
+        log.info("job %s: upstream cancel of a paused interaction: %s", job["id"], e.message)
+    await finish(svc, job, JobStatus.cancelled, expect={JobStatus.requires_action})

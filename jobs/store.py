@@ -1,0 +1,327 @@
+"""Job records, indexes, webhook events and atomic transitions in Redis.
+
+Every state change is one Lua script: it checks the expected state
+(compare-and-set), writes the record, moves the job between the status
+indexes, creates a webhook event if asked (the outbox) and enqueues the arq
+step that carries the work on, all in one atomic step. A stale step therefore
+finds the state moved on and does nothing, and no transition can be written
+without the step that follows it.
+
+Keys (prefix ``interq`` by default):
+  {p}:job:{id}               hash: the job record (see ``Job``)
+  {p}:job:{id}:events        list of event ids, oldest first
+  {p}:seq                    counter giving each job a unique, ordered ``seq``
+  {p}:t:{tenant}:jobs        zset seq -> job id (listing with a cursor)
+  {p}:t:{tenant}:s:{status}  zset seq -> job id, one per status
+  {p}:idem:{tenant}:{key}    "job_id|body_hash" for Idempotency-Key
+  {p}:event:{id}             hash: webhook event (outbox)
+  {p}:deadletter             zset time -> event id
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+
+from .models import JobStatus
+
+Fields = dict[str, str]
+
+_TRANSITION = """
+local spec = cjson.decode(ARGV[1])
+local jk = KEYS[1]
+local cur = redis.call('HGET', jk, 'status')
+if not cur then return {0, ''} end
+if spec.expect then
+  local ok = false
+  for _, s in ipairs(spec.expect) do if s == cur then ok = true end end
+  if not ok then return {0, cur} end
+end
+if spec.cond then
+  for f, v in pairs(spec.cond) do
+    if (redis.call('HGET', jk, f) or '') ~= v then return {0, cur} end
+  end
+end
+if spec.set then
+  for f, v in pairs(spec.set) do redis.call('HSET', jk, f, v) end
+end
+if spec.incr then
+  for f, n in pairs(spec.incr) do redis.call('HINCRBY', jk, f, n) end
+end
+if spec.status and spec.status ~= cur then
+  local tenant = redis.call('HGET', jk, 'tenant')
+  local seq = redis.call('HGET', jk, 'seq')
+  local p = spec.prefix
+  redis.call('ZREM', p .. ':t:' .. tenant .. ':s:' .. cur, spec.id)
+  redis.call('ZADD', p .. ':t:' .. tenant .. ':s:' .. spec.status, seq, spec.id)
+  redis.call('HSET', jk, 'status', spec.status)
+  local batch = redis.call('HGET', jk, 'batch_id')
+  if batch and batch ~= '' then
+    redis.call('HINCRBY', p .. ':batch:' .. batch .. ':counts', cur, -1)
+    redis.call('HINCRBY', p .. ':batch:' .. batch .. ':counts', spec.status, 1)
+  end
+end
+if spec.event then
+  local ek = spec.prefix .. ':event:' .. spec.event.id
+  for f, v in pairs(spec.event.fields) do redis.call('HSET', ek, f, v) end
+  redis.call('RPUSH', jk .. ':events', spec.event.id)
+end
+for i, q in ipairs(spec.enqueue) do
+  local ak = spec.arq_prefix .. q.id
+  if redis.call('EXISTS', ak) == 0 then
+    redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
+    redis.call('ZADD', q.queue, q.score, q.id)
+  end
+end
+return {1, cur}
+"""
+
+_CREATE = """
+local spec = cjson.decode(ARGV[1])
+local jk = KEYS[1]
+local p = spec.prefix
+if spec.idem_key ~= '' then
+  local ex = redis.call('GET', spec.idem_key)
+  if ex then return {0, ex} end
+  redis.call('SET', spec.idem_key, spec.idem_value, 'EX', spec.idem_ttl)
+end
+local seq = redis.call('INCR', p .. ':seq')
+redis.call('HSET', jk, 'seq', seq)
+for f, v in pairs(spec.fields) do redis.call('HSET', jk, f, v) end
+redis.call('ZADD', p .. ':t:' .. spec.tenant .. ':jobs', seq, spec.id)
+redis.call('ZADD', p .. ':t:' .. spec.tenant .. ':s:' .. spec.fields.status, seq, spec.id)
+for i, q in ipairs(spec.enqueue) do
+  local ak = spec.arq_prefix .. q.id
+  if redis.call('EXISTS', ak) == 0 then
+    redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
+    redis.call('ZADD', q.queue, q.score, q.id)
+  end
+end
+return {1, tostring(seq)}
+"""
+
+
+@dataclass(frozen=True)
+class Step:
+    """An arq job to enqueue inside a transition (function name, args, id, delay)."""
+
+    function: str
+    args: tuple[str, ...]
+    job_id: str
+    defer_s: float = 0.0
+    expires_s: float = 86_400.0
+
+
+@dataclass
+class Event:
+    """A webhook event created in the same atomic step as the transition."""
+
+    id: str
+    fields: Fields
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    previous: str  # status before the script ran ('' if the job does not exist)
+
+
+@dataclass
+class Page:
+    items: list[Fields] = field(default_factory=list)
+    next_cursor: str | None = None
+
+
+def now() -> float:
+    return time.time()
+
+
+class Store:
+    def __init__(self, redis: Redis, *, prefix: str = "interq", queue: str = "interq:queue"):
+        self.redis = redis
+        self.prefix = prefix
+        self.queue = queue
+        self._transition = redis.register_script(_TRANSITION)
+        self._create = redis.register_script(_CREATE)
+
+    # -- keys -----------------------------------------------------------------
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def event_key(self, event_id: str) -> str:
+        return f"{self.prefix}:event:{event_id}"
+
+    def idem_key(self, tenant: str, key: str) -> str:
+        return f"{self.prefix}:idem:{tenant}:{key}"
+
+    @property
+    def deadletter_key(self) -> str:
+        return f"{self.prefix}:deadletter"
+
+    # -- arq payloads ---------------------------------------------------------
+    def _enqueue_spec(self, steps: list[Step]) -> tuple[list[dict[str, Any]], list[bytes]]:
+        now_ms = int(time.time() * 1000)
+        specs, payloads = [], []
+        for s in steps:
+            score = now_ms + int(s.defer_s * 1000)
+            specs.append(
+                {
+                    "id": s.job_id,
+                    "queue": self.queue,
+                    "score": str(score),
+                    "px": str(int((s.defer_s + s.expires_s) * 1000)),
+                }
+            )
+            payloads.append(serialize_job(s.function, s.args, {}, None, now_ms))
+        return specs, payloads
+
+    # -- jobs -----------------------------------------------------------------
+    async def create_job(
+        self,
+        job_id: str,
+        tenant: str,
+        fields: Fields,
+        steps: list[Step],
+        idem: tuple[str, str] | None = None,
+        idem_ttl_s: int = 86_400,
+    ) -> tuple[bool, str]:
+        """Create a job and enqueue its first step. With ``idem=(key, value)``,
+        returns ``(False, existing_value)`` if that key was already used."""
+        enqueue, payloads = self._enqueue_spec(steps)
+        spec = {
+            "prefix": self.prefix,
+            "arq_prefix": job_key_prefix,
+            "id": job_id,
+            "tenant": tenant,
+            "fields": {**fields, "id": job_id, "tenant": tenant},
+            "idem_key": self.idem_key(tenant, idem[0]) if idem else "",
+            "idem_value": idem[1] if idem else "",
+            "idem_ttl": str(idem_ttl_s),
+            "enqueue": enqueue,
+        }
+        res = await self._create(keys=[self.job_key(job_id)], args=[json.dumps(spec), *payloads])
+        return bool(res[0]), _s(res[1])
+
+    async def get_job(self, job_id: str) -> Fields | None:
+        raw = await self.redis.hgetall(self.job_key(job_id))  # type: ignore[misc]
+        if not raw:
+            return None
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def get_jobs(self, job_ids: list[str]) -> list[Fields | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for jid in job_ids:
+                pipe.hgetall(self.job_key(jid))
+            raws = await pipe.execute()
+        return [{_s(k): _s(v) for k, v in r.items()} if r else None for r in raws]
+
+    async def transition(
+        self,
+        job_id: str,
+        *,
+        expect: set[JobStatus] | None = None,
+        cond: Fields | None = None,
+        status: JobStatus | None = None,
+        set_fields: Fields | None = None,
+        incr: dict[str, int] | None = None,
+        event: Event | None = None,
+        steps: list[Step] | None = None,
+    ) -> Outcome:
+        """Compare-and-set: applies everything only if the job's status is in
+        ``expect`` and every ``cond`` field equals its value."""
+        enqueue, payloads = self._enqueue_spec(steps or [])
+        spec: dict[str, Any] = {
+            "prefix": self.prefix,
+            "arq_prefix": job_key_prefix,
+            "id": job_id,
+            "enqueue": enqueue,
+        }
+        if expect is not None:
+            spec["expect"] = sorted(s.value for s in expect)
+        if cond:
+            spec["cond"] = cond
+        fields = dict(set_fields or {})
+        fields["updated_at"] = f"{now():.3f}"
+        spec["set"] = fields
+        if incr:
+            spec["incr"] = incr
+        if status is not None:
+            spec["status"] = status.value
+        if event is not None:
+            spec["event"] = {"id": event.id, "fields": event.fields}
+        res = await self._transition(
+            keys=[self.job_key(job_id)], args=[json.dumps(spec), *payloads]
+        )
+        return Outcome(bool(res[0]), _s(res[1]))
+
+    async def set_fields(
+        self, job_id: str, fields: Fields, incr: dict[str, int] | None = None
+    ) -> None:
+        """Plain write of informational fields (no state change)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.job_key(job_id), mapping={**fields, "updated_at": f"{now():.3f}"})
+            for f, n in (incr or {}).items():
+                pipe.hincrby(self.job_key(job_id), f, n)
+            await pipe.execute()
+
+    async def poke(self, arq_job_id: str) -> bool:
+        """Bring a deferred arq job forward to now (e.g. poll at once after a cancel)."""
+        score = int(time.time() * 1000)
+        changed = await self.redis.zadd(self.queue, {arq_job_id: score}, xx=True, lt=True, ch=True)
+        return bool(changed)
+
+    async def list_jobs(
+        self, tenant: str, *, status: str | None, limit: int, cursor: int | None
+    ) -> Page:
+        key = f"{self.prefix}:t:{tenant}:s:{status}" if status else f"{self.prefix}:t:{tenant}:jobs"
+        top = f"({cursor}" if cursor is not None else "+inf"
+        raw = await self.redis.zrevrangebyscore(
+            key, top, "-inf", start=0, num=limit + 1, withscores=True
+        )
+        ids = [(_s(m), int(sc)) for m, sc in raw]
+        more = len(ids) > limit
+        ids = ids[:limit]
+        jobs = await self.get_jobs([i for i, _ in ids])
+        page = Page(items=[j for j in jobs if j is not None])
+        if more and ids:
+            page.next_cursor = str(ids[-1][1])
+        return page
+
+    # -- events ---------------------------------------------------------------
+    async def get_event(self, event_id: str) -> Fields | None:
+        raw = await self.redis.hgetall(self.event_key(event_id))  # type: ignore[misc]
+        if not raw:
+            return None
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def job_event_ids(self, job_id: str) -> list[str]:
+        raw = await self.redis.lrange(self.job_key(job_id) + ":events", 0, -1)  # type: ignore[misc]
+        return [_s(x) for x in raw]
+
+    async def update_event(self, event_id: str, fields: Fields, *, dead: bool = False) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.event_key(event_id), mapping=fields)
+            if dead:
+                pipe.zadd(self.deadletter_key, {event_id: now()})
+            await pipe.execute()
+
+    async def log_attempt(self, event_id: str, attempt: dict[str, Any]) -> None:
+        key = self.event_key(event_id) + ":attempts"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json.dumps(attempt))
+            pipe.ltrim(key, -100, -1)
+            await pipe.execute()
+
+    async def event_attempts(self, event_id: str) -> list[dict[str, Any]]:
+        raw = await self.redis.lrange(self.event_key(event_id) + ":attempts", 0, -1)  # type: ignore[misc]
+        return [json.loads(x) for x in raw]
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -1,0 +1,193 @@
+"""httpx client for the Gemini Interactions API, and its error classes.
+
+    UpstreamError                 anything that went wrong talking upstream
+     ├── Retryable                408, 429, 5xx, timeouts, connection errors
+     │     .delay_s               the server's hint (Retry-After, retry-after-ms,
+     │                            error.details[].retryDelay), or None
+     │     .maybe_sent            the request may have reached the server and
+     │                            only the response was lost (read timeout,
+     │                            dropped connection): a create may have run
+     └── Rejected                 any other 4xx: do not retry
+           └── NotFound           404
+
+No call here retries by itself: the worker steps decide, because a create must
+not be re-sent blindly (the API has no idempotency key).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from . import metrics
+from .settings import Settings
+
+API_REVISION = "2026-05-20"
+RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+
+
+class UpstreamError(Exception):
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+class Retryable(UpstreamError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        delay_s: float | None = None,
+        maybe_sent: bool = False,
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.delay_s = delay_s
+        self.maybe_sent = maybe_sent
+
+
+class Rejected(UpstreamError):
+    pass
+
+
+class NotFound(Rejected):
+    pass
+
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)s\s*$")
+
+
+def parse_error_body(body: Any) -> tuple[str, float | None]:
+    """Message and retry delay from a Google error body: an object or a list
+    of objects, ``code`` int or string, ``details[].retryDelay`` like "45.8s"."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return "", None
+    message = str(err.get("message") or err.get("status") or "")
+    delay = None
+    for d in err.get("details") or []:
+        if isinstance(d, dict) and isinstance(d.get("retryDelay"), str):
+            m = _DURATION.match(d["retryDelay"])
+            if m:
+                delay = float(m.group(1))
+    return message, delay
+
+
+def parse_retry_headers(headers: httpx.Headers) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if ra:
+        try:
+            return max(0.0, float(ra))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(ra) if ra else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - time.time())
+    return None
+
+
+def error_from_response(resp: httpx.Response) -> UpstreamError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    message, body_delay = parse_error_body(body)
+    message = message or f"HTTP {resp.status_code}"
+    code = resp.status_code
+    if code in RETRYABLE_STATUS:
+        delay = parse_retry_headers(resp.headers)
+        return Retryable(
+            message, status_code=code, delay_s=delay if delay is not None else body_delay
+        )
+    if code == 404:
+        return NotFound(message, status_code=code)
+    return Rejected(message, status_code=code)
+
+
+class UpstreamClient:
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
+        headers = {"Api-Revision": API_REVISION, "Accept": "application/json"}
+        if settings.gemini_api_key is not None:
+            headers["x-goog-api-key"] = settings.gemini_api_key.get_secret_value()
+        self.base = f"{settings.upstream_url}/{settings.upstream_api_version}/interactions"
+        self.create_timeout = httpx.Timeout(settings.create_timeout_s, connect=10.0)
+        self.client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=10.0),
+            transport=transport,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def _url(self, interaction_id: str, suffix: str = "") -> str:
+        return f"{self.base}/{quote(interaction_id, safe='')}{suffix}"
+
+    async def _call(
+        self, op: str, method: str, url: str, *, json: Any = None, http_timeout: Any = None
+    ) -> Any:
+        start = time.perf_counter()
+        code = "error"
+        try:
+            kwargs: dict[str, Any] = {"json": json}
+            if http_timeout is not None:
+                kwargs["timeout"] = http_timeout
+            resp = await self.client.request(method, url, **kwargs)
+            code = str(resp.status_code)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
+            code = "connect_error"
+            raise Retryable(f"cannot connect upstream: {type(e).__name__}") from None
+        except httpx.TimeoutException as e:
+            code = "timeout"
+            raise Retryable(f"upstream timed out: {type(e).__name__}", maybe_sent=True) from None
+        except httpx.TransportError as e:
+            code = "transport_error"
+            raise Retryable(
+                f"upstream connection failed: {type(e).__name__}", maybe_sent=True
+            ) from None
+        finally:
+            metrics.UPSTREAM_REQUESTS.labels(op=op, code=code).inc()
+            metrics.UPSTREAM_LATENCY.labels(op=op).observe(time.perf_counter() - start)
+        if resp.status_code >= 400:
+            raise error_from_response(resp)
+        try:
+            return resp.json()
+        except ValueError:
+            raise Retryable(
+                "upstream sent a body that is not JSON", status_code=resp.status_code
+            ) from None
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = await self._call(
+            "create", "POST", self.base, json=body, http_timeout=self.create_timeout
+        )
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise Retryable("create answered without an interaction id", maybe_sent=True)
+        return data
+
+    async def get(self, interaction_id: str) -> dict[str, Any]:
+        data = await self._call("get", "GET", self._url(interaction_id) + "?stream=false")
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+            raise Retryable("get answered without a status")
+        return data
+
+    async def cancel(self, interaction_id: str) -> dict[str, Any]:
+        data = await self._call("cancel", "POST", self._url(interaction_id, "/cancel"))
+        return data if isinstance(data, dict) else {}
+
+    async def delete(self, interaction_id: str) -> None:
+        await self._call("delete", "DELETE", self._url(interaction_id))

@@ -1,0 +1,188 @@
+"""Loopback servers and waiting helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import uvicorn
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from jobs.settings import Settings
+from jobs.simulator import SimConfig, create_app
+
+TERMINAL = {"completed", "failed", "cancelled", "incomplete", "expired"}
+
+
+class SimServer:
+    """The simulator served by uvicorn on loopback, in a thread."""
+
+    def __init__(self, port: int, config: SimConfig | None = None) -> None:
+        self.port = port
+        self.app = create_app(config or SimConfig(duration_s=0.3))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.sim
+
+    def start(self) -> None:
+        self.thread.start()
+        for _ in range(500):
+            if self.server.started:
+                return
+            threading.Event().wait(0.01)
+        raise RuntimeError("simulator did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@dataclass
+class Delivery:
+    msg_id: str
+    verified: bool
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on loopback that verifies every delivery with the
+    ``standardwebhooks`` library, unchanged."""
+
+    secret: str | None = None
+    fail_first: int = 0  # answer 503 to the first N requests
+    deliveries: list[Delivery] = field(default_factory=list)
+    requests: int = 0
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.secrets: dict[str, str] = {}  # job id -> secret, when not one shared secret
+        recv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with recv.lock:
+                    recv.requests += 1
+                    if recv.requests <= recv.fail_first:
+                        self.send_response(503)
+                        self.end_headers()
+                        return
+                body = json.loads(raw)
+                job_id = body.get("data", {}).get("id", "")
+                secret = recv.secrets.get(job_id) or recv.secret
+                verified = False
+                if secret:
+                    try:
+                        Webhook(secret).verify(raw, headers)
+                        verified = True
+                    except WebhookVerificationError:
+                        verified = False
+                with recv.lock:
+                    recv.deliveries.append(
+                        Delivery(headers.get("webhook-id", ""), verified, body, headers)
+                    )
+                self.send_response(204 if verified else 400)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def snapshot(self) -> list[Delivery]:
+        with self.lock:
+            return list(self.deliveries)
+
+
+async def wait_until(
+    check: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Await a condition (sync or async callable) becoming truthy."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(interval)
+
+
+async def wait_terminal(
+    api: httpx.AsyncClient, job_ids: list[str], timeout: float = 120.0
+) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+
+    async def check() -> bool:
+        for jid in job_ids:
+            if jid in done:
+                continue
+            r = await api.get(f"/v1/jobs/{jid}")
+            job = r.json()
+            if job["status"] in TERMINAL:
+                done[jid] = job
+        return len(done) == len(job_ids)
+
+    await wait_until(check, timeout=timeout, interval=0.2, what=f"{len(job_ids)} jobs terminal")
+    return done
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Any]:
+    """An arq worker running in this event loop until the block ends."""
+    from worker import make_worker
+
+    w = make_worker(settings, handle_signals=False, **overrides)
+    task = asyncio.create_task(w.async_run())
+    try:
+        yield w
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await w.close()
+
+
+def job_body(text: str = "Say hello", webhook: str | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"interaction": {"model": "sim-model", "input": text}, **extra}
+    if webhook:
+        body["webhook"] = {"url": webhook}
+    return body
