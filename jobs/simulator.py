@@ -37,9 +37,10 @@ import os
 import random
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import httpx
@@ -224,11 +225,7 @@ class Simulator:
         self._quota: deque[float] = deque()
 
     def creates_by_label(self, key: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for labels in self.created:
-            if key in labels:
-                counts[labels[key]] = counts.get(labels[key], 0) + 1
-        return counts
+        return dict(Counter(labels[key] for labels in self.created if key in labels))
 
     def stats(self) -> JSON:
         ops = [r["op"] for r in self.requests]
@@ -552,58 +549,35 @@ async def _serve(request: Request, op: str) -> Response:
     return reply(data)
 
 
-async def _create(request: Request) -> Response:
-    return await _serve(request, "create")
-
-
-async def _get_or_delete(request: Request) -> Response:
-    return await _serve(request, "delete" if request.method == "DELETE" else "get")
-
-
-async def _cancel(request: Request) -> Response:
-    return await _serve(request, "cancel")
-
-
-async def _sim_requests(request: Request) -> Response:
-    return _json(request.app.state.sim.requests)
-
-
-async def _sim_stats(request: Request) -> Response:
-    return _json(request.app.state.sim.stats())
-
-
-def _config_json(config: SimConfig) -> JSON:
-    data = asdict(config)
-    data["fault_ops"] = sorted(config.fault_ops)
-    return data
-
-
-async def _sim_config(request: Request) -> Response:
+async def _sim_admin(request: Request) -> Response:
     sim: Simulator = request.app.state.sim
+    what = request.path_params["what"]
+    if what == "requests" and request.method == "GET":
+        return _json(sim.requests)
+    if what == "stats" and request.method == "GET":
+        return _json(sim.stats())
+    if what == "reset" and request.method == "POST":
+        sim.reset()
+        return _json({})
+    if what != "config":
+        return _json(error_body(404, "Not found."), 404)
     if request.method == "POST":
         try:
             sim.update_config(await request.json())
         except ApiError as err:
             return _json(error_body(err.code, err.message), err.code)
-    return _json(_config_json(sim.config))
-
-
-async def _sim_reset(request: Request) -> Response:
-    request.app.state.sim.reset()
-    return _json({})
+    return _json(asdict(sim.config) | {"fault_ops": sorted(sim.config.fault_ops)})
 
 
 def create_app(config: SimConfig | None = None) -> Starlette:
     """Build the simulator app; its state is ``app.state.sim`` (a :class:`Simulator`)."""
     logging.getLogger("uvicorn.error").addFilter(_QUIET_DROPS)
     routes = [
-        Route("/{ver}/interactions", _create, methods=["POST"]),
-        Route("/{ver}/interactions/{iid}", _get_or_delete, methods=["GET", "DELETE"]),
-        Route("/{ver}/interactions/{iid}/cancel", _cancel, methods=["POST"]),
-        Route("/_sim/requests", _sim_requests, methods=["GET"]),
-        Route("/_sim/stats", _sim_stats, methods=["GET"]),
-        Route("/_sim/config", _sim_config, methods=["GET", "POST"]),
-        Route("/_sim/reset", _sim_reset, methods=["POST"]),
+        Route("/_sim/{what}", _sim_admin, methods=["GET", "POST"]),
+        Route("/{ver}/interactions", partial(_serve, op="create"), methods=["POST"]),
+        Route("/{ver}/interactions/{iid}", partial(_serve, op="get"), methods=["GET"]),
+        Route("/{ver}/interactions/{iid}", partial(_serve, op="delete"), methods=["DELETE"]),
+        Route("/{ver}/interactions/{iid}/cancel", partial(_serve, op="cancel"), methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.sim = Simulator(config or SimConfig())

@@ -52,6 +52,23 @@ def headers_for(
     }
 
 
+def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance_s: int = 300) -> bool:
+    """Check a Standard Webhooks delivery: any ``v1,`` signature matches and
+    the timestamp is within ``tolerance_s`` of now."""
+    h = {k.lower(): v for k, v in headers.items()}
+    msg_id, ts, sigs = h.get("webhook-id"), h.get("webhook-timestamp"), h.get("webhook-signature")
+    if not (msg_id and ts and sigs):
+        return False
+    try:
+        stamp = int(ts)
+    except ValueError:
+        return False
+    if abs(time.time() - stamp) > tolerance_s:
+        return False
+    expected = sign(secret, msg_id, stamp, body)
+    return any(hmac.compare_digest(expected, s) for s in sigs.split() if s.startswith("v1,"))
+
+
 def next_delay(schedule: list[float], attempt: int, jitter: float) -> float | None:
     """Delay before attempt number ``attempt + 1`` (attempt counts from 1), or
     None when the schedule is exhausted."""

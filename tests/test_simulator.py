@@ -173,7 +173,9 @@ async def test_never_stays_in_progress(client: httpx.AsyncClient) -> None:
 @pytest.mark.asyncio
 async def test_sdk_conformance_matrix(client: httpx.AsyncClient) -> None:
     async def one(outcome: str, output: str, background: bool) -> None:
-        text = f"Conformance {outcome}/{output} [sim duration=0.05 outcome={outcome} output={output}]"
+        text = (
+            f"Conformance {outcome}/{output} [sim duration=0.05 outcome={outcome} output={output}]"
+        )
         r = await create(client, text, background=background, tools=[{"type": "function"}])
         assert r.status_code == 200, r.text
         obj = conform(r.json())
@@ -228,7 +230,9 @@ async def test_cancel404_scenario(client: httpx.AsyncClient) -> None:
     iid = (await create(client, f"x [sim outcome=cancel404 duration={D}]")).json()["id"]
     r = await client.post(f"/v1/interactions/{iid}/cancel")
     assert r.status_code == 404
-    assert r.json() == {"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}
+    assert r.json() == {
+        "error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}
+    }
     await poll(client, iid, {"completed"})
 
 
@@ -507,3 +511,32 @@ async def test_drop_under_asgi_transport() -> None:
     async with client_for(create_app(SimConfig(fault_drop=1.0))) as c:
         with pytest.raises(httpx.RemoteProtocolError):
             await c.get("/v1/interactions/v1_x")
+
+
+@pytest.mark.asyncio
+async def test_official_sdk_client_round_trip() -> None:
+    """The google-genai client itself talks to the simulator (paths, auth, parsing)."""
+    from google import genai
+    from google.genai._interactions_errors import NotFoundError
+
+    app = create_app(SimConfig(duration_s=D, api_key="sim-key"))
+    async with running(app) as url:
+        sdk = genai.Client(api_key="sim-key", http_options={"base_url": url})
+        aio = sdk.aio.interactions
+        created = await aio.create(
+            model=MODEL, input="hello sdk [sim output=audio]", background=True, labels={"a": "b"}
+        )
+        assert created.status == "in_progress" and created.id
+        got = created
+        for _ in range(100):
+            got = await aio.get(created.id)
+            if got.status == "completed":
+                break
+            await asyncio.sleep(0.01)
+        assert got.status == "completed" and got.output_text == "Simulated answer to: hello sdk"
+        assert got.output_audio is not None and got.labels == {"a": "b"}
+        running_id = (await aio.create(model=MODEL, input="x [sim duration=30]", background=True)).id
+        assert (await aio.cancel(running_id)).status == "cancelled"
+        with pytest.raises(NotFoundError):
+            await aio.get("v1_missing")
+        assert [e["op"] for e in app.state.sim.requests].count("create") == 2
