@@ -241,9 +241,10 @@ class Simulator:
             "creates_by_job": self.creates_by_label("interq_job"),
         }
 
-    def update_config(self, data: JSON) -> None:
-        names = {f.name for f in fields(SimConfig)}
-        bad = set(data) - names
+    def update_config(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ApiError(400, "config update must be a JSON object")
+        bad = set(data) - {f.name for f in fields(SimConfig)}
         if bad:
             raise ApiError(400, f"unknown config fields: {sorted(bad)}")
         for k, v in data.items():

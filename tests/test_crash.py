@@ -81,14 +81,17 @@ async def test_sigkill_mid_flight_loses_nothing(
     with worker_process(settings) as first:
 
         async def half_running() -> bool:
-            running = (await api.get("/v1/jobs", params={"status": "running", "limit": 1000})).json()
+            running = (
+                await api.get("/v1/jobs", params={"status": "running", "limit": 1000})
+            ).json()
             return len(running["data"]) >= N_JOBS // 4
 
         await wait_until(half_running, timeout=60, what="jobs in flight")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     in_flight = [
-        j for j in (await api.get("/v1/jobs", params={"limit": 1000})).json()["data"]
+        j
+        for j in (await api.get("/v1/jobs", params={"limit": 1000})).json()["data"]
         if j["status"] not in ("completed", "failed")
     ]
     assert in_flight, "the kill should land while jobs are still in flight"

@@ -535,7 +535,9 @@ async def test_official_sdk_client_round_trip() -> None:
             await asyncio.sleep(0.01)
         assert got.status == "completed" and got.output_text == "Simulated answer to: hello sdk"
         assert got.output_audio is not None and got.labels == {"a": "b"}
-        running_id = (await aio.create(model=MODEL, input="x [sim duration=30]", background=True)).id
+        running_id = (
+            await aio.create(model=MODEL, input="x [sim duration=30]", background=True)
+        ).id
         assert (await aio.cancel(running_id)).status == "cancelled"
         with pytest.raises(NotFoundError):
             await aio.get("v1_missing")
