@@ -20,9 +20,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs import metrics, steps, webhooks
+from jobs import metrics, outcomes, steps, webhooks
 from jobs.intake import BodyLimit, ErrorResponse, api_error, job_view
-from jobs.models import TERMINAL, JobCreate, JobStatus, JobView
+from jobs.models import TERMINAL, ContinueBody, JobCreate, JobStatus, JobView
 from jobs.results import ResultNotFound
 from jobs.services import Services
 from jobs.settings import Settings, get_settings
@@ -155,7 +155,7 @@ def routes(cfg: Settings) -> APIRouter:
             job_id,
             t,
             fields,
-            [steps.submit_step(job_id)],
+            [outcomes.submit_step(job_id)],
             idem=idem,
             idem_ttl_s=cfg.idempotency_ttl_s,
         )
@@ -217,7 +217,7 @@ def routes(cfg: Settings) -> APIRouter:
         if status in TERMINAL:
             return api_error(409, "illegal_transition", f"job is already {status.value}")
         if status == JobStatus.queued:
-            if await steps.finish(
+            if await outcomes.finish(
                 s,
                 job,
                 JobStatus.cancelled,
@@ -236,6 +236,37 @@ def routes(cfg: Settings) -> APIRouter:
         elif out.previous in TERMINAL:
             return api_error(409, "illegal_transition", f"job is already {out.previous}")
         return job_view(await own_job(s, t, job_id))
+
+    @r.post("/v1/jobs/{job_id}/continue", status_code=202, response_model=JobView)
+    async def continue_job(job_id: str, body: ContinueBody, s: Svc, t: Tenant) -> Any:
+        job = await own_job(s, t, job_id)
+        if job["status"] != JobStatus.requires_action:
+            return api_error(
+                409, "illegal_transition", f"job is {job['status']}, not requires_action"
+            )
+        pending = {c.get("id") for c in json.loads(job.get("pending_calls") or "[]")}
+        unknown = [i["call_id"] for i in body.input if i["call_id"] not in pending]
+        if unknown:
+            return api_error(
+                422, "unknown_call_id", f"no pending function_call with id {', '.join(unknown)}"
+            )
+        stored = json.loads(await s.results.get(job["result_key"]))
+        follow = outcomes.follow_up_body(job, stored, input=body.input)
+        if not await outcomes.chain(s, job, JobStatus.requires_action, follow):
+            return api_error(409, "illegal_transition", "the job moved on; fetch it again")
+        return job_view(await own_job(s, t, job_id))
+
+    @r.get("/v1/jobs/{job_id}/files/{name}")
+    async def get_file(job_id: str, name: str, s: Svc, t: Tenant) -> Any:
+        job = await own_job(s, t, job_id)
+        files: dict[str, str] = json.loads(job.get("files") or "{}")
+        if name not in files:
+            return api_error(404, "not_found", f"job {job_id} has no file {name!r}")
+        try:
+            data = await s.results.get(f"{job_id}/files/{name}")
+        except ResultNotFound:
+            return api_error(404, "not_found", "the stored file is missing")
+        return Response(content=data, media_type=files[name])
 
     @r.get("/healthz")
     async def healthz() -> dict[str, str]:

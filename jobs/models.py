@@ -151,6 +151,28 @@ def check_interaction_body(v: dict[str, Any], *, need_input: bool = True) -> dic
     return v
 
 
+class ContinueBody(BaseModel):
+    """Body of ``POST /v1/jobs/{id}/continue``: answers to the pending calls."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: list[dict[str, Any]] = Field(
+        min_length=1,
+        description='`[{"type": "function_result", "call_id": ..., "name": ..., "result": ...}]`',
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _check_results(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, item in enumerate(v):
+            if item.get("type") != "function_result":
+                raise ValueError(f"input[{i}] must have type 'function_result'")
+            if not isinstance(item.get("call_id"), str) or not item["call_id"]:
+                raise ValueError(f"input[{i}] needs the 'call_id' of a pending function_call")
+            if "result" not in item:
+                raise ValueError(f"input[{i}] needs a 'result'")
+        return v
+
+
 class JobView(BaseModel):
     """What the API returns for a job (never the webhook secret)."""
 

@@ -20,42 +20,22 @@ import json
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from arq import Retry
 
 from . import interactions, metrics, webhooks
-from .models import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream, event_type
+from .models import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream
+from .outcomes import chain, finish, follow_up_body, pause, poll_step, store_result
 from .services import Services
-from .store import Event, Fields, Step
+from .store import Fields
 from .upstream import NotFound, Rejected, Retryable, UpstreamError
 
 log = logging.getLogger("interq.steps")
 
 STEP_GUARD_MAX_TRIES = 25  # unexpected errors in one step before it gives up
 CANCEL_404_MAX_TRIES = 3
-DAY_S = 86_400.0
-
-
-# --------------------------------------------------------------------------- steps to enqueue
-
-
-def submit_step(job_id: str, defer_s: float = 0.0) -> Step:
-    return Step("submit", (job_id,), f"submit:{job_id}", defer_s=defer_s, expires_s=30 * DAY_S)
-
-
-def poll_step(job_id: str, interaction_id: str, defer_s: float, deadline: float) -> Step:
-    expires = max(deadline - time.time(), 0.0) + DAY_S
-    return Step(
-        "poll", (job_id, interaction_id), f"poll:{job_id}:{interaction_id}", defer_s, expires
-    )
-
-
-def deliver_step(event_id: str, n: int = 0) -> Step:
-    suffix = f":r{n}" if n else ""
-    return Step("deliver", (event_id,), f"deliver:{event_id}{suffix}", expires_s=7 * DAY_S)
 
 
 # --------------------------------------------------------------------------- timing
@@ -116,107 +96,12 @@ async def give_up(svc: Services, name: str, args: tuple[str, ...], reason: str) 
         await finish(svc, job, JobStatus.failed, error={"code": "internal", "message": reason})
 
 
-# --------------------------------------------------------------------------- finishing
-
-
-def job_data(job: Fields, extra: dict[str, Any]) -> dict[str, Any]:
-    """The ``data`` of a webhook event: what a caller needs to act on it."""
-    data: dict[str, Any] = {
-        "id": job["id"],
-        "status": extra.get("status", job.get("status")),
-        "upstream_status": extra.get("upstream_status", job.get("upstream_status") or None),
-        "custom_id": job.get("custom_id") or None,
-        "batch_id": job.get("batch_id") or None,
-        "metadata": json.loads(job.get("metadata") or "null"),
-        "interaction_id": job.get("interaction_id") or None,
-        "result_url": f"/v1/jobs/{job['id']}/result",
-    }
-    for k in ("output_text", "usage", "error", "pending_calls", "note"):
-        if extra.get(k) is not None:
-            data[k] = extra[k]
-    return data
-
-
-def make_event(job: Fields, etype: str, extra: dict[str, Any]) -> Event:
-    event_id = "evt_" + uuid.uuid4().hex
-    body = {
-        "type": etype,
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": job_data(job, extra),
-    }
-    state = "pending" if job.get("webhook_url") else "no_endpoint"
-    return Event(
-        event_id,
-        {
-            "id": event_id,
-            "job_id": job["id"],
-            "tenant": job.get("tenant", ""),
-            "type": etype,
-            "body": json.dumps(body, separators=(",", ":")),
-            "state": state,
-            "attempts": "0",
-            "created_at": f"{time.time():.3f}",
-        },
-    )
-
-
-async def finish(
-    svc: Services,
-    job: Fields,
-    status: JobStatus,
-    *,
-    expect: set[JobStatus] | None = None,
-    interaction: dict[str, Any] | None = None,
-    error: dict[str, Any] | None = None,
-    note: str | None = None,
-) -> bool:
-    """Mark the job terminal, create its event and enqueue its delivery, in
-    one atomic step. The result (if any) must already be in storage."""
-    extra: dict[str, Any] = {"status": status.value, "error": error, "note": note}
-    fields: Fields = {"finished_at": f"{time.time():.3f}"}
-    if interaction is not None:
-        extra["upstream_status"] = str(interaction.get("status"))
-        extra["output_text"] = interactions.output_text(interaction)
-        extra["usage"] = interaction.get("usage")
-        fields["upstream_status"] = extra["upstream_status"]
-        if extra["output_text"] is not None:
-            fields["output_text"] = extra["output_text"]
-        if extra["usage"] is not None:
-            fields["usage"] = json.dumps(extra["usage"])
-    if error is not None:
-        fields["error"] = json.dumps(error)
-    if note is not None:
-        fields["note"] = note
-    event = make_event(job, event_type(status), extra)
-    fields["event_id"] = event.id
-    steps = [deliver_step(event.id)] if event.fields["state"] == "pending" else []
-    cond = {"interaction_id": job.get("interaction_id", "")}
-    out = await svc.store.transition(
-        job["id"],
-        expect=expect or {JobStatus(job["status"])},
-        cond=cond,
-        status=status,
-        set_fields=fields,
-        event=event,
-        steps=steps,
-    )
-    if out.ok:
-        model = metrics.model_label(job.get("model"))
-        metrics.JOBS_FINISHED.labels(status=status.value, model=model).inc()
-        metrics.JOB_DURATION.labels(status=status.value).observe(
-            time.time() - float(job.get("created_at") or time.time())
-        )
-        for kind, n in interactions.token_counts(extra.get("usage")).items():
-            metrics.TOKENS.labels(model=model, kind=kind).inc(n)
-        log.info("job %s %s", job["id"], status.value)
-    return out.ok
-
-
 # --------------------------------------------------------------------------- submit
 
 
-def create_body(job: Fields) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(job["request"])
+def create_body(job: Fields, body: dict[str, Any]) -> dict[str, Any]:
+    """The create as sent: background on, store left at its default (true),
+    and the job id as a label so an orphaned interaction can be matched."""
     body["background"] = True
     body.pop("store", None)
     labels = dict(body.get("labels") or {})
@@ -229,15 +114,19 @@ def create_body(job: Fields) -> dict[str, Any]:
 async def submit(ctx: dict[str, Any], job_id: str) -> None:
     svc: Services = ctx["svc"]
     job = await svc.store.get_job(job_id)
-    if job is None or job["status"] != JobStatus.queued:
+    if job is None:
         return
+    if job["status"] == JobStatus.queued:
+        body = create_body(job, json.loads(job["request"]))
+    elif job["status"] == JobStatus.running and job.get("pending_create"):
+        body = create_body(job, json.loads(job["pending_create"]))
+    else:
+        return  # already submitted, or ended
+    state = {JobStatus(job["status"])}
+    same = {"interaction_id": job.get("interaction_id", "")}
     if time.time() > float(job["deadline"]):
-        await finish(
-            svc,
-            job,
-            JobStatus.expired,
-            error={"code": "deadline", "message": "job timed out before it was sent"},
-        )
+        late = {"code": "deadline", "message": "job timed out before it was sent"}
+        await finish(svc, job, JobStatus.expired, error=late)
         return
     flags: Fields = {"create_inflight": "1"}
     if job.get("create_inflight") == "1":
@@ -245,17 +134,17 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
         metrics.POSSIBLE_DUPLICATES.inc()
         log.warning("job %s: re-sending a create whose answer may have been lost", job_id)
     marked = await svc.store.transition(
-        job_id, expect={JobStatus.queued}, set_fields=flags, incr={"submit_attempts": 1}
+        job_id, expect=state, cond=same, set_fields=flags, incr={"submit_attempts": 1}
     )
     if not marked.ok:
         return
     attempts = int(job.get("submit_attempts") or 0) + 1
     try:
-        inter = await svc.upstream.create(create_body(job))
+        inter = await svc.upstream.create(body)
     except Retryable as e:
         if not e.maybe_sent:
             await svc.store.transition(
-                job_id, expect={JobStatus.queued}, set_fields={"create_inflight": "0"}
+                job_id, expect=state, cond=same, set_fields={"create_inflight": "0"}
             )
         if attempts >= svc.settings.max_submit_attempts:
             await finish(
@@ -267,7 +156,11 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
             return
         raise Retry(defer=retry_delay(svc, e, attempts)) from None
     except Rejected as e:
-        error = {"code": "upstream_rejected", "status": e.status_code, "message": e.message}
+        error: dict[str, Any] = {
+            "code": "upstream_rejected",
+            "status": e.status_code,
+            "message": e.message,
+        }
         await finish(svc, job, JobStatus.failed, error=error)
         return
     await record_interaction(svc, job, inter)
@@ -288,6 +181,8 @@ async def record_interaction(svc: Services, job: Fields, inter: dict[str, Any]) 
             "interaction_ids": json.dumps(chain),
             "upstream_status": str(inter.get("status", "")),
             "create_inflight": "0",
+            "pending_create": "",
+            "submit_attempts": "0",
             "submitted_at": f"{now:.3f}",
         },
         steps=[poll_step(job["id"], iid, poll_interval(svc, 0), float(job["deadline"]))],
@@ -369,20 +264,30 @@ async def poll(ctx: dict[str, Any], job_id: str, interaction_id: str) -> None:
         metrics.UNKNOWN_UPSTREAM_STATUS.inc()
         log.warning("job %s: unknown upstream status %r, still polling", job_id, status)
         await svc.store.set_fields(job_id, {"unknown_logged": status})
-    if kind in ("action", "continuation"):
-        # Handled by later steps; until then a paused interaction is polled slowly.
-        log.info("job %s: upstream status %s", job_id, status)
+    if kind == "action":
+        await store_result(svc, job, inter)
+        await pause(svc, job, inter)
+        return
+    if kind == "continuation":
+        await continue_decoding(svc, job, inter)
+        return
     polls = int(job.get("poll_count") or 0)
     await svc.store.set_fields(job_id, {"upstream_status": status}, incr={"poll_count": 1})
     raise Retry(defer=poll_interval(svc, polls + 1))
 
 
-async def store_result(svc: Services, job: Fields, inter: dict[str, Any]) -> str:
-    key = f"{job['id']}/{inter['id']}.json"
-    await svc.results.put_json(key, inter)
-    await svc.store.set_fields(job["id"], {"result_key": key})
-    job["result_key"] = key
-    return key
+async def continue_decoding(svc: Services, job: Fields, inter: dict[str, Any]) -> None:
+    """``requires_continuation``: send the token back, unchanged, in a new
+    create chained to this interaction (no input: the upstream stored it)."""
+    await store_result(svc, job, inter)
+    token = inter.get("continuation_token")
+    if not isinstance(token, str) or not token:
+        note = "upstream asked for continuation without a continuation_token"
+        await finish(svc, job, JobStatus.incomplete, interaction=inter, note=note)
+        return
+    partial = interactions.output_text(inter) or ""
+    body = follow_up_body(job, inter, continuation_token=token)
+    await chain(svc, job, JobStatus.running, body, output_prefix=partial)
 
 
 async def send_cancel(svc: Services, job: Fields) -> bool:
