@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import obstore
 from obstore.store import LocalStore, from_url
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig
 
 
 class ResultNotFound(Exception):
@@ -36,15 +39,22 @@ class ResultStore:
             self.store: Any = LocalStore(str(path), mkdir=True)
         else:
             options: dict[str, Any] = {}
+            client_options: ClientConfig = {}
             if parsed.scheme == "s3":
                 endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
                     "AWS_ENDPOINT_URL"
                 )
                 if endpoint:
+                    # A local / S3-compatible server: path-style addressing
+                    # (unless the environment says otherwise) and, for an
+                    # http:// endpoint, plain HTTP. ``allow_http`` is a client
+                    # option in obstore: passed as an S3 config key it panics.
                     options["endpoint"] = endpoint
-                    options["allow_http"] = endpoint.startswith("http://")
-                    options.setdefault("virtual_hosted_style_request", False)
-            self.store = from_url(url, **options)
+                    if "AWS_VIRTUAL_HOSTED_STYLE_REQUEST" not in os.environ:
+                        options["virtual_hosted_style_request"] = False
+                    if endpoint.startswith("http://"):
+                        client_options["allow_http"] = True
+            self.store = from_url(url, client_options=client_options or None, **options)
 
     async def put(self, key: str, data: bytes) -> None:
         await obstore.put_async(self.store, key, data)
