@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from . import interactions, media, metrics
@@ -160,14 +161,19 @@ async def pause(svc: Services, job: Fields, interaction: dict[str, Any]) -> bool
     fields = _result_fields(job, interaction, extra)
     fields["pending_calls"] = json.dumps(calls)
     event = make_event(job, "job.requires_action", extra)
+    iid = job.get("interaction_id", "")
+    deadline = float(job["deadline"])
+    # a paused job is not polled: a poll at the deadline expires it if still paused
+    at_deadline = poll_step(job["id"], iid, max(deadline - time.time(), 0.0), deadline)
+    at_deadline = replace(at_deadline, job_id=at_deadline.job_id + ":deadline")
     out = await svc.store.transition(
         job["id"],
         expect={JobStatus.running},
-        cond={"interaction_id": job.get("interaction_id", "")},
+        cond={"interaction_id": iid},
         status=JobStatus.requires_action,
         set_fields=fields,
         event=event,
-        steps=delivery(event),
+        steps=[*delivery(event), at_deadline],
     )
     if out.ok:
         _count_tokens(job, extra.get("usage"))

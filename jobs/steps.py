@@ -210,12 +210,13 @@ async def poll(ctx: dict[str, Any], job_id: str, interaction_id: str) -> None:
     svc: Services = ctx["svc"]
     tries = int(ctx.get("job_try", 1))
     job = await svc.store.get_job(job_id)
-    if (
-        job is None
-        or job["status"] != JobStatus.running
-        or job.get("interaction_id") != interaction_id
-    ):
+    if job is None or job.get("interaction_id") != interaction_id:
         return  # stale: the job moved on
+    if job["status"] == JobStatus.requires_action and time.time() > float(job["deadline"]):
+        await expire(svc, job)  # paused past its deadline
+        return
+    if job["status"] != JobStatus.running:
+        return
     if job.get("cancel_requested") == "1" and job.get("cancel_sent") != "1":
         if await send_cancel(svc, job):
             return

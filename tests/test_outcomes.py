@@ -289,3 +289,8 @@ async def test_408_and_connect_errors_are_retryable() -> None:
         await client.get("x")
     assert e3.value.delay_s == 7.0 and e3.value.message == "slow down"
     await client.aclose()
+
+
+async def test_paused_job_expires_at_its_deadline(api: httpx.AsyncClient, worker: None) -> None:
+    job = await run_one(api, "x [sim duration=0.1 outcome=requires_action]", timeout_s=1.5)
+    assert job["status"] == "expired" and job["pending_calls"]
