@@ -14,15 +14,25 @@ from typing import Annotated, Any
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs import metrics, outcomes, steps, webhooks
+from jobs import batches, metrics, outcomes, steps, webhooks
+from jobs.dispatch import lane_of
 from jobs.intake import BodyLimit, ErrorResponse, api_error, job_view
-from jobs.models import TERMINAL, ContinueBody, JobCreate, JobStatus, JobView
+from jobs.models import (
+    TERMINAL,
+    BatchCreate,
+    ContinueBody,
+    JobCreate,
+    JobStatus,
+    JobView,
+    WebhookSpec,
+)
 from jobs.results import ResultNotFound
 from jobs.services import Services
 from jobs.settings import Settings, get_settings
@@ -30,6 +40,9 @@ from jobs.store import Fields
 
 log = logging.getLogger("interq.api")
 DEFAULT_TENANT = "default"
+NDJSON_TYPES = frozenset(
+    {"application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson"}
+)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 503)
 }
@@ -54,7 +67,9 @@ def create_app(
             await app.state.svc.close()
 
     app = FastAPI(title="interq", version="0.1.0", lifespan=lifespan, responses=ERRORS)
-    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=cfg.max_body_bytes, large=("/v1/batches", cfg.max_batch_bytes)
+    )
     install_error_handlers(app)
     app.include_router(routes(cfg))
     return app
@@ -155,9 +170,10 @@ def routes(cfg: Settings) -> APIRouter:
             job_id,
             t,
             fields,
-            [outcomes.submit_step(job_id)],
+            [],
             idem=idem,
             idem_ttl_s=cfg.idempotency_ttl_s,
+            lane=lane_of(t, None),
         )
         if not created:
             assert idem is not None
@@ -187,10 +203,17 @@ def routes(cfg: Settings) -> APIRouter:
         status: JobStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[int | None, Query(ge=0)] = None,
+        batch_id: Annotated[str | None, Query(max_length=64)] = None,
     ) -> Any:
-        page = await s.store.list_jobs(
-            t, status=status.value if status else None, limit=limit, cursor=cursor
-        )
+        """Newest first; with ``batch_id``, the batch's jobs in input order."""
+        if batch_id is not None:
+            if await batches.get_batch(s, t, batch_id) is None:
+                raise StarletteHTTPException(404, f"no batch {batch_id!r}")
+            page = await batches.page(s, batch_id, status, limit, cursor or 0)
+        else:
+            page = await s.store.list_jobs(
+                t, status=status.value if status else None, limit=limit, cursor=cursor
+            )
         return {
             "data": [job_view(j).model_dump(mode="json") for j in page.items],
             "next_cursor": page.next_cursor,
@@ -267,6 +290,76 @@ def routes(cfg: Settings) -> APIRouter:
         except ResultNotFound:
             return api_error(404, "not_found", "the stored file is missing")
         return Response(content=data, media_type=files[name])
+
+    @r.post(
+        "/v1/batches",
+        status_code=202,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": BatchCreate.model_json_schema()},
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def create_batch(
+        request: Request,
+        s: Svc,
+        t: Tenant,
+        x_webhook_url: Annotated[str | None, Header()] = None,
+        x_webhook_secret: Annotated[str | None, Header()] = None,
+    ) -> Any:
+        raw = await request.body()
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            if ctype in NDJSON_TYPES:
+                items = batches.ndjson_items(raw)
+                hook = (
+                    WebhookSpec(url=x_webhook_url, secret=x_webhook_secret)  # type: ignore[arg-type]
+                    if x_webhook_url
+                    else None
+                )
+                metadata = None
+            else:
+                body = BatchCreate.model_validate_json(raw)
+                items = list(enumerate(body.jobs, start=1))
+                hook, metadata = body.webhook, body.metadata
+            lines = batches.validate_lines(items, cfg.max_batch_jobs)
+            batch_id = await batches.create_batch(s, t, lines, hook, metadata)
+        except ValidationError as e:
+            return api_error(422, "invalid_request", batches._explain(e))
+        except batches.BatchError as e:
+            return api_error(422, "invalid_batch", e.message, lines=e.lines)
+        batch = await batches.get_batch(s, t, batch_id)
+        assert batch is not None
+        return await batches.batch_view(s, batch)
+
+    async def own_batch(s: Services, t: str, batch_id: str) -> Fields:
+        batch = await batches.get_batch(s, t, batch_id)
+        if batch is None:
+            raise StarletteHTTPException(404, f"no batch {batch_id!r}")
+        return batch
+
+    @r.get("/v1/batches/{batch_id}")
+    async def get_batch(batch_id: str, s: Svc, t: Tenant) -> Any:
+        return await batches.batch_view(s, await own_batch(s, t, batch_id))
+
+    @r.get("/v1/batches/{batch_id}/results")
+    async def batch_results(batch_id: str, s: Svc, t: Tenant) -> Any:
+        await own_batch(s, t, batch_id)
+        return StreamingResponse(
+            batches.iter_results(s, batch_id), media_type="application/x-ndjson"
+        )
+
+    @r.post("/v1/batches/{batch_id}/cancel", status_code=202)
+    async def cancel_batch(batch_id: str, s: Svc, t: Tenant) -> Any:
+        batch = await own_batch(s, t, batch_id)
+        if batch.get("status") != "in_progress":
+            return api_error(409, "illegal_transition", f"batch is already {batch['status']}")
+        await batches.cancel_batch(s, batch)
+        return await batches.batch_view(s, await own_batch(s, t, batch_id))
 
     @r.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -6,6 +6,8 @@ worker slot is never held while an interaction runs upstream.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -17,7 +19,8 @@ from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from jobs import metrics, steps
+from jobs import batches, metrics, steps
+from jobs.dispatch import Dispatcher
 from jobs.services import Services
 from jobs.settings import Settings, get_settings
 
@@ -43,7 +46,10 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     deliver_tries = len(settings.webhook_schedule_s) + steps.STEP_GUARD_MAX_TRIES + 1
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        ctx["svc"] = Services.open(settings, upstream_transport=overrides.pop("_transport", None))
+        svc = ctx["svc"] = Services.open(
+            settings, upstream_transport=overrides.pop("_transport", None)
+        )
+        ctx["dispatcher"] = asyncio.create_task(Dispatcher(svc).run())
         metrics.WORKER_UP.set(1)
         if settings.worker_metrics_port:
             try:
@@ -55,6 +61,10 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         metrics.WORKER_UP.set(0)
+        if "dispatcher" in ctx:
+            ctx["dispatcher"].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ctx["dispatcher"]
         if "svc" in ctx:
             await ctx["svc"].close()
 
@@ -67,6 +77,7 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
                 keep_result=0,
                 max_tries=settings.max_submit_attempts + SUBMIT_EXTRA_TRIES,
             ),
+            func(batches.batch_done, name="batch_done", timeout=t, keep_result=0, max_tries=50),
             func(steps.poll, name="poll", timeout=t, keep_result=0, max_tries=POLL_MAX_TRIES),
             func(steps.deliver, name="deliver", timeout=t, keep_result=0, max_tries=deliver_tries),
         ],

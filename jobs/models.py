@@ -173,6 +173,15 @@ class ContinueBody(BaseModel):
         return v
 
 
+class BatchCreate(BaseModel):
+    """JSON body of ``POST /v1/batches`` (or send NDJSON, one job per line)."""
+
+    model_config = ConfigDict(extra="forbid")
+    jobs: list[Any] = Field(description="job objects: custom_id, interaction, metadata, ...")
+    webhook: WebhookSpec | None = None
+    metadata: Any = None
+
+
 class JobView(BaseModel):
     """What the API returns for a job (never the webhook secret)."""
 

@@ -36,6 +36,10 @@ def poll_step(job_id: str, interaction_id: str, defer_s: float, deadline: float)
     )
 
 
+def batch_done_step(batch_id: str) -> Step:
+    return Step("batch_done", (batch_id,), f"batch_done:{batch_id}", expires_s=30 * DAY_S)
+
+
 def deliver_step(event_id: str, n: int = 0) -> Step:
     suffix = f":r{n}" if n else ""
     return Step("deliver", (event_id,), f"deliver:{event_id}{suffix}", expires_s=7 * DAY_S)
@@ -63,22 +67,28 @@ def job_data(job: Fields, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_event(job: Fields, etype: str, extra: dict[str, Any]) -> Event:
+    return new_event(job, f"job:{job['id']}", etype, job_data(job, extra))
+
+
+def new_event(owner: Fields, owner_ref: str, etype: str, data: dict[str, Any]) -> Event:
+    """An event of a job or batch (``owner_ref`` "job:<id>" / "batch:<id>", whose
+    record holds the webhook URL and secret, read at delivery time)."""
     event_id = "evt_" + uuid.uuid4().hex
     body = {
         "type": etype,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": job_data(job, extra),
+        "data": data,
     }
-    state = "pending" if job.get("webhook_url") else "no_endpoint"
     return Event(
         event_id,
         {
             "id": event_id,
-            "job_id": job["id"],
-            "tenant": job.get("tenant", ""),
+            "owner": owner_ref,
+            "job_id": owner["id"],
+            "tenant": owner.get("tenant", ""),
             "type": etype,
             "body": json.dumps(body, separators=(",", ":")),
-            "state": state,
+            "state": "pending" if owner.get("webhook_url") else "no_endpoint",
             "attempts": "0",
             "created_at": f"{time.time():.3f}",
         },
@@ -137,6 +147,7 @@ async def finish(
         set_fields=fields,
         event=event,
         steps=delivery(event),
+        batch_step=batch_done_step(job["batch_id"]) if job.get("batch_id") else None,
     )
     if out.ok:
         model = metrics.model_label(job.get("model"))
@@ -145,8 +156,21 @@ async def finish(
             time.time() - float(job.get("created_at") or time.time())
         )
         _count_tokens(job, extra.get("usage"))
+        if job.get("batch_id"):
+            await add_batch_usage(svc, job["batch_id"], extra.get("usage"))
         log.info("job %s %s", job["id"], status.value)
     return out.ok
+
+
+async def add_batch_usage(svc: Services, batch_id: str, usage: Any) -> None:
+    counts = interactions.token_counts(usage)
+    if counts:
+        key = f"{svc.store.prefix}:batch:{batch_id}"
+        async with svc.redis.pipeline(transaction=False) as pipe:
+            for kind in ("input", "output"):
+                if counts.get(kind):
+                    pipe.hincrby(key, f"{kind}_tokens", counts[kind])
+            await pipe.execute()
 
 
 def delivery(event: Event) -> list[Step]:

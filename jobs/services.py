@@ -15,6 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .limits import Budgets
 from .results import ResultStore
 from .settings import Settings
 from .store import Store
@@ -43,6 +44,7 @@ class Services:
     upstream: UpstreamClient
     results: ResultStore
     http: httpx.AsyncClient  # outgoing webhooks
+    budgets: Budgets
 
     @classmethod
     def open(
@@ -63,6 +65,7 @@ class Services:
                 follow_redirects=False,
                 headers={"user-agent": USER_AGENT},
             ),
+            budgets=Budgets(settings, redis),
         )
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ import hmac
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -25,6 +25,14 @@ WEBHOOK_SCHEDULE_S = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
 def hash_api_key(key: str) -> str:
     """The form in which API keys are stored in settings: sha256 hex."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ModelLimit(BaseModel):
+    """Dispatch budget for one model or agent (``*`` for any other)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rpm: int | None = Field(default=None, ge=1, description="creates per rate window")
+    concurrency: int | None = Field(default=None, ge=1, description="interactions in flight")
 
 
 class Settings(BaseSettings):
@@ -69,6 +77,14 @@ class Settings(BaseSettings):
     step_timeout_s: float = 60.0
     worker_poll_delay_s: float = 0.2
     worker_metrics_port: int = 9101
+
+    # --- dispatch budgets ------------------------------------------------------
+    # JSON: {"gemini-3.5-flash": {"rpm": 1200, "concurrency": 500}, "*": {...}}
+    limits: dict[str, ModelLimit] = Field(default_factory=dict)
+    rate_window_s: int = Field(default=60, ge=1, description="window of the rpm budgets")
+    rate_safety: float = Field(default=0.98, gt=0, le=1, description="share of rpm to use")
+    max_batch_jobs: int = 50_000
+    max_batch_bytes: int = 256 * 1024 * 1024
 
     # --- results -------------------------------------------------------------
     results_url: str = "file://./data/results"
@@ -117,6 +133,9 @@ class Settings(BaseSettings):
                     "(use `interq hash-key`), not a plain key"
                 )
         return v
+
+    def limit_for(self, model: str) -> ModelLimit:
+        return self.limits.get(model) or self.limits.get("*") or ModelLimit()
 
     @property
     def effective_redis_url(self) -> str:

@@ -142,6 +142,8 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
     try:
         inter = await svc.upstream.create(body)
     except Retryable as e:
+        if e.status_code == 429:
+            await svc.budgets.cut(job.get("model", ""))
         if not e.maybe_sent:
             await svc.store.transition(
                 job_id, expect=state, cond=same, set_fields={"create_inflight": "0"}
@@ -341,16 +343,16 @@ async def deliver(ctx: dict[str, Any], event_id: str) -> None:
     ev = await svc.store.get_event(event_id)
     if ev is None or ev.get("state") != "pending":
         return
-    job = await svc.store.get_job(ev["job_id"])
-    if job is None or not job.get("webhook_url"):
+    owner = await svc.store.get_hash(ev.get("owner") or f"job:{ev['job_id']}")
+    if owner is None or not owner.get("webhook_url"):
         await svc.store.update_event(event_id, {"state": "no_endpoint"})
         return
     attempt = int(ev.get("attempts") or 0) + 1
-    url = job["webhook_url"]
+    url = owner["webhook_url"]
     try:
         webhooks.check_url(url, allow_private=svc.settings.webhook_allow_private)
         res = await webhooks.post(
-            svc.http, url, job["webhook_secret"], event_id, ev["body"].encode()
+            svc.http, url, owner["webhook_secret"], event_id, ev["body"].encode()
         )
     except webhooks.UnsafeURL as e:
         res = webhooks.AttemptResult("failed", None, str(e), 0.0)

@@ -29,7 +29,7 @@ from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
-from .models import JobStatus
+from .models import TERMINAL, JobStatus
 
 Fields = dict[str, str]
 
@@ -54,19 +54,32 @@ end
 if spec.incr then
   for f, n in pairs(spec.incr) do redis.call('HINCRBY', jk, f, n) end
 end
-if spec.status and spec.status ~= cur then
+if spec.status and spec.status ~= cur and not spec.plain then
   local tenant = redis.call('HGET', jk, 'tenant')
   local seq = redis.call('HGET', jk, 'seq')
   local p = spec.prefix
   redis.call('ZREM', p .. ':t:' .. tenant .. ':s:' .. cur, spec.id)
   redis.call('ZADD', p .. ':t:' .. tenant .. ':s:' .. spec.status, seq, spec.id)
   redis.call('HSET', jk, 'status', spec.status)
+  if spec.release then
+    redis.call('ZREM', p .. ':inflight:' .. (redis.call('HGET', jk, 'model') or ''), spec.id)
+  end
   local batch = redis.call('HGET', jk, 'batch_id')
   if batch and batch ~= '' then
-    redis.call('HINCRBY', p .. ':batch:' .. batch .. ':counts', cur, -1)
-    redis.call('HINCRBY', p .. ':batch:' .. batch .. ':counts', spec.status, 1)
+    local bk = p .. ':batch:' .. batch
+    redis.call('HINCRBY', bk .. ':counts', cur, -1)
+    redis.call('HINCRBY', bk .. ':counts', spec.status, 1)
+    if spec.terminal and spec.batch_step then
+      local done = redis.call('HINCRBY', bk, 'done', 1)
+      if tostring(done) == redis.call('HGET', bk, 'total') then
+        local q = spec.batch_step
+        redis.call('SET', spec.arq_prefix .. q.id, ARGV[#spec.enqueue + 2], 'PX', q.px)
+        redis.call('ZADD', q.queue, q.score, q.id)
+      end
+    end
   end
 end
+if spec.status and spec.plain then redis.call('HSET', jk, 'status', spec.status) end
 if spec.event then
   local ek = spec.prefix .. ':event:' .. spec.event.id
   for f, v in pairs(spec.event.fields) do redis.call('HSET', ek, f, v) end
@@ -96,6 +109,13 @@ redis.call('HSET', jk, 'seq', seq)
 for f, v in pairs(spec.fields) do redis.call('HSET', jk, f, v) end
 redis.call('ZADD', p .. ':t:' .. spec.tenant .. ':jobs', seq, spec.id)
 redis.call('ZADD', p .. ':t:' .. spec.tenant .. ':s:' .. spec.fields.status, seq, spec.id)
+if spec.lane ~= '' then
+  redis.call('RPUSH', p .. ':ready:' .. spec.lane, spec.id)
+  redis.call('SADD', p .. ':lanes', spec.lane)
+end
+if spec.fields.batch_id and spec.fields.batch_id ~= '' then
+  redis.call('RPUSH', p .. ':batch:' .. spec.fields.batch_id .. ':jobs', spec.id)
+end
 for i, q in ipairs(spec.enqueue) do
   local ak = spec.arq_prefix .. q.id
   if redis.call('EXISTS', ak) == 0 then
@@ -190,6 +210,8 @@ class Store:
         steps: list[Step],
         idem: tuple[str, str] | None = None,
         idem_ttl_s: int = 86_400,
+        lane: str = "",
+        pipe: Any = None,
     ) -> tuple[bool, str]:
         """Create a job and enqueue its first step. With ``idem=(key, value)``,
         returns ``(False, existing_value)`` if that key was already used."""
@@ -204,8 +226,13 @@ class Store:
             "idem_value": idem[1] if idem else "",
             "idem_ttl": str(idem_ttl_s),
             "enqueue": enqueue,
+            "lane": lane,
         }
-        res = await self._create(keys=[self.job_key(job_id)], args=[json.dumps(spec), *payloads])
+        args: list[str | bytes] = [json.dumps(spec), *payloads]
+        if pipe is not None:  # queued on a pipeline: the caller executes it
+            await self._create(keys=[self.job_key(job_id)], args=args, client=pipe)
+            return True, ""
+        res = await self._create(keys=[self.job_key(job_id)], args=args)
         return bool(res[0]), _s(res[1])
 
     async def get_job(self, job_id: str) -> Fields | None:
@@ -213,6 +240,11 @@ class Store:
         if not raw:
             return None
         return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def get_hash(self, ref: str) -> Fields | None:
+        """A record by reference, "job:<id>" or "batch:<id>"."""
+        raw = await self.redis.hgetall(f"{self.prefix}:{ref}")  # type: ignore[misc]
+        return {_s(k): _s(v) for k, v in raw.items()} if raw else None
 
     async def get_jobs(self, job_ids: list[str]) -> list[Fields | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -232,6 +264,8 @@ class Store:
         incr: dict[str, int] | None = None,
         event: Event | None = None,
         steps: list[Step] | None = None,
+        batch_step: Step | None = None,
+        key: str | None = None,
     ) -> Outcome:
         """Compare-and-set: applies everything only if the job's status is in
         ``expect`` and every ``cond`` field equals its value."""
@@ -253,10 +287,18 @@ class Store:
             spec["incr"] = incr
         if status is not None:
             spec["status"] = status.value
+            spec["release"] = status not in (JobStatus.queued, JobStatus.running)
+            spec["terminal"] = status in TERMINAL
+        if key is not None:
+            spec["plain"] = True  # not a job: no status indexes, budgets or batch counts
         if event is not None:
             spec["event"] = {"id": event.id, "fields": event.fields}
+        if batch_step is not None:
+            bspec, bpayload = self._enqueue_spec([batch_step])
+            spec["batch_step"] = bspec[0]
+            payloads.extend(bpayload)
         res = await self._transition(
-            keys=[self.job_key(job_id)], args=[json.dumps(spec), *payloads]
+            keys=[key or self.job_key(job_id)], args=[json.dumps(spec), *payloads]
         )
         return Outcome(bool(res[0]), _s(res[1]))
 

@@ -1,0 +1,318 @@
+"""Batches: many jobs accepted at once, counted, streamed back in input order.
+
+A batch is accepted whole or not at all: every line is validated first (errors
+reported by line number), then the batch record and all its jobs are written
+in one Redis transaction (a pipeline under MULTI). Its jobs wait in the batch's
+own dispatch lane (see ``dispatch.py``). The transition that ends the batch's
+last job enqueues ``batch_done``, which fires ``batch.completed``.
+
+Keys: ``{p}:batch:{id}`` (record: total, done, usage), ``{p}:batch:{id}:counts``
+(status -> count, kept by the transition script), ``{p}:batch:{id}:jobs`` (job
+ids in input order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import outcomes, webhooks
+from .dispatch import lane_of
+from .models import TERMINAL, JobStatus, WebhookSpec, check_interaction_body
+from .services import Services
+from .store import Fields, Page
+
+MAX_REPORTED_ERRORS = 100
+CHUNK = 500
+
+
+class BatchLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    custom_id: str = Field(min_length=1, max_length=256)
+    interaction: dict[str, Any]
+    metadata: Any = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    webhook: WebhookSpec | None = None
+
+    @field_validator("interaction")
+    @classmethod
+    def _check(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_interaction_body(v)
+
+    @field_validator("webhook")
+    @classmethod
+    def _needs_secret(cls, v: WebhookSpec | None) -> WebhookSpec | None:
+        if v is not None and v.secret is None:
+            raise ValueError("a per-line webhook needs its own 'secret'")
+        return v
+
+
+class BatchError(Exception):
+    def __init__(self, message: str, lines: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.lines = lines or []
+
+
+def ndjson_items(body: bytes) -> list[tuple[int, Any]]:
+    """(line number, parsed JSON or the exception) for each non-blank line."""
+    out: list[tuple[int, Any]] = []
+    for n, raw in enumerate(body.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            out.append((n, json.loads(raw)))
+        except ValueError as e:
+            out.append((n, e))
+    return out
+
+
+def _explain(e: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'line'}: {err['msg']}" for err in e.errors()
+    )
+
+
+def validate_lines(items: Iterable[tuple[int, Any]], max_jobs: int) -> list[BatchLine]:
+    lines: list[BatchLine] = []
+    errors: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    count = 0
+    for n, item in items:
+        count += 1
+        if isinstance(item, Exception):
+            errors.append({"line": n, "error": f"not valid JSON: {item}"})
+            continue
+        if not isinstance(item, dict):
+            errors.append({"line": n, "error": "each line must be a JSON object"})
+            continue
+        try:
+            line = BatchLine.model_validate(item)
+        except ValidationError as e:
+            errors.append({"line": n, "error": _explain(e)})
+            continue
+        if line.custom_id in seen:
+            errors.append(
+                {
+                    "line": n,
+                    "error": f"custom_id {line.custom_id!r} repeats line {seen[line.custom_id]}",
+                }
+            )
+            continue
+        seen[line.custom_id] = n
+        lines.append(line)
+    if count == 0:
+        raise BatchError("the batch has no jobs")
+    if count > max_jobs:
+        raise BatchError(f"a batch holds at most {max_jobs} jobs; this one has {count}")
+    if errors:
+        raise BatchError(
+            f"{len(errors)} of {count} lines are invalid; nothing was queued",
+            errors[:MAX_REPORTED_ERRORS],
+        )
+    return lines
+
+
+def batch_key(svc: Services, batch_id: str) -> str:
+    return f"{svc.store.prefix}:batch:{batch_id}"
+
+
+async def create_batch(
+    svc: Services,
+    tenant: str,
+    lines: list[BatchLine],
+    webhook: WebhookSpec | None,
+    metadata: Any,
+) -> str:
+    cfg = svc.settings
+    urls = {str(ln.webhook.url) for ln in lines if ln.webhook} | (
+        {str(webhook.url)} if webhook else set()
+    )
+    for url in urls:
+        try:
+            webhooks.check_url(url, allow_private=cfg.webhook_allow_private)
+        except webhooks.UnsafeURL as e:
+            raise BatchError(str(e)) from None
+    batch_id = "bat_" + uuid.uuid4().hex
+    now = time.time()
+    lane = lane_of(tenant, batch_id)
+    bkey = batch_key(svc, batch_id)
+    async with svc.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(
+            bkey,
+            mapping={
+                "id": batch_id,
+                "tenant": tenant,
+                "status": "in_progress",
+                "total": str(len(lines)),
+                "done": "0",
+                "created_at": f"{now:.3f}",
+                "metadata": json.dumps(metadata),
+                "webhook_url": str(webhook.url) if webhook else "",
+                "webhook_secret": (webhook.secret or "") if webhook else "",
+            },
+        )
+        pipe.hset(bkey + ":counts", mapping={"queued": str(len(lines))})
+        for ln in lines:
+            job_id = "job_" + uuid.uuid4().hex
+            timeout = min(ln.timeout_s or cfg.default_timeout_s, cfg.max_timeout_s)
+            inter = ln.interaction
+            fields: Fields = {
+                "status": JobStatus.queued.value,
+                "created_at": f"{now:.3f}",
+                "updated_at": f"{now:.3f}",
+                "deadline": f"{now + timeout:.3f}",
+                "request": json.dumps(inter),
+                "model": str(inter.get("model") or inter.get("agent")),
+                "metadata": json.dumps(ln.metadata),
+                "custom_id": ln.custom_id,
+                "batch_id": batch_id,
+                "webhook_url": str(ln.webhook.url) if ln.webhook else "",
+                "webhook_secret": (ln.webhook.secret or "") if ln.webhook else "",
+            }
+            await svc.store.create_job(job_id, tenant, fields, [], lane=lane, pipe=pipe)
+        await pipe.execute()
+    return batch_id
+
+
+async def get_batch(svc: Services, tenant: str, batch_id: str) -> Fields | None:
+    if len(batch_id) > 64:
+        return None
+    batch = await svc.store.get_hash(f"batch:{batch_id}")
+    if batch is None or batch.get("tenant") != tenant:
+        return None
+    return batch
+
+
+async def batch_view(svc: Services, batch: Fields) -> dict[str, Any]:
+    raw = await svc.redis.hgetall(batch_key(svc, batch["id"]) + ":counts")  # type: ignore[misc]
+    counts = {s.value: 0 for s in JobStatus}
+    for k, v in raw.items():
+        name = k.decode() if isinstance(k, bytes) else str(k)
+        if name in counts:
+            counts[name] = int(v)
+    return {
+        "id": batch["id"],
+        "status": batch.get("status", "in_progress"),
+        "total": int(batch.get("total") or 0),
+        "counts": counts,
+        "done": sum(counts[s.value] for s in TERMINAL),
+        "created_at": float(batch["created_at"]),
+        "finished_at": float(batch["finished_at"]) if batch.get("finished_at") else None,
+        "metadata": json.loads(batch.get("metadata") or "null"),
+        "usage": {
+            "input_tokens": int(batch.get("input_tokens") or 0),
+            "output_tokens": int(batch.get("output_tokens") or 0),
+        },
+        "cancel_requested": batch.get("cancel_requested") == "1",
+    }
+
+
+async def job_ids(svc: Services, batch_id: str, start: int, count: int) -> list[str]:
+    raw = await svc.redis.lrange(  # type: ignore[misc]
+        batch_key(svc, batch_id) + ":jobs", start, start + count - 1
+    )
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
+
+
+async def page(
+    svc: Services, batch_id: str, status: JobStatus | None, limit: int, start: int
+) -> Page:
+    """Jobs of a batch in input order from index ``start`` (the cursor)."""
+    out = Page()
+    pos = start
+    while len(out.items) < limit:
+        ids = await job_ids(svc, batch_id, pos, CHUNK)
+        if not ids:
+            return out
+        for i, job in enumerate(await svc.store.get_jobs(ids)):
+            if job is not None and (status is None or job["status"] == status):
+                out.items.append(job)
+                if len(out.items) == limit:
+                    out.next_cursor = str(pos + i + 1)
+                    return out
+        pos += len(ids)
+    return out
+
+
+def result_line(job: Fields) -> dict[str, Any]:
+    return {
+        "custom_id": job.get("custom_id"),
+        "id": job["id"],
+        "status": job["status"],
+        "output_text": job.get("output_text"),
+        "usage": json.loads(job["usage"]) if job.get("usage") else None,
+        "error": json.loads(job["error"]) if job.get("error") else None,
+    }
+
+
+async def iter_results(svc: Services, batch_id: str) -> AsyncIterator[bytes]:
+    start = 0
+    while True:
+        ids = await job_ids(svc, batch_id, start, CHUNK)
+        if not ids:
+            return
+        jobs = await svc.store.get_jobs(ids)
+        yield b"".join(json.dumps(result_line(j)).encode() + b"\n" for j in jobs if j is not None)
+        start += len(ids)
+
+
+async def cancel_batch(svc: Services, batch: Fields) -> None:
+    """Queued jobs end at once (never sent); running ones are cancelled upstream."""
+    await svc.redis.hset(batch_key(svc, batch["id"]), "cancel_requested", "1")  # type: ignore[misc]
+    start = 0
+    while True:
+        ids = await job_ids(svc, batch["id"], start, CHUNK)
+        if not ids:
+            return
+        jobs = [j for j in await svc.store.get_jobs(ids) if j is not None]
+        await asyncio.gather(*(cancel_one(svc, j) for j in jobs))
+        start += len(ids)
+
+
+async def cancel_one(svc: Services, job: Fields) -> None:
+    status = JobStatus(job["status"])
+    if status == JobStatus.queued:
+        note = "batch cancelled before the job was sent"
+        if await outcomes.finish(svc, job, JobStatus.cancelled, expect={status}, note=note):
+            return
+        fresh = await svc.store.get_job(job["id"])
+        if fresh is None:
+            return
+        job, status = fresh, JobStatus(fresh["status"])
+    if status == JobStatus.running:
+        out = await svc.store.transition(
+            job["id"], expect={status}, set_fields={"cancel_requested": "1"}
+        )
+        if out.ok:
+            await svc.store.poke(f"poll:{job['id']}:{job.get('interaction_id', '')}")
+    elif status == JobStatus.requires_action:
+        from .steps import cancel_paused
+
+        await cancel_paused(svc, job)
+
+
+async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
+    """Every job of the batch has ended: fire ``batch.completed`` once."""
+    svc: Services = ctx["svc"]
+    batch = await svc.store.get_hash(f"batch:{batch_id}")
+    if batch is None or batch.get("status") != "in_progress":
+        return
+    final = "cancelled" if batch.get("cancel_requested") == "1" else "completed"
+    now = f"{time.time():.3f}"
+    data = await batch_view(svc, {**batch, "status": final, "finished_at": now})
+    event = outcomes.new_event(batch, f"batch:{batch_id}", "batch.completed", data)
+    await svc.store.transition(
+        batch_id,
+        key=batch_key(svc, batch_id),
+        cond={"status": "in_progress"},
+        set_fields={"status": final, "finished_at": now, "event_id": event.id},
+        event=event,
+        steps=outcomes.delivery(event),
+    )
