@@ -306,6 +306,7 @@ def routes(cfg: Settings) -> APIRouter:
     )
     async def create_batch(
         request: Request,
+        response: Response,
         s: Svc,
         t: Tenant,
         x_webhook_url: Annotated[str | None, Header()] = None,
@@ -327,6 +328,9 @@ def routes(cfg: Settings) -> APIRouter:
                 items = list(enumerate(body.jobs, start=1))
                 hook, metadata = body.webhook, body.metadata
             lines = batches.validate_lines(items, cfg.max_batch_jobs)
+            if hook is not None and hook.secret is None:
+                hook = WebhookSpec(url=hook.url, secret=webhooks.generate_secret())
+                response.headers["X-Webhook-Secret"] = hook.secret or ""
             batch_id = await batches.create_batch(s, t, lines, hook, metadata)
         except ValidationError as e:
             return api_error(422, "invalid_request", batches._explain(e))

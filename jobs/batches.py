@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import outcomes, webhooks
+from . import interactions, outcomes, webhooks
 from .dispatch import lane_of
 from .models import TERMINAL, JobStatus, WebhookSpec, check_interaction_body
 from .services import Services
@@ -252,6 +252,18 @@ def result_line(job: Fields) -> dict[str, Any]:
     }
 
 
+def missing_line(job_id: str) -> dict[str, Any]:
+    err = {"code": "missing", "message": "the job record is gone"}
+    return {
+        "custom_id": None,
+        "id": job_id,
+        "status": "unknown",
+        "output_text": None,
+        "usage": None,
+        "error": err,
+    }
+
+
 async def iter_results(svc: Services, batch_id: str) -> AsyncIterator[bytes]:
     start = 0
     while True:
@@ -259,7 +271,10 @@ async def iter_results(svc: Services, batch_id: str) -> AsyncIterator[bytes]:
         if not ids:
             return
         jobs = await svc.store.get_jobs(ids)
-        yield b"".join(json.dumps(result_line(j)).encode() + b"\n" for j in jobs if j is not None)
+        yield b"".join(
+            json.dumps(result_line(j) if j else missing_line(i)).encode() + b"\n"
+            for i, j in zip(ids, jobs, strict=True)
+        )
         start += len(ids)
 
 
@@ -298,21 +313,38 @@ async def cancel_one(svc: Services, job: Fields) -> None:
         await cancel_paused(svc, job)
 
 
+async def total_usage(svc: Services, batch_id: str) -> dict[str, str]:
+    """Exact token totals over the batch's jobs (the running totals shown
+    while it runs are updated after each job, so they can trail)."""
+    totals = {"input": 0, "output": 0}
+    start = 0
+    while ids := await job_ids(svc, batch_id, start, CHUNK):
+        for job in await svc.store.get_jobs(ids):
+            usage = json.loads(job["usage"]) if job and job.get("usage") else None
+            for kind, n in interactions.token_counts(usage).items():
+                if kind in totals:
+                    totals[kind] += n
+        start += len(ids)
+    return {f"{k}_tokens": str(v) for k, v in totals.items()}
+
+
 async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
     """Every job of the batch has ended: fire ``batch.completed`` once."""
     svc: Services = ctx["svc"]
     batch = await svc.store.get_hash(f"batch:{batch_id}")
     if batch is None or batch.get("status") != "in_progress":
         return
-    final = "cancelled" if batch.get("cancel_requested") == "1" else "completed"
     now = f"{time.time():.3f}"
-    data = await batch_view(svc, {**batch, "status": final, "finished_at": now})
+    usage = await total_usage(svc, batch_id)
+    data = await batch_view(svc, {**batch, **usage, "finished_at": now})
+    cancelled = batch.get("cancel_requested") == "1" and data["counts"]["cancelled"] > 0
+    final = data["status"] = "cancelled" if cancelled else "completed"
     event = outcomes.new_event(batch, f"batch:{batch_id}", "batch.completed", data)
     await svc.store.transition(
         batch_id,
         key=batch_key(svc, batch_id),
         cond={"status": "in_progress"},
-        set_fields={"status": final, "finished_at": now, "event_id": event.id},
+        set_fields={"status": final, "finished_at": now, "event_id": event.id, **usage},
         event=event,
         steps=outcomes.delivery(event),
     )
