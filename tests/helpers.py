@@ -178,6 +178,11 @@ async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[
             await task
         except asyncio.CancelledError:
             pass
+        # let in-flight steps end (a cancelled one re-runs later, as after a crash)
+        for t in w.tasks.values():
+            t.cancel()
+        await asyncio.gather(*w.tasks.values(), return_exceptions=True)
+        w.tasks.clear()
         await w.close()
 
 
