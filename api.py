@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,9 +21,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs import batches, metrics, outcomes, steps, webhooks
+from jobs import batches, metrics, outcomes, steps, webhook_routes, webhooks
 from jobs.dispatch import lane_of
-from jobs.intake import BodyLimit, ErrorResponse, api_error, job_view
+from jobs.intake import (
+    DEFAULT_TENANT,
+    BodyLimit,
+    ErrorResponse,
+    Svc,
+    Tenant,
+    api_error,
+    job_view,
+    own_job,
+)
 from jobs.models import (
     TERMINAL,
     BatchCreate,
@@ -39,7 +48,6 @@ from jobs.settings import Settings, get_settings
 from jobs.store import Fields
 
 log = logging.getLogger("interq.api")
-DEFAULT_TENANT = "default"
 NDJSON_TYPES = frozenset(
     {"application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson"}
 )
@@ -72,6 +80,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(routes(cfg))
+    app.include_router(webhook_routes.router)
     return app
 
 
@@ -87,10 +96,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
-            exc.status_code, "error"
-        )
-        return api_error(exc.status_code, code, str(exc.detail))
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            401: "unauthorized",
+            429: "rate_limited",
+        }.get(exc.status_code, "error")
+        resp = api_error(exc.status_code, code, str(exc.detail))
+        resp.headers.update(exc.headers or {})
+        return resp
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
@@ -99,35 +113,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return api_error(503, "unavailable", "the queue store is unreachable; retry shortly")
 
 
-def svc(request: Request) -> Services:
-    s: Services = request.app.state.svc
-    return s
-
-
-def tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    cfg: Settings = request.app.state.svc.settings
-    if not cfg.api_keys:
-        return DEFAULT_TENANT
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise StarletteHTTPException(401, "missing 'Authorization: Bearer <key>'")
-    t = cfg.tenant_for_key(authorization[7:].strip())
-    if t is None:
-        raise StarletteHTTPException(401, "unknown API key")
-    return t
-
-
-Svc = Annotated[Services, Depends(svc)]
-Tenant = Annotated[str, Depends(tenant)]
-
-
 def routes(cfg: Settings) -> APIRouter:
     r = APIRouter()
-
-    async def own_job(s: Services, t: str, job_id: str) -> Fields:
-        job = await s.store.get_job(job_id) if len(job_id) <= 64 else None
-        if job is None or job.get("tenant") != t:
-            raise StarletteHTTPException(404, f"no job {job_id!r}")
-        return job
 
     @r.post("/v1/jobs", status_code=202, response_model=JobView)
     async def create_job(
@@ -140,7 +127,7 @@ def routes(cfg: Settings) -> APIRouter:
         secret = None
         if body.webhook is not None:
             try:
-                webhooks.check_url(str(body.webhook.url), allow_private=cfg.webhook_allow_private)
+                await webhooks.resolve(str(body.webhook.url), s.webhook_policy)
             except webhooks.UnsafeURL as e:
                 return api_error(422, "unsafe_webhook_url", str(e))
             secret = body.webhook.secret or webhooks.generate_secret()

@@ -74,9 +74,15 @@ def run_interq(jobs: int, rpm: int, window: int, duration: float, workers: int) 
 async def naive(jobs: int, sim_url: str, poll_s: float, backoff_s: float) -> dict[str, Any]:
     """What a script does without interq: create everything now, back off on 429."""
     done = 0
+    # a semaphore in front of the pool: httpx's own wait queue is quadratic in waiters
+    gate = asyncio.Semaphore(400)
     async with httpx.AsyncClient(
-        base_url=sim_url, timeout=60, limits=httpx.Limits(max_connections=500)
+        base_url=sim_url, timeout=60, limits=httpx.Limits(max_connections=400)
     ) as c:
+
+        async def call(method: str, url: str, **kw: Any) -> httpx.Response:
+            async with gate:
+                return await c.request(method, url, **kw)
 
         async def one(i: int, duration: float) -> None:
             nonlocal done
@@ -87,7 +93,7 @@ async def naive(jobs: int, sim_url: str, poll_s: float, backoff_s: float) -> dic
                 "background": True,
             }
             while True:
-                r = await c.post("/v1beta/interactions", json=body)
+                r = await call("POST", "/v1beta/interactions", json=body)
                 if r.status_code == 200:
                     break
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
@@ -95,7 +101,7 @@ async def naive(jobs: int, sim_url: str, poll_s: float, backoff_s: float) -> dic
             iid = r.json()["id"]
             while True:
                 await asyncio.sleep(poll_s)
-                g = await c.get(f"/v1beta/interactions/{iid}")
+                g = await call("GET", f"/v1beta/interactions/{iid}")
                 if g.status_code == 200 and g.json()["status"] == "completed":
                     done += 1
                     return
@@ -137,8 +143,10 @@ def main() -> None:
         flush=True,
     )
     runs = {"interq": run_interq(a.jobs, a.rpm, window, DURATION, a.workers)}
+    print(f"interq: {runs['interq']}", flush=True)
     if not a.skip_naive:
         runs["naive"] = run_naive(a.jobs, a.rpm, window, DURATION, a.scale)
+        print(f"naive: {runs['naive']}", flush=True)
     rows = [("run", "makespan s", "x ideal", "completed", "creates", "429s", "429 % creates")]
     for name, r in runs.items():
         r["x_ideal"] = r["makespan_s"] / ideal

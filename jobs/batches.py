@@ -136,7 +136,7 @@ async def create_batch(
     )
     for url in urls:
         try:
-            webhooks.check_url(url, allow_private=cfg.webhook_allow_private)
+            await webhooks.resolve(url, svc.webhook_policy)
         except webhooks.UnsafeURL as e:
             raise BatchError(str(e)) from None
     batch_id = "bat_" + uuid.uuid4().hex
@@ -339,7 +339,7 @@ async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
     data = await batch_view(svc, {**batch, **usage, "finished_at": now})
     cancelled = batch.get("cancel_requested") == "1" and data["counts"]["cancelled"] > 0
     final = data["status"] = "cancelled" if cancelled else "completed"
-    event = outcomes.new_event(batch, f"batch:{batch_id}", "batch.completed", data)
+    event = await outcomes.new_event(svc, batch, f"batch:{batch_id}", "batch.completed", data)
     await svc.store.transition(
         batch_id,
         key=batch_key(svc, batch_id),

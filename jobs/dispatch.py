@@ -4,8 +4,9 @@ Accepted jobs wait in interq's own records, one FIFO lane per tenant and batch
 (``{p}:ready:{tenant}|{batch or -}``), not in arq: a 50,000-job backlog can
 outlast arq's job expiry and must not hold the queue. One dispatcher runs at a
 time (a Redis lease every worker competes for); it visits the lanes
-round-robin, one job per lane per pass, takes one create from the job's model
-budget, and moves the job to arq's queue (``submit``) in one atomic step. So a
+round-robin, up to ``QUANTUM`` jobs per lane per pass, takes that many creates
+from the model's budget, and moves the jobs to arq's queue (``submit``) in one
+atomic step. So a
 small batch behind a huge one starts at once, and a batch goes as fast as its
 model's quota allows, no faster.
 """
@@ -29,23 +30,30 @@ from .services import Services
 log = logging.getLogger("interq.dispatch")
 
 LEASE_MS = 5_000
+QUANTUM = 50  # jobs one lane may move per pass: fair, and few round trips per job
 IDLE_S = 0.05
 
 _DISPATCH = """
 local spec = cjson.decode(ARGV[1])
 local lk = spec.prefix .. ':ready:' .. spec.lane
-if redis.call('LINDEX', lk, 0) ~= spec.id then return 0 end
-redis.call('LPOP', lk)
-if redis.call('LLEN', lk) == 0 then redis.call('SREM', spec.prefix .. ':lanes', spec.lane) end
-local jk = spec.prefix .. ':job:' .. spec.id
-if redis.call('HGET', jk, 'status') ~= 'queued' then return 2 end
-redis.call('ZADD', spec.prefix .. ':inflight:' .. spec.model, spec.now, spec.id)
-local ak = spec.arq_prefix .. spec.step.id
-if redis.call('EXISTS', ak) == 0 then
-  redis.call('SET', ak, ARGV[2], 'PX', spec.step.px)
-  redis.call('ZADD', spec.step.queue, spec.step.score, spec.step.id)
+local moved = 0
+for i, id in ipairs(spec.ids) do
+  if redis.call('LINDEX', lk, 0) ~= id then break end
+  redis.call('LPOP', lk)
+  local jk = spec.prefix .. ':job:' .. id
+  local q = spec.steps[i]
+  if q.id ~= '' and redis.call('HGET', jk, 'status') == 'queued' then
+    redis.call('ZADD', spec.prefix .. ':inflight:' .. spec.model, spec.now, id)
+    local ak = spec.arq_prefix .. q.id
+    if redis.call('EXISTS', ak) == 0 then
+      redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
+      redis.call('ZADD', q.queue, q.score, q.id)
+    end
+    moved = moved + 1
+  end
 end
-return 1
+if redis.call('LLEN', lk) == 0 then redis.call('SREM', spec.prefix .. ':lanes', spec.lane) end
+return moved
 """
 
 _RENEW = """
@@ -102,7 +110,8 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
 
     async def pass_once(self) -> float:
-        """One round-robin pass over the lanes. Returns how long to sleep."""
+        """One round-robin pass: up to ``QUANTUM`` jobs from each lane. Returns
+        how long to sleep before the next pass."""
         lanes = sorted(
             x.decode() if isinstance(x, bytes) else str(x)
             for x in await self.redis.smembers(f"{self.prefix}:lanes")  # type: ignore[misc]
@@ -110,48 +119,77 @@ class Dispatcher:
         if not lanes:
             return IDLE_S
         start = next((i for i, lane in enumerate(lanes) if lane > self.cursor), 0)
-        order = lanes[start:] + lanes[:start]
         waits: list[float] = []
         moved = 0
-        blocked: dict[str, float] = {}
-        for lane in order:
-            head = await self.redis.lindex(f"{self.prefix}:ready:{lane}", 0)  # type: ignore[misc]
-            if head is None:
-                await self.redis.srem(f"{self.prefix}:lanes", lane)  # type: ignore[misc]
-                continue
-            job_id = head.decode() if isinstance(head, bytes) else str(head)
-            raw = await self.redis.hmget(f"{self.prefix}:job:{job_id}", ["model", "status"])  # type: ignore[misc]
-            model, status = (x.decode() if isinstance(x, bytes) else str(x or "") for x in raw)
-            if status != "queued":  # cancelled while waiting: drop it from the lane
-                await self.move(lane, job_id, model)
-                continue
-            if model in blocked:
-                continue
-            wait = await self.budgets.try_acquire(model)
-            if wait > 0:
-                blocked[model] = wait
-                waits.append(wait)
-                continue
-            if await self.move(lane, job_id, model):
-                moved += 1
+        blocked: set[str] = set()
+        for lane in lanes[start:] + lanes[:start]:
+            n, wait = await self.serve_lane(lane, blocked)
+            moved += n
+            if n:
                 self.cursor = lane
+            if wait:
+                waits.append(wait)
         if moved:
             return 0.0
         return min(waits) if waits else IDLE_S
 
-    async def move(self, lane: str, job_id: str, model: str) -> bool:
-        step = submit_step(job_id)
-        enqueue, payloads = self.svc.store._enqueue_spec([step])
+    async def serve_lane(self, lane: str, blocked: set[str]) -> tuple[int, float]:
+        """Move the lane's head jobs (same model, within budget) to arq."""
+        raw_ids = await self.redis.lrange(f"{self.prefix}:ready:{lane}", 0, QUANTUM - 1)  # type: ignore[misc]
+        ids = [x.decode() if isinstance(x, bytes) else str(x) for x in raw_ids]
+        if not ids:
+            await self.redis.srem(f"{self.prefix}:lanes", lane)  # type: ignore[misc]
+            return 0, 0.0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for jid in ids:
+                pipe.hmget(f"{self.prefix}:job:{jid}", ["model", "status"])
+            rows = await pipe.execute()
+        take: list[tuple[str, bool]] = []  # (job id, send it) in lane order
+        model = None
+        for jid, (m, st) in zip(ids, rows, strict=True):
+            m = m.decode() if isinstance(m, bytes) else str(m or "")
+            if st not in (b"queued", "queued"):
+                take.append((jid, False))  # cancelled while waiting: drop it
+                continue
+            if model is None:
+                model = m
+            elif m != model:
+                break
+            take.append((jid, True))
+        wanted = sum(send for _, send in take)
+        granted, wait = 0, 0.0
+        if model is not None and model not in blocked:
+            granted, wait = await self.budgets.acquire(model, wanted)
+            if not granted:
+                blocked.add(model)
+        # keep the dropped ones and as many to send as the budget granted
+        kept: list[tuple[str, bool]] = []
+        left = granted
+        for jid, send in take:
+            if send and left == 0:
+                break
+            kept.append((jid, send))
+            left -= send
+        if not kept:
+            return 0, wait
+        moved = await self.move(lane, kept, model or "")
+        return moved, wait
+
+    async def move(self, lane: str, jobs: list[tuple[str, bool]], model: str) -> int:
+        steps = [submit_step(jid) for jid, _ in jobs]
+        enqueue, payloads = self.svc.store._enqueue_spec(steps)
+        for spec_i, (_, send) in zip(enqueue, jobs, strict=True):
+            if not send:
+                spec_i["id"] = ""
         spec = {
             "prefix": self.prefix,
             "lane": lane,
-            "id": job_id,
+            "ids": [jid for jid, _ in jobs],
+            "steps": enqueue,
             "model": model,
             "now": enqueue[0]["score"],
             "arq_prefix": job_key_prefix,
-            "step": enqueue[0],
         }
-        res = await self._dispatch(args=[json.dumps(spec), payloads[0]])
-        if res == 1:
-            self.dispatched += 1
-        return bool(res == 1)
+        moved = int(await self._dispatch(args=[json.dumps(spec), *payloads]))
+        self.dispatched += moved
+        return moved

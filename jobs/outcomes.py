@@ -10,7 +10,7 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from . import interactions, media, metrics
+from . import endpoints, interactions, media, metrics
 from .models import JobStatus, event_type
 from .services import Services
 from .store import Event, Fields, Step
@@ -66,13 +66,19 @@ def job_data(job: Fields, extra: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def make_event(job: Fields, etype: str, extra: dict[str, Any]) -> Event:
-    return new_event(job, f"job:{job['id']}", etype, job_data(job, extra))
+async def make_event(svc: Services, job: Fields, etype: str, extra: dict[str, Any]) -> Event:
+    return await new_event(svc, job, f"job:{job['id']}", etype, job_data(job, extra))
 
 
-def new_event(owner: Fields, owner_ref: str, etype: str, data: dict[str, Any]) -> Event:
-    """An event of a job or batch (``owner_ref`` "job:<id>" / "batch:<id>", whose
-    record holds the webhook URL and secret, read at delivery time)."""
+async def new_event(
+    svc: Services, owner: Fields, owner_ref: str, etype: str, data: dict[str, Any]
+) -> Event:
+    """An event of a job or batch (``owner_ref`` "job:<id>" / "batch:<id>"). Its
+    destination is read at delivery time: the owner's own webhook, else the
+    tenant's default endpoint; with neither, there is nothing to deliver."""
+    deliverable = bool(owner.get("webhook_url")) or await endpoints.has_endpoint(
+        svc, owner.get("tenant", "")
+    )
     event_id = "evt_" + uuid.uuid4().hex
     body = {
         "type": etype,
@@ -88,7 +94,7 @@ def new_event(owner: Fields, owner_ref: str, etype: str, data: dict[str, Any]) -
             "tenant": owner.get("tenant", ""),
             "type": etype,
             "body": json.dumps(body, separators=(",", ":")),
-            "state": "pending" if owner.get("webhook_url") else "no_endpoint",
+            "state": "pending" if deliverable else "no_endpoint",
             "attempts": "0",
             "created_at": f"{time.time():.3f}",
         },
@@ -137,7 +143,7 @@ async def finish(
         fields["error"] = json.dumps(error)
     if note is not None:
         fields["note"] = note
-    event = make_event(job, event_type(status), extra)
+    event = await make_event(svc, job, event_type(status), extra)
     fields["event_id"] = event.id
     out = await svc.store.transition(
         job["id"],
@@ -184,7 +190,7 @@ async def pause(svc: Services, job: Fields, interaction: dict[str, Any]) -> bool
     extra: dict[str, Any] = {"status": JobStatus.requires_action.value, "pending_calls": calls}
     fields = _result_fields(job, interaction, extra)
     fields["pending_calls"] = json.dumps(calls)
-    event = make_event(job, "job.requires_action", extra)
+    event = await make_event(svc, job, "job.requires_action", extra)
     iid = job.get("interaction_id", "")
     deadline = float(job["deadline"])
     # a paused job is not polled: a poll at the deadline expires it if still paused

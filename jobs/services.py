@@ -6,7 +6,8 @@ is a module global.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 
 import httpx
 from redis.asyncio import Redis
@@ -20,7 +21,7 @@ from .results import ResultStore
 from .settings import Settings
 from .store import Store
 from .upstream import UpstreamClient
-from .webhooks import USER_AGENT
+from .webhooks import USER_AGENT, Policy
 
 
 def redis_client(settings: Settings) -> Redis:
@@ -45,6 +46,7 @@ class Services:
     results: ResultStore
     http: httpx.AsyncClient  # outgoing webhooks
     budgets: Budgets
+    cache: dict[str, object] = field(default_factory=dict)  # small per-process caches
 
     @classmethod
     def open(
@@ -66,6 +68,16 @@ class Services:
                 headers={"user-agent": USER_AGENT},
             ),
             budgets=Budgets(settings, redis),
+        )
+
+    @property
+    def webhook_policy(self) -> Policy:
+        cfg = self.settings
+        return Policy(
+            allow_private=cfg.webhook_allow_private,
+            allowed_networks=tuple(
+                ipaddress.ip_network(n, strict=False) for n in cfg.webhook_allowed_networks
+            ),
         )
 
     async def close(self) -> None:

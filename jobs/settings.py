@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from functools import lru_cache
 from typing import Annotated
 
@@ -96,6 +97,18 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
     webhook_jitter: float = 0.1
     webhook_allow_private: bool = False
+    # CIDRs allowed although not public, e.g. "10.1.0.0/16,127.0.0.0/8" (dev, internal hooks)
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_rotation_overlap_s: float = 24 * 3600.0
+
+    # --- upstream webhooks (the Gemini API calls interq when an interaction ends)
+    public_url: str | None = Field(
+        default=None, description="interq's public base URL, put in webhook_config.uris"
+    )
+    upstream_webhook_secret: SecretStr | None = None
+
+    # --- intake limits -----------------------------------------------------------
+    tenant_requests_per_s: int = Field(default=0, ge=0, description="0 = no limit")
 
     # --- API auth ----------------------------------------------------------------
     # JSON object mapping tenant -> sha256 hex of its API key (`interq hash-key KEY`).
@@ -107,6 +120,23 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             parts = [p.strip() for p in v.split(",") if p.strip()]
             return [float(p) for p in parts]
+        return v
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _check_networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a CIDR network") from None
         return v
 
     @field_validator("webhook_schedule_s")

@@ -23,8 +23,28 @@ of an op in ``fault_ops``):
   ``httpx.ASGITransport`` the exception (a ``RemoteProtocolError`` subclass)
   reaches the client directly.
 
-Not simulated: SSE streaming (``stream=true`` gets a 400), webhooks, agents'
-environments beyond echoing, per-day quotas, ``include_input``.
+Webhooks (the API's own, reference section 9): when a background interaction
+reaches ``completed``, ``failed``, ``cancelled`` (by its timeline or by the cancel
+endpoint) or ``requires_action``, an ``interaction.<status>`` event is POSTed
+once to every URI: the create body's ``webhook_config.uris`` if given (they are
+used *instead of* the registered webhooks, as the SDK's ``WebhookConfig``
+docstring says), else the project-level ``SimConfig.webhook_urls`` read when
+the event fires. A ``loop.call_later`` timer armed at create time fires at the
+end of the duration, so no GET is needed. Deliveries are background tasks
+signed in the Standard Webhooks format with ``SimConfig.webhook_secret`` (sent
+unsigned when it is None; the real API signs dynamic deliveries with an RS256
+JWT instead, which is not simulated). ``webhook-id`` is one ``evt_...`` per
+event, stable across retries and URIs; a failed attempt (non-2xx or a
+connection error) is retried after each delay of ``webhook_retry_s`` and then
+dropped. Every attempt is recorded in ``Simulator.webhook_log`` (``GET
+/_sim/webhooks``). Faults never apply to webhooks. Not sent: events for
+``incomplete``, ``budget_exceeded`` and ``requires_continuation`` (none is
+documented), events for deleted interactions, and events for synchronous
+(``background=false``) interactions.
+
+Not simulated: SSE streaming (``stream=true`` gets a 400), agents'
+environments beyond echoing, per-day quotas, ``include_input``, the
+WebhookService endpoints and ``subscribed_events`` filtering.
 """
 
 from __future__ import annotations
@@ -36,8 +56,11 @@ import logging
 import os
 import random
 import re
+import secrets
 import time
 from collections import Counter, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from functools import partial
@@ -49,6 +72,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from .webhooks import headers_for
 
 JSON = dict[str, Any]
 
@@ -76,6 +101,15 @@ _QUOTA_FAILURE = {
     "@type": "type.googleapis.com/google.rpc.QuotaFailure",
     "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_requests"}],
 }
+# Final status -> webhook event type (reference section 9).
+WEBHOOK_EVENTS = {
+    "completed": "interaction.completed",
+    "failed": "interaction.failed",
+    "cancelled": "interaction.cancelled",
+    "requires_action": "interaction.requires_action",
+}
+WEBHOOK_TIMEOUT_S = 5.0  # per attempt; the API expects receivers to answer in a few seconds
+_log = logging.getLogger(__name__)
 _GRPC = {
     400: "INVALID_ARGUMENT",
     403: "PERMISSION_DENIED",
@@ -101,7 +135,11 @@ class SimConfig:
     quota_window_s: float = 60.0  # window length for quota_rpm (sliding)
     fault_ops: set[str] = field(default_factory=lambda: {"create", "get", "cancel"})
     faults_after_create: bool = False
-    webhook_urls: list[str] = field(default_factory=list)  # reserved, unused
+    # Project-level ("static") webhooks: every background interaction's events go
+    # here unless its create body names its own ``webhook_config.uris``.
+    webhook_urls: list[str] = field(default_factory=list)
+    webhook_secret: str | None = None  # whsec_... used to sign deliveries (None: unsigned)
+    webhook_retry_s: list[float] = field(default_factory=lambda: [0.2, 0.5, 1.0])
 
 
 class SimulatedDrop(httpx.RemoteProtocolError):
@@ -152,6 +190,31 @@ def retry_info(seconds: float) -> JSON:
 
 def _iso(wall: float) -> str:
     return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _is_http_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def _check_secret(value: Any) -> None:
+    ok = isinstance(value, str) and value.startswith("whsec_")
+    if ok:
+        try:
+            ok = bool(base64.b64decode(value.removeprefix("whsec_"), validate=True))
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ApiError(400, "webhook_secret must be whsec_ followed by base64.")
+
+
+def _check_webhook_config(wc: Any) -> None:
+    if not isinstance(wc, dict) or set(wc) - {"uris", "user_metadata"}:
+        raise ApiError(400, "webhook_config must be an object with 'uris' and 'user_metadata'.")
+    uris = wc.get("uris")
+    if uris is not None and not (isinstance(uris, list) and all(map(_is_http_url, uris))):
+        raise ApiError(400, "webhook_config.uris must be a list of http(s) URIs.")
+    if wc.get("user_metadata") is not None and not isinstance(wc["user_metadata"], dict):
+        raise ApiError(400, "webhook_config.user_metadata must be an object.")
 
 
 def extract_texts(value: Any) -> list[str]:
@@ -215,12 +278,19 @@ class Simulator:
         self.created: list[dict[str, str]] = []  # labels of every real creation
         self._ids = random.Random(f"ids-{config.seed}")  # survives reset: ids never repeat
         self._calls = 0
+        # One entry per delivery attempt: t, event_id, type, interaction_id, uri,
+        # attempt (1-based), status (HTTP status or None) and error (str or None).
+        self.webhook_log: list[JSON] = []
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # interaction id -> end-of-run timer
+        self._tasks: set[asyncio.Task[None]] = set()  # deliveries in flight
         self.reset()
 
     def reset(self) -> None:
+        self._cancel_pending()
         self.interactions.clear()
         self.requests.clear()
         self.created.clear()
+        self.webhook_log.clear()
         self.rng = random.Random(self.config.seed)
         self._quota: deque[float] = deque()
 
@@ -247,6 +317,14 @@ class Simulator:
         bad = set(data) - {f.name for f in fields(SimConfig)}
         if bad:
             raise ApiError(400, f"unknown config fields: {sorted(bad)}")
+        urls = data.get("webhook_urls", [])
+        if not (isinstance(urls, list) and all(map(_is_http_url, urls))):
+            raise ApiError(400, "webhook_urls must be a list of http(s) URLs.")
+        if data.get("webhook_secret") is not None:
+            _check_secret(data["webhook_secret"])
+        delays = data.get("webhook_retry_s", [])
+        if not (isinstance(delays, list) and all(isinstance(d, int | float) for d in delays)):
+            raise ApiError(400, "webhook_retry_s must be a list of numbers.")
         for k, v in data.items():
             setattr(self.config, k, set(v) if k == "fault_ops" else v)
         if "seed" in data:
@@ -338,6 +416,8 @@ class Simulator:
             raise ApiError(400, "stream=true is not supported by the simulator.")
         if "webhook_config" in body and not background:
             raise ApiError(400, "webhook_config requires background=true.")
+        if "webhook_config" in body:
+            _check_webhook_config(body["webhook_config"])
         token, prev_id = body.get("continuation_token"), body.get("previous_interaction_id")
         inp = body.get("input")
         if inp is None and token is None:
@@ -390,6 +470,8 @@ class Simulator:
             "continuation_token": None,
             "rest_text": "",
             "echo": self._echo(body),
+            "background": background,
+            "events": set(),  # webhook event types already emitted
         }
         rec["result_steps"] = self._result_steps(rec, body, text, output)
         out_len = sum(len(t) for t in extract_texts(rec["result_steps"]))
@@ -398,6 +480,8 @@ class Simulator:
         rec["usage"] = usage | {"total_output_tokens": n_out}
         if store:
             self.interactions[iid] = rec
+            if background:
+                self._arm_end_timer(rec)
         self.created.append(dict(body.get("labels") or {}))
         if background:
             keep = ("model", "agent", "labels", "previous_interaction_id", "service_tier")
@@ -461,12 +545,139 @@ class Simulator:
                 400, "Interaction is already in a terminal state.", "FAILED_PRECONDITION"
             )
         rec["cancelled_at"] = time.monotonic()
+        self._disarm(iid)
+        if rec["background"]:
+            self._emit(rec, "interaction.cancelled")
         return self.render(rec)
 
     def delete(self, iid: str) -> JSON:
         self._get(iid)
+        self._disarm(iid)
         del self.interactions[iid]
         return {}
+
+    # --- outgoing webhooks --------------------------------------------------
+    def _arm_end_timer(self, rec: JSON) -> None:
+        """Arm a timer for the end of the timeline when its final status has an
+        event. Created lazily on the running loop, so it works whether or not
+        the app's lifespan ran; without a running loop no event is sent."""
+        tl = _timeline(rec["outcome"], rec["duration"])
+        if len(tl) < 2 or tl[-1][1] not in WEBHOOK_EVENTS:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._arm(loop, rec["id"], rec["start"] + tl[-1][0], WEBHOOK_EVENTS[tl[-1][1]])
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, iid: str, due: float, etype: str) -> None:
+        delay = max(0.0, due - time.monotonic())  # loop.time() is time.monotonic()
+        self._timers[iid] = loop.call_later(delay, self._on_timer, loop, iid, due, etype)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop, iid: str, due: float, etype: str) -> None:
+        self._timers.pop(iid, None)
+        rec = self.interactions.get(iid)
+        if rec is None or rec["cancelled_at"] is not None:
+            return
+        if time.monotonic() < due:  # fired a hair early: a GET would not see the status yet
+            self._arm(loop, iid, due, etype)
+            return
+        self._emit(rec, etype)
+
+    def _disarm(self, iid: str) -> None:
+        handle = self._timers.pop(iid, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _emit(self, rec: JSON, etype: str) -> None:
+        """Start one delivery task per URI for this event (at most once per
+        interaction and event type)."""
+        if etype in rec["events"]:
+            return
+        rec["events"].add(etype)
+        wc = rec["echo"].get("webhook_config") or {}
+        uris = list(dict.fromkeys(wc.get("uris") or self.config.webhook_urls))
+        if not uris:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        _, changed, _ = self._phase(rec, time.monotonic())
+        data: JSON = {"id": rec["id"]}
+        if etype == "interaction.failed":
+            # Documented fields; their value types are not. 13 = google.rpc INTERNAL,
+            # as in the failed interaction's model_output.error.
+            data |= {"error_code": 13, "error_message": "Simulated failure"}
+        envelope: JSON = {"type": etype, "version": "v1"}
+        envelope |= {"timestamp": _iso(rec["wall"] + changed), "data": data}
+        if "user_metadata" in wc:
+            # Where the real API puts user_metadata is UNCONFIRMED (reference section 9,
+            # "inside or next to data"); the simulator puts it next to data so that
+            # data keeps exactly the documented fields.
+            envelope["user_metadata"] = wc["user_metadata"]
+        body = json.dumps(envelope, separators=(",", ":")).encode()
+        event_id = "evt_" + secrets.token_urlsafe(16)
+        for uri in uris:
+            task = loop.create_task(self._deliver(uri, event_id, etype, rec["id"], body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, uri: str, event_id: str, etype: str, iid: str, body: bytes) -> None:
+        delays = list(self.config.webhook_retry_s)
+        async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, trust_env=False) as client:
+            for attempt in range(1, len(delays) + 2):
+                if attempt > 1:
+                    await asyncio.sleep(delays[attempt - 2])
+                status: int | None = None
+                error: str | None = None
+                try:
+                    resp = await client.post(
+                        uri, content=body, headers=self._headers(event_id, body)
+                    )
+                    status = resp.status_code
+                    if not 200 <= status < 300:
+                        error = f"HTTP {status}"
+                except Exception as exc:  # connection errors, bad URLs, a bad secret
+                    error = f"{type(exc).__name__}: {exc}"
+                self.webhook_log.append(
+                    {"t": time.time(), "event_id": event_id, "type": etype}
+                    | {"interaction_id": iid, "uri": uri, "attempt": attempt}
+                    | {"status": status, "error": error}
+                )
+                if error is None:
+                    return
+        _log.warning("giving up on webhook %s (%s) to %s: %s", event_id, etype, uri, error)
+
+    def _headers(self, event_id: str, body: bytes) -> dict[str, str]:
+        secret = self.config.webhook_secret
+        if secret is None:
+            headers = {"webhook-id": event_id, "webhook-timestamp": str(int(time.time()))}
+            headers["content-type"] = "application/json"
+        else:
+            headers = headers_for(secret, event_id, body)  # fresh timestamp per attempt
+        headers["user-agent"] = "interq-simulator"
+        return headers
+
+    def pending(self) -> int:
+        """Armed timers plus deliveries in flight."""
+        return len(self._timers) + len(self._tasks)
+
+    def _cancel_pending(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            try:
+                task.cancel()
+            except RuntimeError:  # its loop is closed already
+                self._tasks.discard(task)
+
+    async def aclose(self) -> None:
+        """Cancel armed timers and deliveries in flight and wait for the latter."""
+        tasks = list(self._tasks)
+        self._cancel_pending()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _json(data: Any, status: int = 200) -> JSONResponse:
@@ -555,6 +766,8 @@ async def _sim_admin(request: Request) -> Response:
     what = request.path_params["what"]
     if what == "requests" and request.method == "GET":
         return _json(sim.requests)
+    if what == "webhooks" and request.method == "GET":
+        return _json(sim.webhook_log)
     if what == "stats" and request.method == "GET":
         return _json(sim.stats())
     if what == "reset" and request.method == "POST":
@@ -580,8 +793,15 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         Route("/{ver}/interactions/{iid}", partial(_serve, op="delete"), methods=["DELETE"]),
         Route("/{ver}/interactions/{iid}/cancel", partial(_serve, op="cancel"), methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
-    app.state.sim = Simulator(config or SimConfig())
+    sim = Simulator(config or SimConfig())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await sim.aclose()  # no timer or delivery outlives the server
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.sim = sim
     return app
 
 
@@ -598,6 +818,9 @@ def config_from_env() -> SimConfig:
     ):
         if env.get(var):
             setattr(cfg, name, conv(env[var]))
+    urls = env.get("INTERQ_SIM_WEBHOOK_URLS", "")
+    cfg.webhook_urls = [u.strip() for u in urls.split(",") if u.strip()]
+    cfg.webhook_secret = env.get("INTERQ_SIM_WEBHOOK_SECRET") or None
     return cfg
 
 

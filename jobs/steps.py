@@ -25,7 +25,7 @@ from typing import Any
 
 from arq import Retry
 
-from . import interactions, metrics, webhooks
+from . import endpoints, interactions, metrics, webhooks
 from .models import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream
 from .outcomes import chain, finish, follow_up_body, pause, poll_step, store_result
 from .services import Services
@@ -88,7 +88,10 @@ def guarded(name: str) -> Callable[[StepFn], StepFn]:
 
 async def give_up(svc: Services, name: str, args: tuple[str, ...], reason: str) -> None:
     if name == "deliver":
-        await svc.store.update_event(args[0], {"state": "dead", "last_error": reason}, dead=True)
+        ev = await svc.store.get_event(args[0]) or {}
+        await svc.store.update_event(
+            args[0], {"state": "dead", "last_error": reason}, dead_for=ev.get("tenant", "")
+        )
         metrics.WEBHOOK_DEAD_LETTERS.inc()
         return
     job = await svc.store.get_job(args[0])
@@ -99,7 +102,7 @@ async def give_up(svc: Services, name: str, args: tuple[str, ...], reason: str) 
 # --------------------------------------------------------------------------- submit
 
 
-def create_body(job: Fields, body: dict[str, Any]) -> dict[str, Any]:
+def create_body(job: Fields, body: dict[str, Any], public_url: str | None) -> dict[str, Any]:
     """The create as sent: background on, store left at its default (true),
     and the job id as a label so an orphaned interaction can be matched."""
     body["background"] = True
@@ -107,6 +110,11 @@ def create_body(job: Fields, body: dict[str, Any]) -> dict[str, Any]:
     labels = dict(body.get("labels") or {})
     labels["interq_job"] = job["id"]
     body["labels"] = labels
+    if public_url:  # the upstream tells interq when the interaction ends
+        config = dict(body.get("webhook_config") or {})
+        config["uris"] = [*(config.get("uris") or []), public_url + "/v1/upstream/webhook"]
+        config["user_metadata"] = {**(config.get("user_metadata") or {}), "interq_job": job["id"]}
+        body["webhook_config"] = config
     return body
 
 
@@ -117,9 +125,9 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
     if job is None:
         return
     if job["status"] == JobStatus.queued:
-        body = create_body(job, json.loads(job["request"]))
+        body = create_body(job, json.loads(job["request"]), svc.settings.public_url)
     elif job["status"] == JobStatus.running and job.get("pending_create"):
-        body = create_body(job, json.loads(job["pending_create"]))
+        body = create_body(job, json.loads(job["pending_create"]), svc.settings.public_url)
     else:
         return  # already submitted, or ended
     state = {JobStatus(job["status"])}
@@ -192,6 +200,9 @@ async def record_interaction(svc: Services, job: Fields, inter: dict[str, Any]) 
     if out.ok:
         if job["status"] == JobStatus.queued:
             metrics.QUEUE_WAIT.observe(now - float(job["created_at"]))
+        if svc.settings.public_url:
+            ttl = int(float(job["deadline"]) - now) + 86_400
+            await svc.store.remember_interaction(iid, job["id"], ttl)
         return
     # Cancelled while the create was in flight: keep the id, cancel it upstream too.
     log.info("job %s was %s during create; cancelling %s upstream", job["id"], out.previous, iid)
@@ -344,43 +355,45 @@ async def deliver(ctx: dict[str, Any], event_id: str) -> None:
     if ev is None or ev.get("state") != "pending":
         return
     owner = await svc.store.get_hash(ev.get("owner") or f"job:{ev['job_id']}")
-    if owner is None or not owner.get("webhook_url"):
+    target = await endpoints.target_for(svc, owner) if owner else None
+    if target is None:
         await svc.store.update_event(event_id, {"state": "no_endpoint"})
         return
     attempt = int(ev.get("attempts") or 0) + 1
-    url = owner["webhook_url"]
-    try:
-        webhooks.check_url(url, allow_private=svc.settings.webhook_allow_private)
-        res = await webhooks.post(
-            svc.http, url, owner["webhook_secret"], event_id, ev["body"].encode()
-        )
-    except webhooks.UnsafeURL as e:
-        res = webhooks.AttemptResult("failed", None, str(e), 0.0)
+    in_round = int(ev.get("round_attempts") or 0) + 1
+    res = await webhooks.post(
+        svc.http, target.url, target.secrets, event_id, ev["body"].encode(), svc.webhook_policy
+    )
     metrics.WEBHOOK_DELIVERIES.labels(outcome=res.outcome).inc()
     metrics.WEBHOOK_LATENCY.observe(res.duration_s)
+    now = time.time()
     await svc.store.log_attempt(
         event_id,
         {
             "attempt": attempt,
-            "at": time.time(),
+            "at": now,
+            "url": target.url,
             "outcome": res.outcome,
             "status_code": res.status_code,
             "error": res.error,
+            "duration_s": round(res.duration_s, 4),
         },
     )
-    fields: Fields = {"attempts": str(attempt), "last_attempt_at": f"{time.time():.3f}"}
-    if res.error:
-        fields["last_error"] = res.error
+    fields: Fields = {
+        "attempts": str(attempt),
+        "round_attempts": str(in_round),
+        "last_attempt_at": f"{now:.3f}",
+        "last_error": res.error or "",
+    }
     if res.outcome in ("delivered", "gone"):
         fields["state"] = res.outcome
         await svc.store.update_event(event_id, fields)
         return
-    delay = webhooks.next_delay(
-        svc.settings.webhook_schedule_s, attempt, svc.settings.webhook_jitter
-    )
+    cfg = svc.settings
+    delay = webhooks.next_delay(cfg.webhook_schedule_s, in_round, cfg.webhook_jitter)
     if delay is None:
         fields["state"] = "dead"
-        await svc.store.update_event(event_id, fields, dead=True)
+        await svc.store.update_event(event_id, fields, dead_for=ev.get("tenant", ""))
         metrics.WEBHOOK_DEAD_LETTERS.inc()
         log.warning("event %s dead-lettered after %d attempts", event_id, attempt)
         return

@@ -15,7 +15,8 @@ Keys (prefix ``interq`` by default):
   {p}:t:{tenant}:s:{status}  zset seq -> job id, one per status
   {p}:idem:{tenant}:{key}    "job_id|body_hash" for Idempotency-Key
   {p}:event:{id}             hash: webhook event (outbox)
-  {p}:deadletter             zset time -> event id
+  {p}:t:{tenant}:deadletter  zset time -> dead-lettered event id
+  {p}:iid:{interaction id}   job id (for the upstream's webhooks)
 """
 
 from __future__ import annotations
@@ -127,6 +128,19 @@ return {1, tostring(seq)}
 """
 
 
+_ENQUEUE = """
+local spec = cjson.decode(ARGV[1])
+for i, q in ipairs(spec.enqueue) do
+  local ak = spec.arq_prefix .. q.id
+  if redis.call('EXISTS', ak) == 0 then
+    redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
+    redis.call('ZADD', q.queue, q.score, q.id)
+  end
+end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Step:
     """An arq job to enqueue inside a transition (function name, args, id, delay)."""
@@ -169,6 +183,7 @@ class Store:
         self.queue = queue
         self._transition = redis.register_script(_TRANSITION)
         self._create = redis.register_script(_CREATE)
+        self._enqueue = redis.register_script(_ENQUEUE)
 
     # -- keys -----------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -180,9 +195,8 @@ class Store:
     def idem_key(self, tenant: str, key: str) -> str:
         return f"{self.prefix}:idem:{tenant}:{key}"
 
-    @property
-    def deadletter_key(self) -> str:
-        return f"{self.prefix}:deadletter"
+    def deadletter_key(self, tenant: str) -> str:
+        return f"{self.prefix}:t:{tenant}:deadletter"
 
     # -- arq payloads ---------------------------------------------------------
     def _enqueue_spec(self, steps: list[Step]) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -312,6 +326,19 @@ class Store:
                 pipe.hincrby(self.job_key(job_id), f, n)
             await pipe.execute()
 
+    async def enqueue(self, steps: list[Step]) -> None:
+        """Enqueue arq steps (each skipped if its id is already queued)."""
+        enqueue, payloads = self._enqueue_spec(steps)
+        spec = {"arq_prefix": job_key_prefix, "enqueue": enqueue}
+        await self._enqueue(args=[json.dumps(spec), *payloads])
+
+    async def remember_interaction(self, interaction_id: str, job_id: str, ttl_s: int) -> None:
+        await self.redis.set(f"{self.prefix}:iid:{interaction_id}", job_id, ex=ttl_s)
+
+    async def job_for_interaction(self, interaction_id: str) -> str | None:
+        raw = await self.redis.get(f"{self.prefix}:iid:{interaction_id}")
+        return _s(raw) if raw is not None else None
+
     async def poke(self, arq_job_id: str) -> bool:
         """Bring a deferred arq job forward to now (e.g. poll at once after a cancel)."""
         score = int(time.time() * 1000)
@@ -346,12 +373,23 @@ class Store:
         raw = await self.redis.lrange(self.job_key(job_id) + ":events", 0, -1)  # type: ignore[misc]
         return [_s(x) for x in raw]
 
-    async def update_event(self, event_id: str, fields: Fields, *, dead: bool = False) -> None:
+    async def update_event(
+        self, event_id: str, fields: Fields, *, dead_for: str | None = None
+    ) -> None:
+        """Update an event; with ``dead_for=<tenant>`` also dead-letter it."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.event_key(event_id), mapping=fields)
-            if dead:
-                pipe.zadd(self.deadletter_key, {event_id: now()})
+            if dead_for is not None:
+                pipe.zadd(self.deadletter_key(dead_for), {event_id: now()})
             await pipe.execute()
+
+    async def dead_letters(self, tenant: str, limit: int) -> list[Fields]:
+        ids = await self.redis.zrevrange(self.deadletter_key(tenant), 0, limit - 1)
+        events = [await self.get_event(_s(i)) for i in ids]
+        return [e for e in events if e is not None]
+
+    async def undead(self, tenant: str, event_id: str) -> None:
+        await self.redis.zrem(self.deadletter_key(tenant), event_id)
 
     async def log_attempt(self, event_id: str, attempt: dict[str, Any]) -> None:
         key = self.event_key(event_id) + ":attempts"

@@ -12,6 +12,7 @@ attempts; after the last one the event is dead-lettered.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -40,13 +41,16 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def headers_for(
-    secret: str, msg_id: str, body: bytes, timestamp: int | None = None
+    secret: str | list[str], msg_id: str, body: bytes, timestamp: int | None = None
 ) -> dict[str, str]:
+    """Standard Webhooks headers; with several secrets (a rotation under way)
+    one signature per secret, space-separated, newest first."""
     ts = int(time.time()) if timestamp is None else timestamp
+    keys = [secret] if isinstance(secret, str) else secret
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(ts),
-        "webhook-signature": sign(secret, msg_id, ts, body),
+        "webhook-signature": " ".join(sign(k, msg_id, ts, body) for k in keys),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }
@@ -82,10 +86,15 @@ class UnsafeURL(ValueError):
     pass
 
 
-def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def is_public(ip: Address) -> bool:
+    """False for loopback, private, link-local (cloud metadata lives there),
+    CGNAT, multicast, reserved and unspecified addresses, IPv4-mapped too."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    cgnat = ipaddress.ip_network("100.64.0.0/10")
     return not (
         ip.is_private
         or ip.is_loopback
@@ -93,29 +102,62 @@ def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         or ip.is_multicast
         or ip.is_reserved
         or ip.is_unspecified
-        or (isinstance(ip, ipaddress.IPv4Address) and ip in cgnat)
+        or (isinstance(ip, ipaddress.IPv4Address) and ip in CGNAT)
     )
 
 
-def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse URLs that are not http(s), or whose host resolves to a
-    loopback/private/link-local/metadata address (unless allowed)."""
+@dataclass(frozen=True)
+class Policy:
+    """Which webhook destinations are allowed (``INTERQ_WEBHOOK_*`` settings)."""
+
+    allow_private: bool = False
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def allows(self, ip: Address) -> bool:
+        if self.allow_private or is_public(ip):
+            return True
+        plain = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
+        return any(plain in net for net in self.allowed_networks)
+
+
+def check_syntax(url: str) -> tuple[str, int, str]:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise UnsafeURL("webhook url must be an absolute http(s) URL")
     if parsed.username or parsed.password:
         raise UnsafeURL("webhook url must not carry credentials")
-    if allow_private:
-        return
-    host = parsed.hostname
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return parsed.hostname, port, parsed.scheme
+
+
+async def resolve(url: str, policy: Policy) -> Address:
+    """The address to connect to: every address the host resolves to must be
+    allowed (so a name cannot mix a public and a private answer). The caller
+    connects to this address, so a second DNS answer cannot differ."""
+    host, port, _ = check_syntax(url)
     try:
-        infos = socket.getaddrinfo(host, parsed.port or 443, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
-        raise UnsafeURL(f"webhook host {host!r} does not resolve") from None
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if not _is_public(ip):
-            raise UnsafeURL(f"webhook host {host!r} resolves to a non-public address")
+        literal: Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addrs = [literal]
+    else:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, proto=socket.IPPROTO_TCP
+            )
+        except (OSError, UnicodeError):
+            raise UnsafeURL(f"webhook host {host!r} does not resolve") from None
+        addrs = [ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos]
+    if not addrs:
+        raise UnsafeURL(f"webhook host {host!r} does not resolve")
+    for ip in addrs:
+        if not policy.allows(ip):
+            raise UnsafeURL(
+                f"webhook host {host!r} resolves to a non-public address; "
+                "allow it with INTERQ_WEBHOOK_ALLOWED_NETWORKS"
+            )
+    return addrs[0]
 
 
 @dataclass
@@ -127,11 +169,29 @@ class AttemptResult:
 
 
 async def post(
-    client: httpx.AsyncClient, url: str, secret: str, msg_id: str, body: bytes
+    client: httpx.AsyncClient,
+    url: str,
+    secrets_: list[str],
+    msg_id: str,
+    body: bytes,
+    policy: Policy,
 ) -> AttemptResult:
+    """One signed delivery attempt to the checked address. Redirects are not
+    followed (a 3xx is a failure)."""
     start = time.perf_counter()
     try:
-        resp = await client.post(url, content=body, headers=headers_for(secret, msg_id, body))
+        ip = await resolve(url, policy)
+    except UnsafeURL as e:
+        return AttemptResult("failed", None, str(e), 0.0)
+    target = httpx.URL(url)
+    host_header = target.host if target.port is None else f"{target.host}:{target.port}"
+    headers = headers_for(secrets_, msg_id, body)
+    headers["host"] = host_header
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    try:
+        resp = await client.post(
+            target.copy_with(host=str(ip)), content=body, headers=headers, extensions=extensions
+        )
     except httpx.HTTPError as e:
         return AttemptResult("failed", None, type(e).__name__, time.perf_counter() - start)
     took = time.perf_counter() - start

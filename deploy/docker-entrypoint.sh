@@ -1,0 +1,19 @@
+#!/bin/sh
+# Entry point of the interq image: runs its arguments (CMD) after one decision,
+# the same one `interq up` makes: with no GEMINI_API_KEY and a simulator offered
+# in INTERQ_SIMULATOR_URL (compose.yaml does), talk to the simulator, and say so.
+set -eu
+
+if [ -z "${GEMINI_API_KEY:-}" ]; then
+    unset GEMINI_API_KEY  # an empty key would still be sent as x-goog-api-key
+    if [ -n "${INTERQ_SIMULATOR_URL:-}" ]; then
+        export INTERQ_UPSTREAM_URL="$INTERQ_SIMULATOR_URL"
+        export INTERQ_WEBHOOK_ALLOW_PRIVATE="${INTERQ_WEBHOOK_ALLOW_PRIVATE:-true}"
+        echo "=====================================================================" >&2
+        echo "NO GEMINI_API_KEY: using the SIMULATOR at $INTERQ_SIMULATOR_URL," >&2
+        echo "not the real API. Webhooks to private addresses are allowed." >&2
+        echo "=====================================================================" >&2
+    fi
+fi
+
+exec "$@"
