@@ -365,7 +365,8 @@ def routes(cfg: Settings) -> APIRouter:
         return {"status": "ready"}
 
     @r.get("/metrics")
-    async def prom() -> Response:
+    async def prom(s: Svc) -> Response:
+        await metrics.refresh_queue_gauges(s.redis, s.settings.key_prefix)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return r

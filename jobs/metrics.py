@@ -8,6 +8,7 @@ configured/known models or ``other``; ``status`` and ``op`` are closed sets.
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from redis.asyncio import Redis
 
 # Durations from 100 ms to 6 h: flash models end in seconds, research agents in an hour.
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
@@ -81,3 +82,49 @@ WEBHOOK_DEAD_LETTERS = Counter(
 TOKENS = Counter("interq_tokens_total", "Tokens used, from upstream usage", ["model", "kind"])
 STEP_ERRORS = Counter("interq_step_errors_total", "Unexpected errors inside worker steps", ["step"])
 WORKER_UP = Gauge("interq_worker_up", "1 while this worker process runs")
+
+# Queue-level gauges: computed from Redis at scrape time by the API process only
+# (see ``refresh_queue_gauges``), so every worker does not repeat the work.
+QUEUE_DEPTH = Gauge("interq_queue_depth", "Jobs accepted and waiting for dispatch")
+IN_FLIGHT = Gauge("interq_jobs_in_flight", "Jobs dispatched and not yet ended", ["model"])
+OLDEST_IN_FLIGHT = Gauge(
+    "interq_oldest_inflight_seconds", "Age of the oldest dispatched job not yet ended"
+)
+REDIS_UP = Gauge("interq_redis_up", "1 if the API reached Redis at the last scrape")
+JOBS_BY_STATUS = Gauge("interq_jobs_by_status", "Jobs stored, by status", ["status"])
+
+
+async def refresh_queue_gauges(redis: Redis, prefix: str) -> None:
+    """Set the queue-level gauges from Redis (a few round trips)."""
+    import time
+
+    from redis.exceptions import RedisError
+
+    try:
+        lanes = [x.decode() for x in await redis.smembers(f"{prefix}:lanes")]  # type: ignore[misc]
+        inflight_keys = [k.decode() async for k in redis.scan_iter(f"{prefix}:inflight:*")]
+        async with redis.pipeline(transaction=False) as pipe:
+            for lane in lanes:
+                pipe.llen(f"{prefix}:ready:{lane}")
+            for key in inflight_keys:
+                pipe.zcard(key)
+                pipe.zrange(key, 0, 0, withscores=True)
+            pipe.hgetall(f"{prefix}:counts")
+            res = await pipe.execute()
+    except (RedisError, OSError):
+        REDIS_UP.set(0)
+        return
+    REDIS_UP.set(1)
+    QUEUE_DEPTH.set(sum(res[: len(lanes)]))
+    rest = res[len(lanes) :]
+    oldest_ms = None
+    for i, key in enumerate(inflight_keys):
+        count, first = rest[2 * i], rest[2 * i + 1]
+        model = model_label(key.rsplit(":", 1)[-1])
+        IN_FLIGHT.labels(model=model).set(count)
+        if first:
+            score = first[0][1]
+            oldest_ms = score if oldest_ms is None else min(oldest_ms, score)
+    OLDEST_IN_FLIGHT.set(0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000))
+    for status, n in (rest[-1] or {}).items():
+        JOBS_BY_STATUS.labels(status=status.decode()).set(int(n))

@@ -11,6 +11,7 @@ Keys (prefix ``interq`` by default):
   {p}:job:{id}               hash: the job record (see ``Job``)
   {p}:job:{id}:events        list of event ids, oldest first
   {p}:seq                    counter giving each job a unique, ordered ``seq``
+  {p}:counts                 hash status -> number of jobs (all tenants), for metrics
   {p}:t:{tenant}:jobs        zset seq -> job id (listing with a cursor)
   {p}:t:{tenant}:s:{status}  zset seq -> job id, one per status
   {p}:idem:{tenant}:{key}    "job_id|body_hash" for Idempotency-Key
@@ -60,6 +61,8 @@ if spec.status and spec.status ~= cur and not spec.plain then
   local seq = redis.call('HGET', jk, 'seq')
   local p = spec.prefix
   redis.call('ZREM', p .. ':t:' .. tenant .. ':s:' .. cur, spec.id)
+  redis.call('HINCRBY', p .. ':counts', cur, -1)
+  redis.call('HINCRBY', p .. ':counts', spec.status, 1)
   redis.call('ZADD', p .. ':t:' .. tenant .. ':s:' .. spec.status, seq, spec.id)
   redis.call('HSET', jk, 'status', spec.status)
   if spec.release then
@@ -110,6 +113,7 @@ redis.call('HSET', jk, 'seq', seq)
 for f, v in pairs(spec.fields) do redis.call('HSET', jk, f, v) end
 redis.call('ZADD', p .. ':t:' .. spec.tenant .. ':jobs', seq, spec.id)
 redis.call('ZADD', p .. ':t:' .. spec.tenant .. ':s:' .. spec.fields.status, seq, spec.id)
+redis.call('HINCRBY', p .. ':counts', spec.fields.status, 1)
 if spec.lane ~= '' then
   redis.call('RPUSH', p .. ':ready:' .. spec.lane, spec.id)
   redis.call('SADD', p .. ':lanes', spec.lane)

@@ -196,3 +196,6 @@ async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
     await api.post("/v1/jobs", json=job_body("count me"))
     text = (await api.get("/metrics")).text
     assert 'interq_jobs_accepted_total{model="sim-model"}' in text
+    assert "interq_redis_up 1.0" in text
+    assert "interq_queue_depth 1.0" in text  # the job waits for a dispatcher
+    assert 'interq_jobs_by_status{status="queued"} 1.0' in text
