@@ -5,10 +5,11 @@ Per model or agent (``INTERQ_LIMITS``): a request rate (creates per
 cap on interactions in flight (a Redis zset of job ids, added when a job is
 dispatched, removed by the transition that ends or pauses it).
 
-Creates are also paced to the window's share per second (a second, 1-second
-moving window), so they reach the upstream as an even stream: a burst of a
-whole window at once would arrive spread by worker latency, and the upstream's
-window (counted on arrival) would then overlap the next burst.
+Two stages: the dispatcher moves jobs to the workers at the window's share per
+second (a 1-second moving window, "pace") within the in-flight cap; the
+submit step takes the window token right before it sends the create. The
+upstream counts requests when they arrive, so a token taken at dispatch time
+would drift from its window by however long the job waited for a worker.
 
 The rate adapts to the upstream: a 429 on create cuts the usable share of the
 window to 70 % of what it was (once per ``CUT_COOLDOWN_S``), and it recovers
@@ -70,41 +71,45 @@ class Budgets:
         )
         return new
 
+    def _usable(self, rpm: int, factor: float) -> int:
+        return max(1, int(rpm * self.settings.rate_safety * factor))
+
     async def acquire(self, model: str, want: int) -> tuple[int, float]:
-        """Take up to ``want`` creates from the model's budget. Returns how many
-        were granted and, if none, how long to wait before asking again."""
+        """For the dispatcher: up to ``want`` jobs may go to the workers now,
+        within the cap on jobs in flight and the pace (the window's share per
+        second, so creates reach the upstream as an even stream). Returns how
+        many, and if none, how long to wait before asking again."""
         lim = self.settings.limit_for(model)
         granted = want
         if lim.concurrency is not None:
-            granted = min(
-                granted, lim.concurrency - await self.redis.zcard(self.inflight_key(model))
-            )
+            in_flight = await self.redis.zcard(self.inflight_key(model))
+            granted = min(granted, lim.concurrency - in_flight)
             if granted <= 0:
                 return 0, 0.1
         if lim.rpm is None:
             return granted, 0.0
         window = self.settings.rate_window_s
-        usable = max(1, int(lim.rpm * self.settings.rate_safety * await self.factor(model)))
-        item = RateLimitItemPerSecond(lim.rpm, window)
-        # pacing: at most the window's share per second, so creates reach the
-        # upstream as an even stream whose window lines up with ours
         pace = RateLimitItemPerSecond(max(1, math.ceil(lim.rpm / window)), 1)
-        usable_pace = max(1, math.ceil(usable / window))
-        ws = await self.limiter.get_window_stats(item, model)
+        usable_pace = max(1, math.ceil(self._usable(lim.rpm, await self.factor(model)) / window))
         ps = await self.limiter.get_window_stats(pace, model, "pace")
-        free_window = usable - (lim.rpm - ws.remaining)
-        free_pace = usable_pace - (pace.amount - ps.remaining)
-        granted = min(granted, free_window, free_pace)
+        granted = min(granted, usable_pace - (pace.amount - ps.remaining))
         if granted <= 0:
-            reset = ws.reset_time if free_window <= 0 else ps.reset_time
-            return 0, max(0.005, reset - time.time())
+            return 0, max(0.005, ps.reset_time - time.time())
         if not await self.limiter.hit(pace, model, "pace", cost=granted):
-            return 0, 0.01
-        if not await self.limiter.hit(item, model, cost=granted):
             return 0, 0.01
         return granted, 0.0
 
-    async def try_acquire(self, model: str) -> float:
-        """Take one create. Returns 0 when taken, else how long to wait."""
-        granted, wait = await self.acquire(model, 1)
-        return 0.0 if granted else wait
+    async def take_create(self, model: str) -> float:
+        """For the submit step, right before the create: one request from the
+        model's window. The token is taken when the request is sent, not when
+        the job was dispatched, so interq's window and the upstream's (counted
+        on arrival) line up. Returns 0 when taken, else how long to wait."""
+        lim = self.settings.limit_for(model)
+        if lim.rpm is None:
+            return 0.0
+        item = RateLimitItemPerSecond(lim.rpm, self.settings.rate_window_s)
+        usable = self._usable(lim.rpm, await self.factor(model))
+        ws = await self.limiter.get_window_stats(item, model)
+        if lim.rpm - ws.remaining >= usable or not await self.limiter.hit(item, model):
+            return max(0.01, ws.reset_time - time.time())
+        return 0.0

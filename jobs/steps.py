@@ -136,6 +136,9 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
         late = {"code": "deadline", "message": "job timed out before it was sent"}
         await finish(svc, job, JobStatus.expired, error=late)
         return
+    wait = await svc.budgets.take_create(job.get("model", ""))
+    if wait > 0:
+        raise Retry(defer=wait)
     flags: Fields = {"create_inflight": "1"}
     if job.get("create_inflight") == "1":
         flags["possible_duplicate"] = "1"

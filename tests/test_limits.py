@@ -11,7 +11,7 @@ from jobs.settings import ModelLimit, Settings
 async def acquired(b: Budgets, model: str, tries: int) -> int:
     n = 0
     for _ in range(tries):
-        if await b.try_acquire(model) == 0:
+        if await b.take_create(model) == 0:
             n += 1
     return n
 
@@ -23,7 +23,10 @@ async def test_rate_budget_and_429_cut(clean_redis: str) -> None:
     r = aredis.Redis.from_url(clean_redis)
     b = Budgets(cfg, r)
     assert await acquired(b, "m", 15) == 10  # the window holds 10
-    assert await b.try_acquire("m") > 0  # and says how long to wait
+    assert await b.take_create("m") > 0  # and says how long to wait
+    assert (await b.acquire("m", 15))[0] == 10  # dispatch pace: the window's share per second
+    granted, wait = await b.acquire("m", 1)
+    assert granted == 0 and wait > 0
 
     other = Budgets(cfg.model_copy(update={"key_prefix": "other"}), r)
     assert await other.factor("m") == 1.0
@@ -38,9 +41,9 @@ async def test_concurrency_budget_counts_jobs_in_flight(clean_redis: str) -> Non
     cfg = Settings(redis_url=clean_redis, limits={"*": ModelLimit(concurrency=2)})
     r = aredis.Redis.from_url(clean_redis)
     b = Budgets(cfg, r)
-    assert await b.try_acquire("any") == 0
+    assert await b.acquire("any", 5) == (2, 0.0)
     await r.zadd(b.inflight_key("any"), {"job_1": 1, "job_2": 2})
-    assert await b.try_acquire("any") > 0
+    assert (await b.acquire("any", 1))[0] == 0
     await r.zrem(b.inflight_key("any"), "job_1")
-    assert await b.try_acquire("any") == 0
+    assert await b.acquire("any", 5) == (1, 0.0)
     await r.aclose()
