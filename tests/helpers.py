@@ -21,16 +21,14 @@ from jobs.simulator import SimConfig, create_app
 TERMINAL = {"completed", "failed", "cancelled", "incomplete", "expired"}
 
 
-class SimServer:
-    """The simulator served by uvicorn on loopback, in a thread."""
+class AppServer:
+    """An ASGI app served by uvicorn on loopback, in a thread."""
 
-    def __init__(self, port: int, config: SimConfig | None = None) -> None:
+    def __init__(self, app: Any, port: int, lifespan: str = "off") -> None:
         self.port = port
-        self.app = create_app(config or SimConfig(duration_s=0.3))
+        self.app = app
         self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-            )
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -38,21 +36,28 @@ class SimServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def state(self) -> Any:
-        return self.app.state.sim
-
     def start(self) -> None:
         self.thread.start()
         for _ in range(500):
             if self.server.started:
                 return
             threading.Event().wait(0.01)
-        raise RuntimeError("simulator did not start")
+        raise RuntimeError("server did not start")
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+class SimServer(AppServer):
+    """The simulator served by uvicorn on loopback, in a thread."""
+
+    def __init__(self, port: int, config: SimConfig | None = None) -> None:
+        super().__init__(create_app(config or SimConfig(duration_s=0.3)), port)
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.sim
 
 
 @dataclass

@@ -55,7 +55,7 @@ def test_openapi_fuzz(fuzz_app: object) -> None:
             suppress_health_check=list(HealthCheck),
             database=None,
         )
-        def run(case: schemathesis.Case) -> None:
+        def run(case: schemathesis.Case, operation: object = operation) -> None:
             response = case.call()
             seen.setdefault(f"{operation.method.upper()} {operation.path}", set()).add(
                 response.status_code
