@@ -34,6 +34,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from .logs import setup as setup_logs
 from .settings import get_settings, hash_api_key
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -115,21 +116,7 @@ def up(
         env["INTERQ_UPSTREAM_URL"] = f"http://127.0.0.1:{sim_port}"
         env.setdefault("INTERQ_WEBHOOK_ALLOW_PRIVATE", "true")
         spawn("simulator", [sys.executable, "-m", "jobs.cli", "simulator", "--port", str(sim_port)])
-    spawn(
-        "api",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "info",
-        ],
-    )
+    spawn("api", [sys.executable, "-m", "jobs.cli", "api", "--port", str(port)])
     for i in range(workers):
         env_i = {**env, "INTERQ_WORKER_METRICS_PORT": str(9101 + i)}
         typer.secho(f"starting worker {i}", fg=typer.colors.GREEN, err=True)
@@ -179,18 +166,19 @@ def api(port: int = API_PORT, host: str = "127.0.0.1") -> None:
     """Run the HTTP API."""
     import uvicorn
 
-    uvicorn.run("api:app", host=host, port=port)
+    cfg = get_settings()
+    setup_logs(cfg.log_level, cfg.log_format)
+    uvicorn.run("api:app", host=host, port=port, log_config=None)
 
 
 @app.command()
 def worker() -> None:
     """Run one worker (drains on SIGTERM)."""
-    import logging
-
     from worker import make_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    make_worker(get_settings()).run()
+    cfg = get_settings()
+    setup_logs(cfg.log_level, cfg.log_format)
+    make_worker(cfg).run()
 
 
 @app.command()

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_048_576
     idempotency_ttl_s: int = 24 * 3600
 
+    # --- logs ------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+
     # --- worker --------------------------------------------------------------
     worker_max_jobs: int = 200
     step_timeout_s: float = 60.0

@@ -25,7 +25,7 @@ from typing import Any
 
 from arq import Retry
 
-from . import endpoints, interactions, metrics, webhooks
+from . import endpoints, interactions, logs, metrics, webhooks
 from .models import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream
 from .outcomes import chain, finish, follow_up_body, pause, poll_step, store_result
 from .services import Services
@@ -69,6 +69,11 @@ def guarded(name: str) -> Callable[[StepFn], StepFn]:
     def wrap(fn: StepFn) -> StepFn:
         @functools.wraps(fn)
         async def inner(ctx: dict[str, Any], *args: str) -> None:
+            logs.clear()
+            if name == "deliver":
+                logs.bind(event_id=args[0])
+            else:
+                logs.bind(job_id=args[0], interaction_id=args[1] if len(args) > 1 else None)
             try:
                 await fn(ctx, *args)
             except Retry:
@@ -124,6 +129,7 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
     job = await svc.store.get_job(job_id)
     if job is None:
         return
+    logs.bind(tenant=job.get("tenant"), batch_id=job.get("batch_id"))
     if job["status"] == JobStatus.queued:
         body = create_body(job, json.loads(job["request"]), svc.settings.public_url)
     elif job["status"] == JobStatus.running and job.get("pending_create"):
@@ -228,6 +234,7 @@ async def poll(ctx: dict[str, Any], job_id: str, interaction_id: str) -> None:
     job = await svc.store.get_job(job_id)
     if job is None or job.get("interaction_id") != interaction_id:
         return  # stale: the job moved on
+    logs.bind(tenant=job.get("tenant"), batch_id=job.get("batch_id"))
     if job["status"] == JobStatus.requires_action and time.time() > float(job["deadline"]):
         await expire(svc, job)  # paused past its deadline
         return

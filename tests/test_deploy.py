@@ -446,8 +446,8 @@ def test_dockerfile() -> None:
     user = [rest for op, rest in final if op == "USER"]
     assert user and user[-1].split(":")[0] not in ("0", "root")
     assert json.loads(next(rest for op, rest in final if op == "CMD")) == [
-        "uvicorn",
-        "api:app",
+        "interq",
+        "api",
         "--host",
         "0.0.0.0",
         "--port",
