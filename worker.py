@@ -33,6 +33,12 @@ SUBMIT_EXTRA_TRIES = 30  # room for guard retries beyond the submit attempts
 def redis_settings(settings: Settings) -> RedisSettings:
     """arq's connection settings, made to ride out a Redis restart."""
     rs = RedisSettings.from_dsn(settings.effective_redis_url)
+    if settings.redis_sentinels:
+        rs.host = settings.sentinel_hosts
+        rs.sentinel = True
+        rs.sentinel_master = settings.redis_sentinel_master
+    if rs.ssl and settings.redis_tls_ca_file:
+        rs.ssl_ca_certs = settings.redis_tls_ca_file
     rs.conn_retries = 60
     rs.retry_on_timeout = True
     rs.retry_on_error = [RedisConnectionError]

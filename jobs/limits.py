@@ -22,7 +22,7 @@ import math
 import time
 
 from limits import RateLimitItemPerSecond
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import RedisSentinelStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
@@ -39,11 +39,11 @@ class Budgets:
         self.settings = settings
         self.redis = redis
         self.prefix = settings.key_prefix
-        self.storage = RedisStorage(
-            "async+" + settings.effective_redis_url,
-            implementation="redispy",
-            key_prefix=f"{self.prefix}:rate",
-        )
+        from .services import limits_storage_uri
+
+        uri = limits_storage_uri(settings)
+        storage_cls = RedisSentinelStorage if settings.redis_sentinels else RedisStorage
+        self.storage = storage_cls(uri, implementation="redispy", key_prefix=f"{self.prefix}:rate")
         self.limiter = MovingWindowRateLimiter(self.storage)
 
     def inflight_key(self, model: str) -> str:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry as RedisRetry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -25,16 +28,40 @@ from .webhooks import USER_AGENT, Policy
 
 
 def redis_client(settings: Settings) -> Redis:
-    """A Redis client that rides out a restart or a dropped connection."""
-    client: Redis = Redis.from_url(
-        settings.effective_redis_url,
-        retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=15,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-    )
+    """A Redis client that rides out a restart or a dropped connection; plain,
+    TLS (``rediss://``, ``INTERQ_REDIS_TLS_CA_FILE``) or through Sentinel."""
+    opts: dict[str, Any] = {
+        "retry": RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 15,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+    }
+    url = urlparse(settings.effective_redis_url)
+    if settings.redis_sentinels:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            settings.sentinel_hosts,
+            socket_connect_timeout=5,
+            password=url.password,
+            db=int(url.path.lstrip("/") or 0),
+            **{k: v for k, v in opts.items() if k != "socket_connect_timeout"},
+        )
+        master: Redis = sentinel.master_for(settings.redis_sentinel_master)
+        return master
+    if url.scheme == "rediss" and settings.redis_tls_ca_file:
+        opts["ssl_ca_certs"] = settings.redis_tls_ca_file
+    client: Redis = Redis.from_url(settings.effective_redis_url, **opts)
     return client
+
+
+def limits_storage_uri(settings: Settings) -> str:
+    """The same Redis for the ``limits`` library's storage."""
+    if settings.redis_sentinels:
+        hosts = ",".join(settings.redis_sentinels)
+        url = urlparse(settings.effective_redis_url)
+        auth = f":{url.password}@" if url.password else ""
+        return f"async+redis+sentinel://{auth}{hosts}/{settings.redis_sentinel_master}"
+    return "async+" + settings.effective_redis_url
 
 
 @dataclass

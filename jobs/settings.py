@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis URL; unset means redis://localhost:6379/0"
     )
+    # Sentinel: "host:port,host:port" and the master's name; redis_url then
+    # gives only the password and database (e.g. redis://:secret@ignored/0).
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = "mymaster"
+    redis_tls_ca_file: str | None = Field(default=None, description="CA bundle for rediss://")
     queue_name: str = "interq:queue"
     key_prefix: str = "interq"
 
@@ -125,6 +130,33 @@ class Settings(BaseSettings):
             parts = [p.strip() for p in v.split(",") if p.strip()]
             return [float(p) for p in parts]
         return v
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _parse_sentinels(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, v: list[str]) -> list[str]:
+        for hp in v:
+            host, _, port = hp.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"sentinel {hp!r} must be host:port")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("INTERQ_REDIS_URL must start with redis://, rediss:// or unix://")
+        return v
+
+    @property
+    def sentinel_hosts(self) -> list[tuple[str, int]]:
+        return [(h, int(p)) for h, _, p in (x.rpartition(":") for x in self.redis_sentinels)]
 
     @field_validator("webhook_allowed_networks", mode="before")
     @classmethod

@@ -179,7 +179,7 @@ section { background: var(--card); border: 1px solid var(--line); border-radius:
 .chip b { font-variant-numeric: tabular-nums; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line);
-  vertical-align: top; }
+  vertical-align: baseline; }
 th { color: var(--muted); font-weight: 500; font-size: 12px; white-space: nowrap; }
 td.mono, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
   font-size: 12px; }
