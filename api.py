@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -132,22 +131,16 @@ def routes(cfg: Settings) -> APIRouter:
             except webhooks.UnsafeURL as e:
                 return api_error(422, "unsafe_webhook_url", str(e))
             secret = body.webhook.secret or webhooks.generate_secret()
-        job_id = "job_" + uuid.uuid4().hex
-        now = time.time()
-        timeout = min(body.timeout_s or cfg.default_timeout_s, cfg.max_timeout_s)
-        inter = body.interaction
-        fields: Fields = {
-            "status": JobStatus.queued.value,
-            "created_at": f"{now:.3f}",
-            "updated_at": f"{now:.3f}",
-            "deadline": f"{now + timeout:.3f}",
-            "request": json.dumps(inter),
-            "model": str(inter.get("model") or inter.get("agent")),
-            "metadata": json.dumps(body.metadata),
-            "custom_id": body.custom_id or "",
-            "webhook_url": str(body.webhook.url) if body.webhook else "",
-            "webhook_secret": secret or "",
-        }
+        job_id, fields = outcomes.new_job(
+            cfg,
+            body.interaction,
+            now=time.time(),
+            metadata=body.metadata,
+            custom_id=body.custom_id,
+            webhook_url=str(body.webhook.url) if body.webhook else "",
+            webhook_secret=secret or "",
+            timeout_s=body.timeout_s,
+        )
         idem = None
         if idempotency_key:
             digest = hashlib.sha256(

@@ -160,22 +160,17 @@ async def create_batch(
         )
         pipe.hset(bkey + ":counts", mapping={"queued": str(len(lines))})
         for ln in lines:
-            job_id = "job_" + uuid.uuid4().hex
-            timeout = min(ln.timeout_s or cfg.default_timeout_s, cfg.max_timeout_s)
-            inter = ln.interaction
-            fields: Fields = {
-                "status": JobStatus.queued.value,
-                "created_at": f"{now:.3f}",
-                "updated_at": f"{now:.3f}",
-                "deadline": f"{now + timeout:.3f}",
-                "request": json.dumps(inter),
-                "model": str(inter.get("model") or inter.get("agent")),
-                "metadata": json.dumps(ln.metadata),
-                "custom_id": ln.custom_id,
-                "batch_id": batch_id,
-                "webhook_url": str(ln.webhook.url) if ln.webhook else "",
-                "webhook_secret": (ln.webhook.secret or "") if ln.webhook else "",
-            }
+            job_id, fields = outcomes.new_job(
+                cfg,
+                ln.interaction,
+                now=now,
+                metadata=ln.metadata,
+                custom_id=ln.custom_id,
+                webhook_url=str(ln.webhook.url) if ln.webhook else "",
+                webhook_secret=(ln.webhook.secret or "") if ln.webhook else "",
+                timeout_s=ln.timeout_s,
+                batch_id=batch_id,
+            )
             await svc.store.create_job(job_id, tenant, fields, [], lane=lane, pipe=pipe)
         await pipe.execute()
     return batch_id

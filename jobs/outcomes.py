@@ -13,6 +13,7 @@ from typing import Any
 from . import endpoints, interactions, media, metrics
 from .models import JobStatus, event_type
 from .services import Services
+from .settings import Settings
 from .store import Event, Fields, Step
 
 log = logging.getLogger("interq.outcomes")
@@ -43,6 +44,40 @@ def batch_done_step(batch_id: str) -> Step:
 def deliver_step(event_id: str, n: int = 0) -> Step:
     suffix = f":r{n}" if n else ""
     return Step("deliver", (event_id,), f"deliver:{event_id}{suffix}", expires_s=7 * DAY_S)
+
+
+# --------------------------------------------------------------------------- new jobs
+
+
+def new_job(
+    settings: Settings,
+    interaction: dict[str, Any],
+    *,
+    now: float,
+    metadata: Any = None,
+    custom_id: str | None = None,
+    webhook_url: str = "",
+    webhook_secret: str = "",
+    timeout_s: float | None = None,
+    batch_id: str = "",
+) -> tuple[str, Fields]:
+    """A new job's id and record, as the API and batch intake write it."""
+    timeout = min(timeout_s or settings.default_timeout_s, settings.max_timeout_s)
+    fields: Fields = {
+        "status": JobStatus.queued.value,
+        "created_at": f"{now:.3f}",
+        "updated_at": f"{now:.3f}",
+        "deadline": f"{now + timeout:.3f}",
+        "request": json.dumps(interaction),
+        "model": str(interaction.get("model") or interaction.get("agent")),
+        "metadata": json.dumps(metadata),
+        "custom_id": custom_id or "",
+        "webhook_url": webhook_url,
+        "webhook_secret": webhook_secret,
+    }
+    if batch_id:
+        fields["batch_id"] = batch_id
+    return "job_" + uuid.uuid4().hex, fields
 
 
 # --------------------------------------------------------------------------- finishing

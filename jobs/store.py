@@ -35,6 +35,16 @@ from .models import TERMINAL, JobStatus
 
 Fields = dict[str, str]
 
+# Enqueue spec.enqueue[i] as an arq job whose serialized payload is ARGV[1 + i]
+# (skipped if that arq job id already exists), exactly as arq's enqueue_job does.
+_LUA_ENQUEUE = """for i, q in ipairs(spec.enqueue) do
+  local ak = spec.arq_prefix .. q.id
+  if redis.call('EXISTS', ak) == 0 then
+    redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
+    redis.call('ZADD', q.queue, q.score, q.id)
+  end
+end"""
+
 _TRANSITION = """
 local spec = cjson.decode(ARGV[1])
 local jk = KEYS[1]
@@ -89,15 +99,9 @@ if spec.event then
   for f, v in pairs(spec.event.fields) do redis.call('HSET', ek, f, v) end
   redis.call('RPUSH', jk .. ':events', spec.event.id)
 end
-for i, q in ipairs(spec.enqueue) do
-  local ak = spec.arq_prefix .. q.id
-  if redis.call('EXISTS', ak) == 0 then
-    redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
-    redis.call('ZADD', q.queue, q.score, q.id)
-  end
-end
+__ENQUEUE__
 return {1, cur}
-"""
+""".replace("__ENQUEUE__", _LUA_ENQUEUE)
 
 _CREATE = """
 local spec = cjson.decode(ARGV[1])
@@ -121,28 +125,16 @@ end
 if spec.fields.batch_id and spec.fields.batch_id ~= '' then
   redis.call('RPUSH', p .. ':batch:' .. spec.fields.batch_id .. ':jobs', spec.id)
 end
-for i, q in ipairs(spec.enqueue) do
-  local ak = spec.arq_prefix .. q.id
-  if redis.call('EXISTS', ak) == 0 then
-    redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
-    redis.call('ZADD', q.queue, q.score, q.id)
-  end
-end
+__ENQUEUE__
 return {1, tostring(seq)}
-"""
+""".replace("__ENQUEUE__", _LUA_ENQUEUE)
 
 
 _ENQUEUE = """
 local spec = cjson.decode(ARGV[1])
-for i, q in ipairs(spec.enqueue) do
-  local ak = spec.arq_prefix .. q.id
-  if redis.call('EXISTS', ak) == 0 then
-    redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
-    redis.call('ZADD', q.queue, q.score, q.id)
-  end
-end
+__ENQUEUE__
 return 1
-"""
+""".replace("__ENQUEUE__", _LUA_ENQUEUE)
 
 
 @dataclass(frozen=True)
