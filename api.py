@@ -361,7 +361,8 @@ def routes(cfg: Settings) -> APIRouter:
     @r.get("/metrics")
     async def prom(s: Svc) -> Response:
         await metrics.refresh_queue_gauges(s.redis, s.settings.key_prefix)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest() + generate_latest(metrics.QUEUE_REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return r
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import interactions, outcomes, webhooks
+from . import interactions, metrics, outcomes, webhooks
 from .dispatch import lane_of
 from .models import TERMINAL, JobStatus, WebhookSpec, check_interaction_body
 from .services import Services
@@ -173,6 +173,11 @@ async def create_batch(
             )
             await svc.store.create_job(job_id, tenant, fields, [], lane=lane, pipe=pipe)
         await pipe.execute()
+    for ln in lines:
+        inter = ln.interaction
+        metrics.JOBS_ACCEPTED.labels(
+            model=metrics.model_label(inter.get("model") or inter.get("agent"))
+        ).inc()
     return batch_id
 
 

@@ -7,7 +7,7 @@ configured/known models or ``other``; ``status`` and ``op`` are closed sets.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio import Redis
 
 # Durations from 100 ms to 6 h: flash models end in seconds, research agents in an hour.
@@ -84,14 +84,62 @@ STEP_ERRORS = Counter("interq_step_errors_total", "Unexpected errors inside work
 WORKER_UP = Gauge("interq_worker_up", "1 while this worker process runs")
 
 # Queue-level gauges: computed from Redis at scrape time by the API process only
-# (see ``refresh_queue_gauges``), so every worker does not repeat the work.
-QUEUE_DEPTH = Gauge("interq_queue_depth", "Jobs accepted and waiting for dispatch")
-IN_FLIGHT = Gauge("interq_jobs_in_flight", "Jobs dispatched and not yet ended", ["model"])
-OLDEST_IN_FLIGHT = Gauge(
-    "interq_oldest_inflight_seconds", "Age of the oldest dispatched job not yet ended"
+# (see ``refresh_queue_gauges``), in their own registry so that workers, which
+# export the default registry, do not export them as zeros.
+QUEUE_REGISTRY = CollectorRegistry()
+QUEUE_DEPTH = Gauge(
+    "interq_queue_depth", "Jobs accepted and waiting for dispatch", registry=QUEUE_REGISTRY
 )
-REDIS_UP = Gauge("interq_redis_up", "1 if the API reached Redis at the last scrape")
-JOBS_BY_STATUS = Gauge("interq_jobs_by_status", "Jobs stored, by status", ["status"])
+IN_FLIGHT = Gauge(
+    "interq_jobs_in_flight",
+    "Jobs dispatched and not yet ended",
+    ["model"],
+    registry=QUEUE_REGISTRY,
+)
+OLDEST_IN_FLIGHT = Gauge(
+    "interq_oldest_inflight_seconds",
+    "Age of the oldest dispatched job not yet ended",
+    registry=QUEUE_REGISTRY,
+)
+REDIS_UP = Gauge(
+    "interq_redis_up", "1 if the API reached Redis at the last scrape", registry=QUEUE_REGISTRY
+)
+JOBS_BY_STATUS = Gauge(
+    "interq_jobs_by_status", "Jobs stored, by status", ["status"], registry=QUEUE_REGISTRY
+)
+
+JOB_STATUSES = (
+    "queued",
+    "running",
+    "requires_action",
+    "completed",
+    "failed",
+    "cancelled",
+    "incomplete",
+    "expired",
+)
+
+
+def _init_series() -> None:
+    """Create the label sets dashboards and alerts rate() over, at 0, so the
+    first increments after a start are seen by rate() and increase()."""
+    for model in (*sorted(KNOWN_MODELS), "other"):
+        JOBS_ACCEPTED.labels(model=model)
+        for status in JOB_STATUSES[3:]:
+            JOBS_FINISHED.labels(status=status, model=model)
+        IN_FLIGHT.labels(model=model)
+    for op in ("create", "get", "cancel"):
+        for code in ("200", "429", "500", "503", "timeout", "connect_error"):
+            UPSTREAM_REQUESTS.labels(op=op, code=code)
+    for outcome in ("delivered", "failed", "gone"):
+        WEBHOOK_DELIVERIES.labels(outcome=outcome)
+    for status in JOB_STATUSES:
+        JOBS_BY_STATUS.labels(status=status)
+    for step in ("submit", "poll", "deliver"):
+        STEP_ERRORS.labels(step=step)
+
+
+_init_series()
 
 
 async def refresh_queue_gauges(redis: Redis, prefix: str) -> None:
@@ -118,13 +166,15 @@ async def refresh_queue_gauges(redis: Redis, prefix: str) -> None:
     QUEUE_DEPTH.set(sum(res[: len(lanes)]))
     rest = res[len(lanes) :]
     oldest_ms = None
+    per_model = dict.fromkeys((*KNOWN_MODELS, "other"), 0)
     for i, key in enumerate(inflight_keys):
         count, first = rest[2 * i], rest[2 * i + 1]
-        model = model_label(key.rsplit(":", 1)[-1])
-        IN_FLIGHT.labels(model=model).set(count)
+        per_model[model_label(key.rsplit(":", 1)[-1])] += int(count)
         if first:
             score = first[0][1]
             oldest_ms = score if oldest_ms is None else min(oldest_ms, score)
+    for model, count in per_model.items():
+        IN_FLIGHT.labels(model=model).set(count)
     OLDEST_IN_FLIGHT.set(0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000))
     for status, n in (rest[-1] or {}).items():
         JOBS_BY_STATUS.labels(status=status.decode()).set(int(n))

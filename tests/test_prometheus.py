@@ -198,7 +198,9 @@ def prometheus_config(tmp: Path, api: str, worker: str) -> Path:
     return path
 
 
-def small_run(api: httpx.Client, sim_url: str, receiver: Receiver, worker_metrics: str) -> dict:
+def small_run(
+    api: httpx.Client, sim_url: str, receiver: Receiver, worker_metrics: str
+) -> dict[str, Any]:
     """Completed, failed and long jobs, a batch, a delivered and a dead-lettered
     webhook, and some upstream 429s. Returns what was submitted."""
     ids: list[str] = []
@@ -258,7 +260,9 @@ def small_run(api: httpx.Client, sim_url: str, receiver: Receiver, worker_metric
     poll(lambda: receiver.snapshot(), "the webhook delivery")
     poll(lambda: api.get("/v1/webhooks/dead-letters").json()["data"], "a dead letter")
     statuses = [api.get(f"/v1/jobs/{j}").json()["status"] for j in ids]
-    return {"jobs": len(ids), "statuses": sorted(set(statuses)), "batch": batch_id}
+    results = api.get(f"/v1/batches/{batch_id}/results").text.splitlines()
+    statuses += [json.loads(x)["status"] for x in results]
+    return {"jobs": len(statuses), "statuses": {s: statuses.count(s) for s in set(statuses)}}
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +280,7 @@ def run(redis_url: str, receiver_module: Receiver) -> Iterator[Run]:
     worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
     prom_url = f"http://127.0.0.1:{prom_port}"
     uvicorn = [sys.executable, "-m", "uvicorn", "api:app", "--host", "127.0.0.1"]
+    prom_cfg = prometheus_config(tmp, f"127.0.0.1:{api_port}", f"127.0.0.1:{worker_port}")
     try:
         with (
             process(
@@ -285,7 +290,7 @@ def run(redis_url: str, receiver_module: Receiver) -> Iterator[Run]:
             process(
                 [
                     prometheus,
-                    f"--config.file={prometheus_config(tmp, f'127.0.0.1:{api_port}', f'127.0.0.1:{worker_port}')}",
+                    f"--config.file={prom_cfg}",
                     f"--storage.tsdb.path={tmp / 'tsdb'}",
                     f"--web.listen-address=127.0.0.1:{prom_port}",
                     "--log.level=warn",
@@ -397,3 +402,32 @@ def test_promtool_check_metrics(run: Run, target: str) -> None:
     assert proc.returncode == 0, (
         f"promtool check metrics on the {target}:\n{proc.stdout}{proc.stderr}"
     )
+
+
+# Panels whose value after the run is known: (title, expr, expected).
+KNOWN_VALUES = [
+    ("Workers up", "sum(interq_worker_up)", 1.0),
+    ("Queue depth", "max(interq_queue_depth)", 0.0),
+    ("Redis", "min(interq_redis_up)", 1.0),
+    ("In flight", "sum(max by (model) (interq_jobs_in_flight))", 0.0),
+]
+
+
+@pytest.mark.parametrize(("title", "expr", "expected"), KNOWN_VALUES)
+def test_panels_read_the_run(run: Run, title: str, expr: str, expected: float) -> None:
+    assert (title, expr) in dashboard_exprs()
+    assert [float(r["value"][1]) for r in run.value(expr)] == [expected], run.summary
+
+
+def test_jobs_by_status_counts_every_job(run: Run) -> None:
+    expr = "max by (status) (interq_jobs_by_status)"
+    assert expr in {e for _, e in dashboard_exprs()}
+    got = {r["metric"]["status"]: float(r["value"][1]) for r in run.value(expr)}
+    assert {s: n for s, n in got.items() if n} == run.summary["statuses"]
+
+
+def test_every_accepted_job_is_counted(run: Run) -> None:
+    finished = run.value("sum(interq_jobs_finished_total)")
+    accepted = run.value("sum(interq_jobs_accepted_total)")
+    assert [float(r["value"][1]) for r in finished] == [float(run.summary["jobs"])]
+    assert [float(r["value"][1]) for r in accepted] == [float(run.summary["jobs"])]
