@@ -7,8 +7,13 @@ configured/known models or ``other``; ``status`` and ``op`` are closed sets.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 # Durations from 100 ms to 6 h: flash models end in seconds, research agents in an hour.
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
@@ -142,39 +147,62 @@ def _init_series() -> None:
 _init_series()
 
 
+@dataclass
+class QueueSnapshot:
+    """Queue-wide numbers read from Redis in one pipelined round trip."""
+
+    lane_depths: dict[str, int]  # lane ("tenant|batch") -> jobs waiting
+    in_flight: dict[str, int]  # model label -> jobs dispatched, not ended
+    oldest_in_flight_s: float | None
+    by_status: dict[str, int]
+
+
+async def queue_snapshot(redis: Redis, prefix: str) -> QueueSnapshot:
+    lanes = [_s(x) for x in await redis.smembers(f"{prefix}:lanes")]  # type: ignore[misc]
+    inflight_keys = [_s(k) async for k in redis.scan_iter(f"{prefix}:inflight:*", count=1000)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for lane in lanes:
+            pipe.llen(f"{prefix}:ready:{lane}")
+        for key in inflight_keys:
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+        pipe.hgetall(f"{prefix}:counts")
+        res = await pipe.execute()
+    rest = res[len(lanes) :]
+    in_flight: dict[str, int] = {}
+    oldest_ms: float | None = None
+    for i, key in enumerate(inflight_keys):
+        count, first = int(rest[2 * i]), rest[2 * i + 1]
+        label = model_label(key.rsplit(":", 1)[-1])
+        in_flight[label] = in_flight.get(label, 0) + count
+        if first:
+            score = float(first[0][1])
+            oldest_ms = score if oldest_ms is None else min(oldest_ms, score)
+    by_status = dict.fromkeys(JOB_STATUSES, 0)
+    by_status.update({_s(k): int(v) for k, v in (rest[-1] or {}).items()})
+    return QueueSnapshot(
+        lane_depths={lane: int(n) for lane, n in zip(lanes, res[: len(lanes)], strict=True)},
+        in_flight=in_flight,
+        oldest_in_flight_s=None if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000),
+        by_status=by_status,
+    )
+
+
 async def refresh_queue_gauges(redis: Redis, prefix: str) -> None:
-    """Set the queue-level gauges from Redis (a few round trips)."""
-    import time
-
-    from redis.exceptions import RedisError
-
+    """Set the queue-level gauges from Redis (one pipelined round trip)."""
     try:
-        lanes = [x.decode() for x in await redis.smembers(f"{prefix}:lanes")]  # type: ignore[misc]
-        inflight_keys = [k.decode() async for k in redis.scan_iter(f"{prefix}:inflight:*")]
-        async with redis.pipeline(transaction=False) as pipe:
-            for lane in lanes:
-                pipe.llen(f"{prefix}:ready:{lane}")
-            for key in inflight_keys:
-                pipe.zcard(key)
-                pipe.zrange(key, 0, 0, withscores=True)
-            pipe.hgetall(f"{prefix}:counts")
-            res = await pipe.execute()
+        snap = await queue_snapshot(redis, prefix)
     except (RedisError, OSError):
         REDIS_UP.set(0)
         return
     REDIS_UP.set(1)
-    QUEUE_DEPTH.set(sum(res[: len(lanes)]))
-    rest = res[len(lanes) :]
-    oldest_ms = None
-    per_model = dict.fromkeys((*KNOWN_MODELS, "other"), 0)
-    for i, key in enumerate(inflight_keys):
-        count, first = rest[2 * i], rest[2 * i + 1]
-        per_model[model_label(key.rsplit(":", 1)[-1])] += int(count)
-        if first:
-            score = first[0][1]
-            oldest_ms = score if oldest_ms is None else min(oldest_ms, score)
-    for model, count in per_model.items():
-        IN_FLIGHT.labels(model=model).set(count)
-    OLDEST_IN_FLIGHT.set(0 if oldest_ms is None else max(0.0, time.time() - oldest_ms / 1000))
-    for status, n in (rest[-1] or {}).items():
-        JOBS_BY_STATUS.labels(status=status.decode()).set(int(n))
+    QUEUE_DEPTH.set(sum(snap.lane_depths.values()))
+    for model in (*KNOWN_MODELS, "other"):
+        IN_FLIGHT.labels(model=model).set(snap.in_flight.get(model, 0))
+    OLDEST_IN_FLIGHT.set(snap.oldest_in_flight_s or 0)
+    for status, n in snap.by_status.items():
+        JOBS_BY_STATUS.labels(status=status).set(n)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

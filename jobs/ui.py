@@ -61,44 +61,18 @@ def _s(v: Any) -> str:
 async def summary(s: Services, tenant: str) -> OpsSummary:
     """The numbers ``jobs.metrics.refresh_queue_gauges`` exports, from the same
     Redis keys, plus the tenant's recent batches."""
-    p = s.settings.key_prefix
-    r = s.redis
-    lanes = [_s(x) for x in await r.smembers(f"{p}:lanes")]  # type: ignore[misc]
-    inflight_keys = [_s(k) async for k in r.scan_iter(f"{p}:inflight:*", count=1000)]
-    async with r.pipeline(transaction=False) as pipe:
-        for lane in lanes:
-            pipe.llen(f"{p}:ready:{lane}")
-        for key in inflight_keys:
-            pipe.zcard(key)
-            pipe.zrange(key, 0, 0, withscores=True)
-        pipe.hgetall(f"{p}:counts")
-        res = await pipe.execute()
-    depths = [int(n) for n in res[: len(lanes)]]
-    mine = sum(n for lane, n in zip(lanes, depths, strict=True) if lane.split("|", 1)[0] == tenant)
-    rest = res[len(lanes) :]
-    in_flight: dict[str, int] = {}
-    oldest_ms: float | None = None
-    for i, key in enumerate(inflight_keys):
-        count, first = int(rest[2 * i]), rest[2 * i + 1]
-        if count:
-            label = metrics.model_label(key.rsplit(":", 1)[-1])
-            in_flight[label] = in_flight.get(label, 0) + count
-        if first:
-            score = float(first[0][1])
-            oldest_ms = score if oldest_ms is None else min(oldest_ms, score)
-    now = time.time()
-    by_status = {st.value: 0 for st in JobStatus}
-    for k, v in (rest[-1] or {}).items():
-        by_status[_s(k)] = int(v)
+    snap = await metrics.queue_snapshot(s.redis, s.settings.key_prefix)
+    mine = sum(n for lane, n in snap.lane_depths.items() if lane.split("|", 1)[0] == tenant)
+    in_flight = {m: n for m, n in snap.in_flight.items() if n}
     return OpsSummary(
         tenant=tenant,
-        time=now,
-        queue_depth=sum(depths),
+        time=time.time(),
+        queue_depth=sum(snap.lane_depths.values()),
         queue_depth_tenant=mine,
         in_flight=dict(sorted(in_flight.items())),
         in_flight_total=sum(in_flight.values()),
-        oldest_in_flight_s=None if oldest_ms is None else max(0.0, now - oldest_ms / 1000),
-        jobs_by_status=by_status,
+        oldest_in_flight_s=snap.oldest_in_flight_s,
+        jobs_by_status=snap.by_status,
         batches=await recent_batches(s, tenant),
     )
 
