@@ -66,6 +66,7 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
                 )
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        log.info("worker stopping: running steps drained, no new ones taken")
         metrics.WORKER_UP.set(0)
         if "dispatcher" in ctx:
             ctx["dispatcher"].cancel()

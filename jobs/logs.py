@@ -55,7 +55,12 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq", "arq.worker"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq", "arq.worker", "httpx"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    if root.level > logging.DEBUG:
+        # a line per HTTP request and per arq job start/finish is ~7 lines a
+        # job: at INFO, interq's own lines say what happened to each job
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)

@@ -283,6 +283,7 @@ class Simulator:
         self.webhook_log: list[JSON] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}  # interaction id -> end-of-run timer
         self._tasks: set[asyncio.Task[None]] = set()  # deliveries in flight
+        self._client: httpx.AsyncClient | None = None  # for webhooks
         self.reset()
 
     def reset(self) -> None:
@@ -625,28 +626,30 @@ class Simulator:
 
     async def _deliver(self, uri: str, event_id: str, etype: str, iid: str, body: bytes) -> None:
         delays = list(self.config.webhook_retry_s)
-        async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, trust_env=False) as client:
-            for attempt in range(1, len(delays) + 2):
-                if attempt > 1:
-                    await asyncio.sleep(delays[attempt - 2])
-                status: int | None = None
-                error: str | None = None
-                try:
-                    resp = await client.post(
-                        uri, content=body, headers=self._headers(event_id, body)
-                    )
-                    status = resp.status_code
-                    if not 200 <= status < 300:
-                        error = f"HTTP {status}"
-                except Exception as exc:  # connection errors, bad URLs, a bad secret
-                    error = f"{type(exc).__name__}: {exc}"
-                self.webhook_log.append(
-                    {"t": time.time(), "event_id": event_id, "type": etype}
-                    | {"interaction_id": iid, "uri": uri, "attempt": attempt}
-                    | {"status": status, "error": error}
+        if self._client is None:  # one client, made on the loop that delivers
+            self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, trust_env=False)
+        error: str | None = None
+        for attempt in range(1, len(delays) + 2):
+            if attempt > 1:
+                await asyncio.sleep(delays[attempt - 2])
+            status: int | None = None
+            error = None
+            try:
+                resp = await self._client.post(
+                    uri, content=body, headers=self._headers(event_id, body)
                 )
-                if error is None:
-                    return
+                status = resp.status_code
+                if not 200 <= status < 300:
+                    error = f"HTTP {status}"
+            except Exception as exc:  # connection errors, bad URLs, a bad secret
+                error = f"{type(exc).__name__}: {exc}"
+            self.webhook_log.append(
+                {"t": time.time(), "event_id": event_id, "type": etype}
+                | {"interaction_id": iid, "uri": uri, "attempt": attempt}
+                | {"status": status, "error": error}
+            )
+            if error is None:
+                return
         _log.warning("giving up on webhook %s (%s) to %s: %s", event_id, etype, uri, error)
 
     def _headers(self, event_id: str, body: bytes) -> dict[str, str]:
@@ -678,6 +681,9 @@ class Simulator:
         tasks = list(self._tasks)
         self._cancel_pending()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
 
 def _json(data: Any, status: int = 200) -> JSONResponse:

@@ -207,6 +207,7 @@ async def record_interaction(svc: Services, job: Fields, inter: dict[str, Any]) 
         steps=[poll_step(job["id"], iid, poll_interval(svc, 0), float(job["deadline"]))],
     )
     if out.ok:
+        log.info("job %s: interaction %s created", job["id"], iid)
         if job["status"] == JobStatus.queued:
             metrics.QUEUE_WAIT.observe(now - float(job["created_at"]))
         if svc.settings.public_url:

@@ -128,7 +128,11 @@ class UpstreamClient:
             headers=headers,
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=10.0),
             transport=transport,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            # keep a connection per worker slot: reconnecting per request costs
+            limits=httpx.Limits(
+                max_connections=max(200, settings.worker_max_jobs),
+                max_keepalive_connections=max(50, settings.worker_max_jobs),
+            ),
         )
 
     async def aclose(self) -> None:

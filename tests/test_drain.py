@@ -49,7 +49,7 @@ async def test_sigterm_drains_and_exits_zero(
     lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
     assert lines, "the worker writes JSON log lines"
     assert any(line.get("job_id") in ids for line in lines), "log lines carry the job id"
-    assert any("shutdown on SIGTERM" in line.get("message", "") for line in lines)
+    assert any("worker stopping" in line.get("message", "") for line in lines)
 
     async with running_worker(settings):
         done = await wait_terminal(api, ids, timeout=120)
