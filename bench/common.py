@@ -159,3 +159,197 @@ def table(rows: list[tuple[str, ...]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- helpers
+# (added for intake / pipeline / inflight / polling; the functions above are unchanged)
+
+ARQ_HEALTH_SUFFIX = ":health-check"
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0-100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def fmt(x: float | None, nd: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+
+def proc_mem_mb(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak resident set) of a process, in MB."""
+    out = {"rss_mb": 0.0, "hwm_mb": 0.0}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_mb" if key == "VmRSS" else "hwm_mb"] = int(rest.split()[0]) / 1024
+    return out
+
+
+class MemSampler:
+    """Samples a process's VmRSS every ``every`` s in a thread (bounded count)."""
+
+    def __init__(self, pid: int, every: float = 1.0, max_samples: int = 10_000) -> None:
+        import threading
+
+        self.pid, self.every, self.max_samples = pid, every, max_samples
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, rss MB)
+        self.hwm_mb = 0.0
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.samples) < self.max_samples:
+            m = proc_mem_mb(self.pid)
+            if m["rss_mb"]:
+                self.samples.append((round(time.monotonic() - self._t0, 2), round(m["rss_mb"], 1)))
+                self.hwm_mb = max(self.hwm_mb, m["hwm_mb"])
+            self._stop.wait(self.every)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling (call while the process is still alive) and summarise."""
+        final = proc_mem_mb(self.pid)
+        self._stop.set()
+        self._thread.join(5)
+        rss = [r for _, r in self.samples]
+        return {
+            "peak_rss_sampled_mb": max(rss, default=0.0),
+            "vm_hwm_mb": max(self.hwm_mb, final["hwm_mb"]),
+            "final_rss_mb": final["rss_mb"],
+            "samples": self.samples[:: max(1, len(self.samples) // 200)],
+        }
+
+
+def wait_until(pred: Any, timeout: float, every: float = 0.1, what: str = "condition") -> float:
+    """Poll ``pred()`` until true; returns the seconds waited. Raises on timeout."""
+    t0 = time.monotonic()
+    end = t0 + timeout
+    while time.monotonic() < end:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(every)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def sync_redis(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def spawn_logged(st: Stack, *cmd: str, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    """Like ``Stack.spawn`` but stderr goes to $BENCH_LOG_DIR/<name>.log when that is set."""
+    log_dir = os.environ.get("BENCH_LOG_DIR")
+    err: Any = subprocess.DEVNULL
+    if log_dir:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        err = open(Path(log_dir) / f"{name}.log", "ab")
+    try:
+        p = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    finally:
+        if err is not subprocess.DEVNULL:
+            err.close()  # the child has its own copy
+    st.procs.append(p)
+    return p
+
+
+def wait_arq_ready(
+    redis_url: str, queue: str, proc: subprocess.Popen[bytes], timeout: float = 60
+) -> None:
+    """An arq worker writes ``<queue>:health-check`` on its first loop iteration,
+    after its on_startup (interq's dispatcher is running by then)."""
+    r = sync_redis(redis_url)
+    try:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {proc.returncode} before it was ready")
+            return bool(r.exists(queue + ARQ_HEALTH_SUFFIX))
+
+        wait_until(ready, timeout, 0.05, f"the worker on {queue}")
+    finally:
+        r.close()
+
+
+def start_interq_worker(st: Stack, name: str = "worker", **env: str) -> subprocess.Popen[bytes]:
+    """One ``interq worker`` process with the stack's env plus overrides, ready to work."""
+    full = {**st.env, **env}
+    queue = full.get("INTERQ_QUEUE_NAME", "interq:queue")
+    r = sync_redis(st.redis_url)
+    r.delete(queue + ARQ_HEALTH_SUFFIX)
+    r.close()
+    p = spawn_logged(st, sys.executable, "-m", "jobs.cli", "worker", env=full, name=name)
+    wait_arq_ready(st.redis_url, queue, p)
+    return p
+
+
+def stop_proc(p: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def sim_requests(st: Stack) -> list[dict[str, Any]]:
+    """The simulator's request log: one entry per request, ``t`` = time.time() on arrival,
+    ``op``, ``id`` (interaction id), ``status``, ``job`` (the ``interq_job`` label)."""
+    r = httpx.get(f"{st.sim_url}/_sim/requests", timeout=300)
+    r.raise_for_status()
+    data: list[dict[str, Any]] = r.json()
+    return data
+
+
+def interactions_from_log(log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per interaction id: ``created`` (time the create reached the simulator, which is
+    when its clock starts, to well under a millisecond), ``job`` label and sorted ``gets``
+    (arrival times of every GET answered 200)."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in log:
+        if e["op"] == "create" and e["status"] == 200 and e["id"]:
+            out.setdefault(e["id"], {"gets": []}).update(created=e["t"], job=e["job"])
+    for e in log:
+        if e["op"] == "get" and e["status"] == 200 and e["id"] in out:
+            out[e["id"]]["gets"].append(e["t"])
+    for v in out.values():
+        v["gets"].sort()
+    return out
+
+
+def run_arq_worker(
+    functions: list[Any],
+    redis_url: str,
+    queue: str,
+    max_jobs: int,
+    poll_delay: float,
+    on_startup: Any = None,
+    on_shutdown: Any = None,
+    job_timeout: float = 300,
+) -> None:
+    """Run a bare arq worker in this process (for the baselines); SIGTERM stops it."""
+    from arq import Worker
+    from arq.connections import RedisSettings
+
+    Worker(
+        functions=functions,
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        queue_name=queue,
+        max_jobs=max_jobs,
+        poll_delay=poll_delay,
+        keep_result=0,
+        job_timeout=job_timeout,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        max_burst_jobs=-1,
+    ).run()

@@ -1,0 +1,315 @@
+"""Intake benchmark: how fast the API accepts work, with no worker running (jobs
+just queue).
+
+* ``POST /v1/jobs`` open loop: ``--rate`` requests/s for ``--seconds`` from one
+  asyncio httpx client, each request sent at its scheduled time whether or not
+  earlier ones answered. Latency is measured from the *scheduled* send time, so a
+  server that falls behind shows it (no coordinated omission).
+* ``POST /v1/jobs`` closed loop: N clients each sending the next request when the
+  last one answered, for a few seconds per N; the best jobs/s is the sustainable
+  rate on this box (the client shares the 2 cores with the API and Redis).
+* ``POST /v1/batches``: a ``--batch``-line NDJSON body, time to the 202, best of
+  ``--batch-reps``.
+* Baselines, same Redis, same run: arq's own ``ArqRedis.enqueue_job`` for the
+  same number of no-op jobs (100 concurrent tasks), and the raw floor, a pipeline of
+  the two commands arq's enqueue writes (``PSETEX`` job + ``ZADD`` queue).
+
+    .venv/bin/python -m bench.intake [--rate 200] [--seconds 20] [--batch 10000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+import httpx
+
+from bench.common import fmt, pct, save, stack, table
+
+MODEL = "sim-model"
+BODY = json.dumps({"interaction": {"model": MODEL, "input": "hello [sim duration=1]"}}).encode()
+HEADERS = {"content-type": "application/json"}
+MAX_OUTSTANDING = 2000  # open loop: requests in flight past this are counted as not sent
+
+
+def summarize(lat_s: list[float], ok: int, errors: int, elapsed: float) -> dict[str, Any]:
+    ms = [x * 1000 for x in lat_s]
+    return {
+        "ok": ok,
+        "errors": errors,
+        "elapsed_s": elapsed,
+        "per_s": ok / elapsed if elapsed > 0 else 0.0,
+        "p50_ms": pct(ms, 50),
+        "p99_ms": pct(ms, 99),
+        "max_ms": max(ms, default=None),
+    }
+
+
+async def open_loop(api: str, rate: float, seconds: float) -> dict[str, Any]:
+    n = int(rate * seconds)
+    lat: list[float] = []
+    errors = 0
+    skipped = 0
+    outstanding: set[asyncio.Task[None]] = set()
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=api, timeout=30, limits=limits) as c:
+
+        async def one(due: float) -> None:
+            nonlocal errors
+            try:
+                r = await c.post("/v1/jobs", content=BODY, headers=HEADERS)
+                if r.status_code == 202:
+                    lat.append(time.monotonic() - due)
+                else:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+
+        t0 = time.monotonic() + 0.05
+        for i in range(n):
+            due = t0 + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(outstanding) >= MAX_OUTSTANDING:
+                skipped += 1
+                continue
+            task = asyncio.create_task(one(due))
+            outstanding.add(task)
+            task.add_done_callback(outstanding.discard)
+        if outstanding:
+            _, late = await asyncio.wait(list(outstanding), timeout=30)
+            for task in late:
+                task.cancel()
+            errors += len(late)
+        elapsed = time.monotonic() - t0
+    out = summarize(lat, len(lat), errors, elapsed)
+    out.update(offered_per_s=rate, sent=n - skipped, not_sent=skipped)
+    return out
+
+
+async def closed_loop(api: str, clients: int, seconds: float) -> dict[str, Any]:
+    lat: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=api, timeout=30, limits=limits) as c:
+        end = time.monotonic() + seconds
+
+        async def client() -> None:
+            nonlocal errors
+            for _ in range(1_000_000):  # bounded by time below; the count is a backstop
+                if time.monotonic() >= end:
+                    return
+                t = time.monotonic()
+                try:
+                    r = await c.post("/v1/jobs", content=BODY, headers=HEADERS)
+                    if r.status_code == 202:
+                        lat.append(time.monotonic() - t)
+                    else:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.monotonic() - t0
+    out = summarize(lat, len(lat), errors, elapsed)
+    out["clients"] = clients
+    return out
+
+
+def batch_body(n: int, rep: int) -> bytes:
+    return b"".join(
+        json.dumps(
+            {
+                "custom_id": f"b{rep}-{i}",
+                "interaction": {"model": MODEL, "input": f"item {i} [sim duration=1]"},
+            }
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )
+
+
+def batch_intake(api: str, n: int, reps: int) -> dict[str, Any]:
+    times = []
+    with httpx.Client(base_url=api, timeout=300) as c:
+        for rep in range(reps):
+            body = batch_body(n, rep)
+            t0 = time.monotonic()
+            r = c.post(
+                "/v1/batches", content=body, headers={"content-type": "application/x-ndjson"}
+            )
+            dt = time.monotonic() - t0
+            r.raise_for_status()
+            if r.json()["total"] != n:
+                raise RuntimeError(f"batch accepted {r.json()['total']} of {n} jobs")
+            times.append(dt)
+    best = min(times)
+    return {
+        "jobs": n,
+        "reps": reps,
+        "seconds": times,
+        "best_s": best,
+        "median_s": statistics.median(times),
+        "per_s": n / best,
+        "per_s_median": n / statistics.median(times),
+        "body_bytes": len(batch_body(n, 0)),
+    }
+
+
+async def arq_floor(redis_url: str, n: int, concurrency: int = 100) -> dict[str, Any]:
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from arq.constants import job_key_prefix
+    from arq.jobs import serialize_job
+
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await pool.enqueue_job("noop", i, _queue_name="bench:enqueue")
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        enqueue_s = time.monotonic() - t0
+        if await pool.zcard("bench:enqueue") != n:
+            raise RuntimeError("arq enqueue_job lost jobs")
+
+        t0 = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        async with pool.pipeline(transaction=False) as pipe:
+            for i in range(n):
+                jid = f"pipe-{i}"
+                pipe.psetex(
+                    job_key_prefix + jid, 86_400_000, serialize_job("noop", (i,), {}, None, now_ms)
+                )
+                pipe.zadd("bench:pipeline", {jid: now_ms})
+            await pipe.execute()
+        pipe_s = time.monotonic() - t0
+    finally:
+        await pool.aclose()
+    return {
+        "jobs": n,
+        "enqueue_job_s": enqueue_s,
+        "enqueue_job_per_s": n / enqueue_s,
+        "enqueue_job_concurrency": concurrency,
+        "pipeline_s": pipe_s,
+        "pipeline_per_s": n / pipe_s,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rate", type=float, default=200.0, help="open loop: offered requests/s")
+    ap.add_argument("--seconds", type=float, default=20.0, help="open loop: duration")
+    ap.add_argument("--clients", default="1,8,32,128", help="closed loop: client counts")
+    ap.add_argument("--closed-seconds", type=float, default=8.0, help="closed loop: per count")
+    ap.add_argument("--batch", type=int, default=10_000, help="jobs per NDJSON batch")
+    ap.add_argument("--batch-reps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="short smoke run")
+    a = ap.parse_args()
+    if a.quick:
+        a.seconds, a.clients, a.closed_seconds, a.batch, a.batch_reps = 3.0, "1,16", 2.0, 1000, 1
+    clients = [int(x) for x in a.clients.split(",") if x.strip()]
+
+    with stack(workers=0) as st:
+        asyncio.run(closed_loop(st.api_url, 8, 1.0))  # warm-up: connections, caches
+        print(f"open loop: {a.rate:g} req/s for {a.seconds:g} s ...", flush=True)
+        opened = asyncio.run(open_loop(st.api_url, a.rate, a.seconds))
+        closed = []
+        for n in clients:
+            print(f"closed loop: {n} clients for {a.closed_seconds:g} s ...", flush=True)
+            closed.append(asyncio.run(closed_loop(st.api_url, n, a.closed_seconds)))
+        print(f"batch: {a.batch_reps} x {a.batch} NDJSON lines ...", flush=True)
+        batch = batch_intake(st.api_url, a.batch, a.batch_reps)
+        print(f"arq: {a.batch} x enqueue_job, then a pipeline ...", flush=True)
+        floor = asyncio.run(arq_floor(st.redis_url, a.batch))
+
+    best = max(closed, key=lambda r: r["per_s"])
+    rows = [("what", "jobs/s", "p50 ms", "p99 ms", "ok", "errors")]
+    rows.append(
+        (
+            f"POST /v1/jobs open loop, {a.rate:g}/s offered",
+            fmt(opened["per_s"]),
+            fmt(opened["p50_ms"], 2),
+            fmt(opened["p99_ms"], 2),
+            str(opened["ok"]),
+            str(opened["errors"] + opened["not_sent"]),
+        )
+    )
+    for r in closed:
+        rows.append(
+            (
+                f"POST /v1/jobs closed loop, {r['clients']} clients",
+                fmt(r["per_s"]),
+                fmt(r["p50_ms"], 2),
+                fmt(r["p99_ms"], 2),
+                str(r["ok"]),
+                str(r["errors"]),
+            )
+        )
+    rows.append(
+        (
+            f"POST /v1/batches, {a.batch} NDJSON lines (best)",
+            fmt(batch["per_s"]),
+            "-",
+            "-",
+            str(a.batch * a.batch_reps),
+            "0",
+        )
+    )
+    rows.append(
+        (
+            f"baseline: arq enqueue_job x{a.batch}, 100 tasks",
+            fmt(floor["enqueue_job_per_s"]),
+            "-",
+            "-",
+            str(a.batch),
+            "0",
+        )
+    )
+    rows.append(
+        (
+            f"floor: pipelined PSETEX+ZADD x{a.batch}",
+            fmt(floor["pipeline_per_s"]),
+            "-",
+            "-",
+            str(a.batch),
+            "0",
+        )
+    )
+    print(table(rows))
+    ratio_enqueue = batch["per_s"] / floor["enqueue_job_per_s"]
+    ratio_pipe = batch["per_s"] / floor["pipeline_per_s"]
+    print(
+        f"batch intake = {ratio_enqueue:.2f} x arq enqueue_job, {ratio_pipe:.2f} x the raw "
+        f"pipeline; single-job max (closed loop) {best['per_s']:.0f}/s at {best['clients']} "
+        "clients"
+    )
+    path = save(
+        "intake-quick" if a.quick else "intake",
+        {
+            "args": vars(a),
+            "open_loop": opened,
+            "closed_loop": closed,
+            "closed_loop_best_per_s": best["per_s"],
+            "batch": batch,
+            "arq": floor,
+            "batch_vs_enqueue_job": ratio_enqueue,
+            "batch_vs_pipeline": ratio_pipe,
+        },
+    )
+    print(f"written {path.relative_to(path.parent.parent.parent)}")
+
+
+if __name__ == "__main__":
+    main()
