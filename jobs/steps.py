@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -35,6 +36,7 @@ from .upstream import NotFound, Rejected, Retryable, UpstreamError
 log = logging.getLogger("interq.steps")
 
 STEP_GUARD_MAX_TRIES = 25  # unexpected errors in one step before it gives up
+STEP_BUDGET_SHARE = 0.8  # of INTERQ_STEP_TIMEOUT_S: a step times itself out before arq does
 CANCEL_404_MAX_TRIES = 3
 
 
@@ -74,13 +76,21 @@ def guarded(name: str) -> Callable[[StepFn], StepFn]:
                 logs.bind(event_id=args[0])
             else:
                 logs.bind(job_id=args[0], interaction_id=args[1] if len(args) > 1 else None)
+            tries = int(ctx.get("job_try", 1))
+            budget = ctx["svc"].settings.step_timeout_s * STEP_BUDGET_SHARE
             try:
-                await fn(ctx, *args)
+                async with asyncio.timeout(budget):
+                    await fn(ctx, *args)
             except Retry:
                 raise
+            except TimeoutError:
+                # arq treats its own timeout as final and drops the job: a step
+                # that runs long (Redis down, a slow upstream) must retry instead
+                metrics.STEP_ERRORS.labels(step=name).inc()
+                log.warning("step %s%s ran past %.1f s; retrying", name, args, budget)
+                raise Retry(defer=min(30.0, 2.0**tries)) from None
             except Exception as e:
                 metrics.STEP_ERRORS.labels(step=name).inc()
-                tries = int(ctx.get("job_try", 1))
                 log.exception("step %s%s failed unexpectedly (try %d)", name, args, tries)
                 if tries < STEP_GUARD_MAX_TRIES:
                     raise Retry(defer=min(60.0, 2.0**tries)) from None
