@@ -133,7 +133,10 @@ def main() -> None:
     ap.add_argument("--job-s", type=float, default=10.0, help="job duration before scaling")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="1,000 jobs: a smoke run")
     a = ap.parse_args()
+    if a.quick:
+        a.jobs = 1000
     window = 60 // a.scale
     DURATION = a.job_s / a.scale
     ideal = a.jobs / a.rpm * window + DURATION
