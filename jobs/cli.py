@@ -35,6 +35,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from .logs import setup as setup_logs
+from .metrics import JOB_STATUSES, TERMINAL_STATUSES
 from .settings import get_settings, hash_api_key
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -228,17 +229,8 @@ KeyOpt = Annotated[
     str | None,
     typer.Option("--api-key", envvar="INTERQ_API_KEY", help="API key", show_default=False),
 ]
-COUNT_KEYS = (
-    "queued",
-    "running",
-    "requires_action",
-    "completed",
-    "failed",
-    "cancelled",
-    "incomplete",
-    "expired",
-)
-FINAL_KEYS = ("completed", "failed", "cancelled", "incomplete", "expired")
+COUNT_KEYS = JOB_STATUSES
+FINAL_KEYS = TERMINAL_STATUSES
 WATCH_GIVE_UP_S = 60.0  # --watch tolerates an unreachable API this long
 
 

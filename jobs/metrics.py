@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .models import TERMINAL, JobStatus
+
 # Durations from 100 ms to 6 h: flash models end in seconds, research agents in an hour.
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -113,16 +115,8 @@ JOBS_BY_STATUS = Gauge(
     "interq_jobs_by_status", "Jobs stored, by status", ["status"], registry=QUEUE_REGISTRY
 )
 
-JOB_STATUSES = (
-    "queued",
-    "running",
-    "requires_action",
-    "completed",
-    "failed",
-    "cancelled",
-    "incomplete",
-    "expired",
-)
+JOB_STATUSES = tuple(s.value for s in JobStatus)
+TERMINAL_STATUSES = tuple(s.value for s in JobStatus if s in TERMINAL)
 
 
 def _init_series() -> None:
@@ -130,7 +124,7 @@ def _init_series() -> None:
     first increments after a start are seen by rate() and increase()."""
     for model in (*sorted(KNOWN_MODELS), "other"):
         JOBS_ACCEPTED.labels(model=model)
-        for status in JOB_STATUSES[3:]:
+        for status in TERMINAL_STATUSES:
             JOBS_FINISHED.labels(status=status, model=model)
         IN_FLIGHT.labels(model=model)
     for op in ("create", "get", "cancel"):
