@@ -26,8 +26,10 @@ from jobs.settings import Settings, get_settings
 
 log = logging.getLogger("interq.worker")
 
-POLL_MAX_TRIES = 10_000_000  # polls are bounded by the job's deadline, not by arq
-SUBMIT_EXTRA_TRIES = 30  # room for guard retries beyond the submit attempts
+# arq drops a job whose tries run out, which would strand its record: submit and
+# poll re-run with Retry while they wait (budget, backoff, the interaction), and
+# are bounded by the job's deadline and INTERQ_MAX_SUBMIT_ATTEMPTS instead.
+UNBOUNDED_TRIES = 10_000_000
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -82,10 +84,10 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
                 name="submit",
                 timeout=t,
                 keep_result=0,
-                max_tries=settings.max_submit_attempts + SUBMIT_EXTRA_TRIES,
+                max_tries=UNBOUNDED_TRIES,
             ),
             func(batches.batch_done, name="batch_done", timeout=t, keep_result=0, max_tries=50),
-            func(steps.poll, name="poll", timeout=t, keep_result=0, max_tries=POLL_MAX_TRIES),
+            func(steps.poll, name="poll", timeout=t, keep_result=0, max_tries=UNBOUNDED_TRIES),
             func(steps.deliver, name="deliver", timeout=t, keep_result=0, max_tries=deliver_tries),
         ],
         "redis_settings": redis_settings(settings),
