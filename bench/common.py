@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from jobs.cli import redis_server_cmd
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -79,19 +81,7 @@ def stack(workers: int = 1, api: bool = True, **interq_env: str) -> Iterator[Sta
     tmp = tempfile.mkdtemp(prefix="interq-bench-")
     try:
         rport = free_port()
-        st.spawn(
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(rport),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            tmp,
-        )
+        st.spawn(*redis_server_cmd(rport, tmp, aof=False))
         st.redis_url = f"redis://127.0.0.1:{rport}/0"
         sport = free_port()
         base = {k: v for k, v in os.environ.items() if not k.startswith(("INTERQ_", "GEMINI_"))}

@@ -48,6 +48,7 @@ import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bench.common import ROOT, free_port, machine, table, wait_http
+from jobs.cli import redis_server_cmd
 from jobs.webhooks import generate_secret
 
 RESULTS = ROOT / "chaos" / "results"
@@ -274,10 +275,7 @@ class Cluster:
         data = self.tmp / "redis"
         data.mkdir(exist_ok=True)
         self.redis_gen += 1
-        binary = shutil.which("redis-server") or "redis-server"
-        cmd = [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1"]
-        cmd += ["--dir", str(data), "--save", "", "--protected-mode", "yes"]
-        cmd += ["--appendonly", "yes", "--appendfsync", "always"]
+        cmd = redis_server_cmd(self.redis_port, str(data), aof=True, fsync_always=True)
         self.redis_proc = self.spawn(f"redis-{self.redis_gen}", cmd, dict(os.environ))
         end = time.monotonic() + 30
         client = redis.Redis(port=self.redis_port, socket_connect_timeout=1, socket_timeout=2)

@@ -45,6 +45,19 @@ API_PORT = 8000
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
+def redis_server_cmd(
+    port: int, data_dir: str, *, aof: bool, fsync_always: bool = False
+) -> list[str]:
+    """A loopback-only redis-server command line (no RDB snapshots; append-only
+    file as asked). Used by `interq up`, the tests, benchmarks and chaos."""
+    cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port)]
+    cmd += ["--bind", "127.0.0.1", "--dir", data_dir, "--save", ""]
+    cmd += ["--appendonly", "yes" if aof else "no"]
+    if fsync_always:
+        cmd += ["--appendfsync", "always"]
+    return cmd
+
+
 def _answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -76,8 +89,7 @@ def up(
         if _answers("127.0.0.1", 6379):
             typer.echo("using the Redis already answering on localhost:6379", err=True)
         else:
-            binary = shutil.which("redis-server")
-            if binary is None:
+            if shutil.which("redis-server") is None:
                 typer.secho(
                     "no Redis on localhost:6379 and no redis-server binary "
                     "(apt-get install redis-server)",
@@ -87,22 +99,7 @@ def up(
                 raise typer.Exit(1)
             data = Path("data/redis").resolve()
             data.mkdir(parents=True, exist_ok=True)
-            spawn(
-                "redis",
-                [
-                    binary,
-                    "--port",
-                    "6379",
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(data),
-                    "--appendonly",
-                    "yes",
-                    "--save",
-                    "",
-                ],
-            )
+            spawn("redis", redis_server_cmd(6379, str(data), aof=True))
             for _ in range(100):
                 if _answers("127.0.0.1", 6379):
                     break

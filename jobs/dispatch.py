@@ -78,7 +78,6 @@ class Dispatcher:
         self.cursor = ""  # last lane served, for round-robin
         self._dispatch = self.redis.register_script(_DISPATCH)
         self._renew = self.redis.register_script(_RENEW)
-        self.dispatched = 0
 
     async def holds_lease(self) -> bool:
         key = f"{self.prefix}:dispatcher"
@@ -177,7 +176,7 @@ class Dispatcher:
 
     async def move(self, lane: str, jobs: list[tuple[str, bool]], model: str) -> int:
         steps = [submit_step(jid) for jid, _ in jobs]
-        enqueue, payloads = self.svc.store._enqueue_spec(steps)
+        enqueue, payloads = self.svc.store.enqueue_spec(steps)
         for spec_i, (_, send) in zip(enqueue, jobs, strict=True):
             if not send:
                 spec_i["id"] = ""
@@ -190,6 +189,4 @@ class Dispatcher:
             "now": enqueue[0]["score"],
             "arq_prefix": job_key_prefix,
         }
-        moved = int(await self._dispatch(args=[json.dumps(spec), *payloads]))
-        self.dispatched += moved
-        return moved
+        return int(await self._dispatch(args=[json.dumps(spec), *payloads]))

@@ -195,7 +195,7 @@ class Store:
         return f"{self.prefix}:t:{tenant}:deadletter"
 
     # -- arq payloads ---------------------------------------------------------
-    def _enqueue_spec(self, steps: list[Step]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    def enqueue_spec(self, steps: list[Step]) -> tuple[list[dict[str, Any]], list[bytes]]:
         now_ms = int(time.time() * 1000)
         specs, payloads = [], []
         for s in steps:
@@ -225,7 +225,7 @@ class Store:
     ) -> tuple[bool, str]:
         """Create a job and enqueue its first step. With ``idem=(key, value)``,
         returns ``(False, existing_value)`` if that key was already used."""
-        enqueue, payloads = self._enqueue_spec(steps)
+        enqueue, payloads = self.enqueue_spec(steps)
         spec = {
             "prefix": self.prefix,
             "arq_prefix": job_key_prefix,
@@ -279,7 +279,7 @@ class Store:
     ) -> Outcome:
         """Compare-and-set: applies everything only if the job's status is in
         ``expect`` and every ``cond`` field equals its value."""
-        enqueue, payloads = self._enqueue_spec(steps or [])
+        enqueue, payloads = self.enqueue_spec(steps or [])
         spec: dict[str, Any] = {
             "prefix": self.prefix,
             "arq_prefix": job_key_prefix,
@@ -304,7 +304,7 @@ class Store:
         if event is not None:
             spec["event"] = {"id": event.id, "fields": event.fields}
         if batch_step is not None:
-            bspec, bpayload = self._enqueue_spec([batch_step])
+            bspec, bpayload = self.enqueue_spec([batch_step])
             spec["batch_step"] = bspec[0]
             payloads.extend(bpayload)
         res = await self._transition(
@@ -324,7 +324,7 @@ class Store:
 
     async def enqueue(self, steps: list[Step]) -> None:
         """Enqueue arq steps (each skipped if its id is already queued)."""
-        enqueue, payloads = self._enqueue_spec(steps)
+        enqueue, payloads = self.enqueue_spec(steps)
         spec = {"arq_prefix": job_key_prefix, "enqueue": enqueue}
         await self._enqueue(args=[json.dumps(spec), *payloads])
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 
+from jobs.cli import redis_server_cmd
 from jobs.settings import Settings
 from tests.helpers import Receiver, SimServer, running_worker
 
@@ -41,19 +42,7 @@ def redis_url() -> Iterator[str]:
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="interq-redis-")
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            tmp,
-        ],
+        redis_server_cmd(port, tmp, aof=False),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -196,3 +197,27 @@ def job_body(text: str = "Say hello", webhook: str | None = None, **extra: Any) 
     if webhook:
         body["webhook"] = {"url": webhook}
     return body
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment for a worker (or API) process with these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INTERQ_", "GEMINI_"))}
+    env.update(
+        {
+            "INTERQ_REDIS_URL": settings.effective_redis_url,
+            "INTERQ_UPSTREAM_URL": settings.upstream_url,
+            "INTERQ_RESULTS_URL": settings.results_url,
+            "INTERQ_POLL_INITIAL_S": str(settings.poll_initial_s),
+            "INTERQ_POLL_MAX_S": str(settings.poll_max_s),
+            "INTERQ_RETRY_INITIAL_S": str(settings.retry_initial_s),
+            "INTERQ_RETRY_MAX_S": str(settings.retry_max_s),
+            "INTERQ_WORKER_POLL_DELAY_S": str(settings.worker_poll_delay_s),
+            "INTERQ_WORKER_METRICS_PORT": "0",
+            "INTERQ_WEBHOOK_ALLOW_PRIVATE": "true",
+            "INTERQ_WEBHOOK_SCHEDULE_S": ",".join(str(x) for x in settings.webhook_schedule_s),
+            # a short step timeout makes arq's in-progress lock (timeout + 10 s) short
+            "INTERQ_STEP_TIMEOUT_S": "5",
+            **extra,
+        }
+    )
+    return env

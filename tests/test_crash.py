@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,32 +16,16 @@ import redis
 from jobs.settings import Settings
 from jobs.webhooks import generate_secret
 from tests.conftest import ROOT
-from tests.helpers import Receiver, SimServer, job_body, wait_terminal, wait_until
+from tests.helpers import (
+    Receiver,
+    SimServer,
+    job_body,
+    wait_terminal,
+    wait_until,
+    worker_env,
+)
 
 N_JOBS = 200
-
-
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INTERQ_", "GEMINI_"))}
-    env.update(
-        {
-            "INTERQ_REDIS_URL": settings.effective_redis_url,
-            "INTERQ_UPSTREAM_URL": settings.upstream_url,
-            "INTERQ_RESULTS_URL": settings.results_url,
-            "INTERQ_POLL_INITIAL_S": str(settings.poll_initial_s),
-            "INTERQ_POLL_MAX_S": str(settings.poll_max_s),
-            "INTERQ_RETRY_INITIAL_S": str(settings.retry_initial_s),
-            "INTERQ_RETRY_MAX_S": str(settings.retry_max_s),
-            "INTERQ_WORKER_POLL_DELAY_S": str(settings.worker_poll_delay_s),
-            "INTERQ_WORKER_METRICS_PORT": "0",
-            "INTERQ_WEBHOOK_ALLOW_PRIVATE": "true",
-            "INTERQ_WEBHOOK_SCHEDULE_S": ",".join(str(x) for x in settings.webhook_schedule_s),
-            # a short step timeout makes arq's in-progress lock (timeout + 10 s) short
-            "INTERQ_STEP_TIMEOUT_S": "5",
-            **extra,
-        }
-    )
-    return env
 
 
 @contextmanager

@@ -13,8 +13,14 @@ import httpx
 
 from jobs.settings import Settings
 from tests.conftest import ROOT
-from tests.helpers import SimServer, job_body, running_worker, wait_terminal, wait_until
-from tests.test_crash import worker_env
+from tests.helpers import (
+    SimServer,
+    job_body,
+    running_worker,
+    wait_terminal,
+    wait_until,
+    worker_env,
+)
 
 
 async def test_sigterm_drains_and_exits_zero(

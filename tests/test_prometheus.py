@@ -27,9 +27,10 @@ import pytest
 import redis
 import yaml
 
+from jobs.settings import Settings
 from jobs.webhooks import generate_secret
 from tests.conftest import ROOT, free_port
-from tests.helpers import TERMINAL, Receiver, SimServer, job_body
+from tests.helpers import TERMINAL, Receiver, SimServer, job_body, worker_env
 
 # Whole module: Prometheus start-up, a ~10 s run and the scrapes after it.
 pytestmark = pytest.mark.timeout(90)
@@ -163,25 +164,18 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
 
 
 def interq_env(redis_url: str, sim_url: str, tmp: Path, metrics_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INTERQ_", "GEMINI_"))}
-    env.update(
-        {
-            "INTERQ_REDIS_URL": redis_url,
-            "INTERQ_UPSTREAM_URL": sim_url,
-            "INTERQ_UPSTREAM_API_VERSION": "v1beta",
-            "INTERQ_RESULTS_URL": f"file://{tmp / 'results'}",
-            "INTERQ_POLL_INITIAL_S": "0.2",
-            "INTERQ_POLL_MAX_S": "1.0",
-            "INTERQ_RETRY_INITIAL_S": "0.2",
-            "INTERQ_RETRY_MAX_S": "1.0",
-            "INTERQ_WORKER_POLL_DELAY_S": "0.05",
-            "INTERQ_WORKER_METRICS_PORT": str(metrics_port),
-            "INTERQ_WEBHOOK_ALLOW_PRIVATE": "true",
-            "INTERQ_WEBHOOK_SCHEDULE_S": "0.2,0.2",
-            "INTERQ_STEP_TIMEOUT_S": "5",
-        }
+    cfg = Settings(
+        redis_url=redis_url,
+        upstream_url=sim_url,
+        results_url=f"file://{tmp / 'results'}",
+        poll_initial_s=0.2,
+        poll_max_s=1.0,
+        retry_initial_s=0.2,
+        retry_max_s=1.0,
+        worker_poll_delay_s=0.05,
+        webhook_schedule_s=[0.2, 0.2],
     )
-    return env
+    return worker_env(cfg, INTERQ_WORKER_METRICS_PORT=str(metrics_port))
 
 
 def prometheus_config(tmp: Path, api: str, worker: str) -> Path:

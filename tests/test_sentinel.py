@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from jobs.cli import redis_server_cmd
 from jobs.settings import ModelLimit, Settings
 from tests.conftest import free_port
 from tests.helpers import SimServer, job_body, running_worker, wait_terminal, wait_until
@@ -25,20 +26,7 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[int, int]]:
     master_port, sentinel_port = free_port(), free_port()
     procs = [
         subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(master_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
+            redis_server_cmd(master_port, str(tmp_path), aof=False), stdout=subprocess.DEVNULL
         )
     ]
     conf = tmp_path / "sentinel.conf"
