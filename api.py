@@ -234,7 +234,7 @@ def routes(cfg: Settings) -> APIRouter:
             job_id, expect={JobStatus.running}, set_fields={"cancel_requested": "1"}
         )
         if out.ok:
-            await s.store.poke(f"poll:{job_id}:{job.get('interaction_id', '')}")
+            await s.store.poke(job_id)
         elif out.previous == JobStatus.requires_action:
             await steps.cancel_paused(s, job)
         elif out.previous in TERMINAL:

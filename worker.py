@@ -1,7 +1,10 @@
 """arq worker: ``arq worker.WorkerSettings`` (or ``interq worker``).
 
-Every step is short; waiting is a deferred arq job (``Retry(defer=...)``), so a
-worker slot is never held while an interaction runs upstream.
+One worker process runs, beside arq's own loop (the ``submit`` and
+``batch_done`` steps, each short), three background loops: the dispatcher
+(one active per deployment, by lease), the poll engine and the delivery engine
+(one each per worker). No worker slot is held while an interaction runs
+upstream or while a webhook receiver takes its time.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from jobs import batches, metrics, steps
+from jobs.delivery import DeliveryEngine
 from jobs.dispatch import Dispatcher
+from jobs.engine import DueEngine
+from jobs.poller import PollEngine
 from jobs.services import Services
 from jobs.settings import Settings, get_settings
 
@@ -30,6 +36,32 @@ log = logging.getLogger("interq.worker")
 # poll re-run with Retry while they wait (budget, backoff, the interaction), and
 # are bounded by the job's deadline and INTERQ_MAX_SUBMIT_ATTEMPTS instead.
 UNBOUNDED_TRIES = 10_000_000
+ENGINE_DRAIN_S = 10.0  # on shutdown, how long polls and deliveries in progress may finish
+
+
+async def run_engine(engine: DueEngine) -> None:
+    """Run an engine's loop until cancelled; an error is logged and backed off."""
+    backoff = 0.1
+    while True:
+        try:
+            wait = await engine.step()
+            backoff = 0.1
+        except Exception as e:
+            log.warning("%s loop: %s; backing off %.1f s", engine.name, type(e).__name__, backoff)
+            wait, backoff = backoff, min(5.0, backoff * 2)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        else:
+            await asyncio.sleep(0)
+
+
+async def stop_engine(engine: DueEngine, loop: asyncio.Task[None]) -> None:
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
+    if engine.active:
+        await asyncio.wait(list(engine.active.values()), timeout=ENGINE_DRAIN_S)
+    await engine.stop()
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -51,13 +83,15 @@ def redis_settings(settings: Settings) -> RedisSettings:
 def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker`` built from settings."""
     t = settings.step_timeout_s
-    deliver_tries = len(settings.webhook_schedule_s) + steps.STEP_GUARD_MAX_TRIES + 1
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         svc = ctx["svc"] = Services.open(
             settings, upstream_transport=overrides.pop("_transport", None)
         )
         ctx["dispatcher"] = asyncio.create_task(Dispatcher(svc).run())
+        ctx["engines"] = [
+            (e, asyncio.create_task(run_engine(e))) for e in (PollEngine(svc), DeliveryEngine(svc))
+        ]
         metrics.WORKER_UP.set(1)
         if settings.worker_metrics_port:
             try:
@@ -70,6 +104,8 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         log.info("worker stopping: running steps drained, no new ones taken")
         metrics.WORKER_UP.set(0)
+        for engine, loop in ctx.get("engines", []):
+            await stop_engine(engine, loop)
         if "dispatcher" in ctx:
             ctx["dispatcher"].cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -87,8 +123,9 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
                 max_tries=UNBOUNDED_TRIES,
             ),
             func(batches.batch_done, name="batch_done", timeout=t, keep_result=0, max_tries=50),
-            func(steps.poll, name="poll", timeout=t, keep_result=0, max_tries=UNBOUNDED_TRIES),
-            func(steps.deliver, name="deliver", timeout=t, keep_result=0, max_tries=deliver_tries),
+            # steps queued by versions before the engines: they only hand over
+            func(steps.poll, name="poll", timeout=t, keep_result=0, max_tries=50),
+            func(steps.deliver, name="deliver", timeout=t, keep_result=0, max_tries=50),
         ],
         "redis_settings": redis_settings(settings),
         "queue_name": settings.queue_name,

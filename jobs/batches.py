@@ -306,7 +306,7 @@ async def cancel_one(svc: Services, job: Fields) -> None:
             job["id"], expect={status}, set_fields={"cancel_requested": "1"}
         )
         if out.ok:
-            await svc.store.poke(f"poll:{job['id']}:{job.get('interaction_id', '')}")
+            await svc.store.poke(job["id"])
     elif status == JobStatus.requires_action:
         from .steps import cancel_paused
 
@@ -346,5 +346,4 @@ async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
         cond={"status": "in_progress"},
         set_fields={"status": final, "finished_at": now, "event_id": event.id, **usage},
         event=event,
-        steps=outcomes.delivery(event),
     )

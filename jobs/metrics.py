@@ -89,6 +89,32 @@ WEBHOOK_DEAD_LETTERS = Counter(
 TOKENS = Counter("interq_tokens_total", "Tokens used, from upstream usage", ["model", "kind"])
 STEP_ERRORS = Counter("interq_step_errors_total", "Unexpected errors inside worker steps", ["step"])
 WORKER_UP = Gauge("interq_worker_up", "1 while this worker process runs")
+POLL_LAG = Histogram(
+    "interq_poll_lag_seconds",
+    "How late a due poll was claimed by the poll engine",
+    buckets=LATENCY_BUCKETS,
+)
+ENGINE_LAG = Gauge(
+    "interq_engine_lag_seconds",
+    "Average lag of this worker's engine (polls, deliveries) over recent claims",
+    ["engine"],
+)
+ENGINE_OVERLOADED = Gauge(
+    "interq_engine_overloaded",
+    "1 while work falls due faster than this worker's engine starts it",
+    ["engine"],
+)
+ENGINE_ACTIVE = Gauge(
+    "interq_engine_active", "Polls or delivery attempts in progress in this worker", ["engine"]
+)
+LABEL_MISMATCHES = Counter(
+    "interq_label_mismatches_total",
+    "Interactions whose labels.interq_job named another job: never attached, re-created",
+)
+WEBHOOK_DEFERRED = Counter(
+    "interq_webhook_deferred_total",
+    "Delivery attempts put back because their destination was at its concurrency bound",
+)
 
 # Queue-level gauges: computed from Redis at scrape time by the API process only
 # (see ``refresh_queue_gauges``), in their own registry so that workers, which
@@ -134,8 +160,12 @@ def _init_series() -> None:
         WEBHOOK_DELIVERIES.labels(outcome=outcome)
     for status in JOB_STATUSES:
         JOBS_BY_STATUS.labels(status=status)
-    for step in ("submit", "poll", "deliver"):
+    for step in ("submit", "poll", "deliver", "batch_done"):
         STEP_ERRORS.labels(step=step)
+    for engine in ("poller", "delivery"):
+        ENGINE_LAG.labels(engine=engine)
+        ENGINE_OVERLOADED.labels(engine=engine)
+        ENGINE_ACTIVE.labels(engine=engine)
 
 
 _init_series()

@@ -7,7 +7,6 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
 
 from . import endpoints, interactions, media, metrics
@@ -30,20 +29,8 @@ def submit_step(job_id: str, defer_s: float = 0.0, n: int = 0) -> Step:
     return Step("submit", (job_id,), step_id, defer_s=defer_s, expires_s=30 * DAY_S)
 
 
-def poll_step(job_id: str, interaction_id: str, defer_s: float, deadline: float) -> Step:
-    expires = max(deadline - time.time(), 0.0) + DAY_S
-    return Step(
-        "poll", (job_id, interaction_id), f"poll:{job_id}:{interaction_id}", defer_s, expires
-    )
-
-
 def batch_done_step(batch_id: str) -> Step:
     return Step("batch_done", (batch_id,), f"batch_done:{batch_id}", expires_s=30 * DAY_S)
-
-
-def deliver_step(event_id: str, n: int = 0) -> Step:
-    suffix = f":r{n}" if n else ""
-    return Step("deliver", (event_id,), f"deliver:{event_id}{suffix}", expires_s=7 * DAY_S)
 
 
 # --------------------------------------------------------------------------- new jobs
@@ -187,7 +174,7 @@ async def finish(
         status=status,
         set_fields=fields,
         event=event,
-        steps=delivery(event),
+        unpoll=True,
         batch_step=batch_done_step(job["batch_id"]) if job.get("batch_id") else None,
     )
     if out.ok:
@@ -214,10 +201,6 @@ async def add_batch_usage(svc: Services, batch_id: str, usage: Any) -> None:
             await pipe.execute()
 
 
-def delivery(event: Event) -> list[Step]:
-    return [deliver_step(event.id)] if event.fields["state"] == "pending" else []
-
-
 async def pause(svc: Services, job: Fields, interaction: dict[str, Any]) -> bool:
     """``requires_action``: stop polling, record the pending function calls and
     fire ``job.requires_action``, atomically."""
@@ -227,10 +210,8 @@ async def pause(svc: Services, job: Fields, interaction: dict[str, Any]) -> bool
     fields["pending_calls"] = json.dumps(calls)
     event = await make_event(svc, job, "job.requires_action", extra)
     iid = job.get("interaction_id", "")
-    deadline = float(job["deadline"])
-    # a paused job is not polled: a poll at the deadline expires it if still paused
-    at_deadline = poll_step(job["id"], iid, max(deadline - time.time(), 0.0), deadline)
-    at_deadline = replace(at_deadline, job_id=at_deadline.job_id + ":deadline")
+    # a paused job is not polled: its entry in the poll index moves to the
+    # deadline, where the poll engine expires it if it is still paused
     out = await svc.store.transition(
         job["id"],
         expect={JobStatus.running},
@@ -238,7 +219,7 @@ async def pause(svc: Services, job: Fields, interaction: dict[str, Any]) -> bool
         status=JobStatus.requires_action,
         set_fields=fields,
         event=event,
-        steps=[*delivery(event), at_deadline],
+        poll_at=float(job["deadline"]),
     )
     if out.ok:
         _count_tokens(job, extra.get("usage"))
@@ -274,10 +255,12 @@ async def chain(
         status=JobStatus.running,
         set_fields={
             "pending_create": json.dumps(body),
+            "hop_body": json.dumps(body),
             "pending_calls": "",
             "output_prefix": job.get("output_prefix", "") + output_prefix,
         },
         steps=[submit_step(job["id"], n=n)],
+        unpoll=True,
     )
     return out.ok
 

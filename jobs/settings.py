@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     retry_initial_s: float = 1.0
     retry_max_s: float = 60.0
     max_submit_attempts: int = 50
+    # the poll engine (one per worker): GETs in flight, entries claimed per round
+    # trip, and the lease after which a dead worker's claimed polls are due again
+    poll_concurrency: int = Field(default=256, ge=1)
+    poll_batch: int = Field(default=256, ge=1)
+    poll_lease_s: float = Field(default=10.0, gt=0)
 
     # --- jobs ------------------------------------------------------------------
     default_timeout_s: float = 24 * 3600.0
@@ -109,6 +114,10 @@ class Settings(BaseSettings):
     # CIDRs allowed although not public, e.g. "10.1.0.0/16,127.0.0.0/8" (dev, internal hooks)
     webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_rotation_overlap_s: float = 24 * 3600.0
+    # the delivery engine (one per worker): attempts in flight, and per destination
+    # (scheme, host, port), so a slow receiver delays only its own events
+    webhook_concurrency: int = Field(default=64, ge=1)
+    webhook_per_destination: int = Field(default=4, ge=1)
 
     # --- upstream webhooks (the Gemini API calls interq when an interaction ends)
     public_url: str | None = Field(

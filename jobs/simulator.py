@@ -276,7 +276,6 @@ class Simulator:
         self.interactions: dict[str, JSON] = {}
         self.requests: list[JSON] = []
         self.created: list[dict[str, str]] = []  # labels of every real creation
-        self._ids = random.Random(f"ids-{config.seed}")  # survives reset: ids never repeat
         self._calls = 0
         # One entry per delivery attempt: t, event_id, type, interaction_id, uri,
         # attempt (1-based), status (HTTP status or None) and error (str or None).
@@ -332,7 +331,8 @@ class Simulator:
             self.rng = random.Random(self.config.seed)
 
     def _new_id(self, prefix: str, nbytes: int = 18) -> str:
-        return prefix + base64.urlsafe_b64encode(self._ids.randbytes(nbytes)).decode().rstrip("=")
+        # drawn at random, never from the seed: ids never repeat across restarts
+        return prefix + base64.urlsafe_b64encode(secrets.token_bytes(nbytes)).decode().rstrip("=")
 
     # --- faults -----------------------------------------------------------
     def roll_fault(self, op: str) -> str | None:

@@ -18,6 +18,8 @@ Keys (prefix ``interq`` by default):
   {p}:event:{id}             hash: webhook event (outbox)
   {p}:t:{tenant}:deadletter  zset time -> dead-lettered event id
   {p}:iid:{interaction id}   job id (for the upstream's webhooks)
+  {p}:polls                  zset job id -> due time (ms): the poll engine's index
+  {p}:deliveries             zset event id -> due time (ms): the delivery engine's index
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ if spec.status and spec.status ~= cur and not spec.plain then
   redis.call('HSET', jk, 'status', spec.status)
   if spec.release then
     redis.call('ZREM', p .. ':inflight:' .. (redis.call('HGET', jk, 'model') or ''), spec.id)
+  elseif spec.status == 'running' and cur == 'requires_action' then
+    -- resumed by /continue: counts in flight again until it ends or pauses
+    local model = redis.call('HGET', jk, 'model') or ''
+    redis.call('ZADD', p .. ':inflight:' .. model, spec.now_ms, spec.id)
   end
   local batch = redis.call('HGET', jk, 'batch_id')
   if batch and batch ~= '' then
@@ -98,6 +104,14 @@ if spec.event then
   local ek = spec.prefix .. ':event:' .. spec.event.id
   for f, v in pairs(spec.event.fields) do redis.call('HSET', ek, f, v) end
   redis.call('RPUSH', jk .. ':events', spec.event.id)
+  if spec.event.fields.state == 'pending' then
+    redis.call('ZADD', spec.prefix .. ':deliveries', spec.now_ms, spec.event.id)
+  end
+end
+if spec.poll_at then
+  redis.call('ZADD', spec.prefix .. ':polls', spec.poll_at, spec.id)
+elseif spec.unpoll then
+  redis.call('ZREM', spec.prefix .. ':polls', spec.id)
 end
 __ENQUEUE__
 return {1, cur}
@@ -276,16 +290,25 @@ class Store:
         steps: list[Step] | None = None,
         batch_step: Step | None = None,
         key: str | None = None,
+        poll_at: float | None = None,
+        unpoll: bool = False,
     ) -> Outcome:
         """Compare-and-set: applies everything only if the job's status is in
-        ``expect`` and every ``cond`` field equals its value."""
+        ``expect`` and every ``cond`` field equals its value. ``poll_at`` (epoch
+        seconds) puts the job in the poll index, ``unpoll`` takes it out; an
+        event in state ``pending`` goes into the delivery index at once."""
         enqueue, payloads = self.enqueue_spec(steps or [])
         spec: dict[str, Any] = {
             "prefix": self.prefix,
             "arq_prefix": job_key_prefix,
             "id": job_id,
             "enqueue": enqueue,
+            "now_ms": int(now() * 1000),
         }
+        if poll_at is not None:
+            spec["poll_at"] = int(poll_at * 1000)
+        elif unpoll:
+            spec["unpoll"] = True
         if expect is not None:
             spec["expect"] = sorted(s.value for s in expect)
         if cond:
@@ -335,11 +358,29 @@ class Store:
         raw = await self.redis.get(f"{self.prefix}:iid:{interaction_id}")
         return _s(raw) if raw is not None else None
 
-    async def poke(self, arq_job_id: str) -> bool:
-        """Bring a deferred arq job forward to now (e.g. poll at once after a cancel)."""
+    @property
+    def polls_key(self) -> str:
+        return f"{self.prefix}:polls"
+
+    @property
+    def deliveries_key(self) -> str:
+        return f"{self.prefix}:deliveries"
+
+    async def poke(self, job_id: str) -> bool:
+        """Bring a job's next poll forward to now (after a cancel, or when the
+        upstream's webhook says the interaction ended). Only a job that is in
+        the poll index moves."""
         score = int(time.time() * 1000)
-        changed = await self.redis.zadd(self.queue, {arq_job_id: score}, xx=True, lt=True, ch=True)
+        changed = await self.redis.zadd(self.polls_key, {job_id: score}, xx=True, lt=True, ch=True)
         return bool(changed)
+
+    async def poke_or_add(self, job_id: str) -> None:
+        """Put a job in the poll index due now, whether or not it is there."""
+        await self.redis.zadd(self.polls_key, {job_id: int(time.time() * 1000)})
+
+    async def deliver_now(self, event_id: str) -> None:
+        """Put an event in the delivery index, due now."""
+        await self.redis.zadd(self.deliveries_key, {event_id: int(time.time() * 1000)})
 
     async def list_jobs(
         self, tenant: str, *, status: str | None, limit: int, cursor: int | None

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import endpoints, outcomes, webhooks
+from . import endpoints, webhooks
 from .intake import Svc, Tenant, api_error, own_job
 from .models import WebhookSpec
 from .services import Services
@@ -69,7 +69,7 @@ async def redeliver(event_id: str, s: Svc, t: Tenant) -> Any:
         event_id, {"state": "pending", "round_attempts": "0", "redeliveries": str(n)}
     )
     await s.store.undead(t, event_id)
-    await s.store.enqueue([outcomes.deliver_step(event_id, n)])
+    await s.store.deliver_now(event_id)
     return event_view({**ev, "state": "pending"})
 
 
@@ -154,6 +154,6 @@ async def upstream_webhook(request: Request) -> Response:
     except (ValueError, KeyError, TypeError):
         raise StarletteHTTPException(400, "not an interaction event") from None
     job_id = await s.store.job_for_interaction(iid)
-    if job_id is not None and await s.store.poke(f"poll:{job_id}:{iid}"):
+    if job_id is not None and await s.store.poke(job_id):
         log.info("upstream webhook %s for %s: polling job %s now", event.get("type"), iid, job_id)
     return Response(status_code=204)

@@ -1,0 +1,179 @@
+"""The delivery engine: webhook attempts, from one loop per worker, with their
+own concurrency (the machinery is ``engine.DueEngine``).
+
+Events wait in the delivery index ``{p}:deliveries`` (event id -> due ms): the
+transition that creates a deliverable event (the outbox) puts it there, due at
+once; a redeliver puts it back. The engine claims due events under a lease and
+sends each as a signed POST (``webhooks.post``), at most
+``INTERQ_WEBHOOK_CONCURRENCY`` at once per worker and at most
+``INTERQ_WEBHOOK_PER_DESTINATION`` to one destination (scheme, host, port): an
+event whose destination is at its bound goes back to the index for about one
+attempt's duration, with no attempt counted. So a slow or dead receiver delays
+only its own events, never the work (submits and polls) or other tenants'
+webhooks. The attempt's outcome is written back through
+``lua/reschedule_delivery.lua``: next due time on the schedule, or out of the
+index when delivered, gone (410) or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import endpoints, logs, metrics, webhooks
+from .engine import DueEngine, Write, lua
+from .services import Services
+from .steps import STEP_GUARD_MAX_TRIES
+from .store import Fields
+
+log = logging.getLogger("interq.delivery")
+
+DEFER_MIN_S = 0.5  # an event whose destination is busy comes back at least this late
+DURATION_SMOOTHING = 0.3
+
+
+class DeliveryEngine(DueEngine):
+    def __init__(self, svc: Services) -> None:
+        cfg = svc.settings
+        super().__init__(
+            redis=svc.redis,
+            index=svc.store.deliveries_key,
+            capacity=cfg.webhook_concurrency,
+            batch=cfg.webhook_concurrency,
+            lease_s=cfg.webhook_timeout_s + 10.0,
+            idle_s=cfg.worker_poll_delay_s,
+            name="delivery",
+        )
+        self.svc = svc
+        self._write = svc.redis.register_script(lua("reschedule_delivery"))
+        self.busy: dict[str, int] = {}  # destination -> attempts in progress here
+        self.took: dict[str, float] = {}  # destination -> smoothed attempt duration
+
+    def write_script(self) -> Any:
+        return self._write
+
+    def observe_lag(self, lags: list[float]) -> None:
+        metrics.ENGINE_LAG.labels(engine="delivery").set(self.lag_avg)
+        metrics.ENGINE_OVERLOADED.labels(engine="delivery").set(int(self.overloaded))
+        metrics.ENGINE_ACTIVE.labels(engine="delivery").set(len(self.active))
+
+    async def prefetch(self, members: list[str]) -> list[Any]:
+        if not members:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in members:
+                pipe.hgetall(self.svc.store.event_key(m))
+            raws = await pipe.execute()
+        return [{_s(k): _s(v) for k, v in r.items()} if r else None for r in raws]
+
+    async def handle(self, member: str, lag_s: float, record: Any) -> Write | None:
+        ev: Fields | None = record
+        if ev is None or ev.get("state") != "pending":
+            return self._settle(member, ev or {}, {})
+        logs.clear()
+        logs.bind(event_id=member)
+        try:
+            return await self._attempt(member, ev)
+        except Exception as e:
+            return self._fault(member, ev, e)
+
+    async def _attempt(self, event_id: str, ev: Fields) -> Write:
+        svc = self.svc
+        owner = await svc.store.get_hash(ev.get("owner") or f"job:{ev['job_id']}")
+        target = await endpoints.target_for(svc, owner) if owner else None
+        if target is None:
+            return self._settle(event_id, ev, {"state": "no_endpoint"})
+        dest = destination(target.url)
+        if self.busy.get(dest, 0) >= svc.settings.webhook_per_destination:
+            metrics.WEBHOOK_DEFERRED.inc()
+            wait = max(DEFER_MIN_S, self.took.get(dest, DEFER_MIN_S)) * random.uniform(1.0, 1.5)
+            return self._again(event_id, wait, {})
+        self.busy[dest] = self.busy.get(dest, 0) + 1
+        try:
+            res = await webhooks.post(
+                svc.http, target.url, target.secrets, event_id, ev["body"].encode(),
+                svc.webhook_policy,
+            )  # fmt: skip
+        finally:
+            self.busy[dest] -= 1
+            if not self.busy[dest]:
+                del self.busy[dest]
+        prev = self.took.get(dest, res.duration_s)
+        self.took[dest] = prev + DURATION_SMOOTHING * (res.duration_s - prev)
+        return await self._record(event_id, ev, target.url, res)
+
+    async def _record(
+        self, event_id: str, ev: Fields, url: str, res: webhooks.AttemptResult
+    ) -> Write:
+        svc, cfg = self.svc, self.svc.settings
+        metrics.WEBHOOK_DELIVERIES.labels(outcome=res.outcome).inc()
+        metrics.WEBHOOK_LATENCY.observe(res.duration_s)
+        attempt = int(ev.get("attempts") or 0) + 1
+        in_round = int(ev.get("round_attempts") or 0) + 1
+        now = time.time()
+        entry = {
+            "attempt": attempt,
+            "at": now,
+            "url": url,
+            "outcome": res.outcome,
+            "status_code": res.status_code,
+            "error": res.error,
+            "duration_s": round(res.duration_s, 4),
+        }
+        await svc.store.log_attempt(event_id, entry)
+        fields: Fields = {
+            "attempts": str(attempt),
+            "round_attempts": str(in_round),
+            "last_attempt_at": f"{now:.3f}",
+            "last_error": res.error or "",
+            "faults": "0",
+        }
+        if res.outcome in ("delivered", "gone"):
+            return self._settle(event_id, ev, {**fields, "state": res.outcome})
+        delay = webhooks.next_delay(cfg.webhook_schedule_s, in_round, cfg.webhook_jitter)
+        if delay is None:
+            metrics.WEBHOOK_DEAD_LETTERS.inc()
+            log.warning("event %s dead-lettered after %d attempts", event_id, attempt)
+            return self._settle(event_id, ev, {**fields, "state": "dead"}, dead=True)
+        return self._again(event_id, delay, fields)
+
+    def _fault(self, event_id: str, ev: Fields, e: Exception) -> Write:
+        metrics.STEP_ERRORS.labels(step="deliver").inc()
+        faults = int(ev.get("faults") or 0) + 1
+        log.exception("delivery of %s failed unexpectedly (%d in a row)", event_id, faults)
+        if faults < STEP_GUARD_MAX_TRIES:
+            return self._again(event_id, min(60.0, 2.0**faults), {"faults": str(faults)})
+        metrics.WEBHOOK_DEAD_LETTERS.inc()
+        fields = {"state": "dead", "last_error": f"{type(e).__name__}: {e}"[:500]}
+        return self._settle(event_id, ev, fields, dead=True)
+
+    def _again(self, event_id: str, delay_s: float, fields: Fields) -> Write:
+        due = str(int((time.time() + delay_s) * 1000))
+        return self._w(event_id, "", due, "", fields)
+
+    def _settle(self, event_id: str, ev: Fields, fields: Fields, dead: bool = False) -> Write:
+        return self._w(
+            event_id, ev.get("tenant", ""), "", f"{time.time():.3f}" if dead else "", fields
+        )
+
+    def _w(self, event_id: str, tenant: str, due: str, dead_at: str, fields: Fields) -> Write:
+        store = self.svc.store
+        flat: list[str | int | float] = [event_id, due, dead_at]
+        for k, v in fields.items():
+            flat += [k, v]
+        keys = [store.event_key(event_id), self.index, store.deadletter_key(tenant)]
+        return Write(keys, flat)
+
+
+def destination(url: str) -> str:
+    """Scheme, host and port: what one receiver is, for the per-destination bound."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
