@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from . import endpoints, logs, metrics, webhooks
 from .engine import DueEngine, Write, lua
 from .services import Services
-from .steps import STEP_GUARD_MAX_TRIES
+from .steps import STEP_GUARD_MAX_TRIES, fault_delay
 from .store import Fields
 
 log = logging.getLogger("interq.delivery")
@@ -45,6 +45,7 @@ class DeliveryEngine(DueEngine):
             batch=cfg.webhook_concurrency,
             lease_s=cfg.webhook_timeout_s + 10.0,
             idle_s=cfg.worker_poll_delay_s,
+            task_timeout_s=cfg.webhook_timeout_s + 5.0,
             name="delivery",
         )
         self.svc = svc
@@ -145,7 +146,7 @@ class DeliveryEngine(DueEngine):
         faults = int(ev.get("faults") or 0) + 1
         log.exception("delivery of %s failed unexpectedly (%d in a row)", event_id, faults)
         if faults < STEP_GUARD_MAX_TRIES:
-            return self._again(event_id, min(60.0, 2.0**faults), {"faults": str(faults)})
+            return self._again(event_id, fault_delay(self.svc, faults), {"faults": str(faults)})
         metrics.WEBHOOK_DEAD_LETTERS.inc()
         fields = {"state": "dead", "last_error": f"{type(e).__name__}: {e}"[:500]}
         return self._settle(event_id, ev, fields, dead=True)

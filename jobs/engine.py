@@ -62,8 +62,10 @@ class DueEngine:
     batch: int  # entries claimed per round trip
     lease_s: float
     idle_s: float  # longest sleep when nothing is due
+    task_timeout_s: float  # one entry's work, at most (then it counts as a fault)
     name: str = "engine"
     active: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)  # member -> monotonic start
     writes: list[Write] = field(default_factory=list)
     lag_avg: float = 0.0
     overloaded: bool = False
@@ -92,6 +94,7 @@ class DueEngine:
         """One turn: write back what finished, claim and start what is due.
         Returns how long to sleep before the next turn."""
         await self.flush()
+        await self._renew()
         free = self.capacity - len(self.active)
         if free <= 0:
             await self._wait_for_change(self.idle_s)
@@ -110,18 +113,36 @@ class DueEngine:
             (m, lag) for (m, _), lag in zip(claimed, lags, strict=True) if m not in self.active
         ]
         records = await self.prefetch([m for m, _ in fresh])
+        started = time.monotonic()
         for (member, lag), record in zip(fresh, records, strict=True):
             self.active[member] = asyncio.create_task(self._run(member, lag, record))
+            self.started[member] = started
         return 0.0
 
     async def _run(self, member: str, lag: float, record: Any) -> None:
         try:
-            w = await self.handle(member, lag, record)
+            async with asyncio.timeout(self.task_timeout_s):
+                w = await self.handle(member, lag, record)
             if w is not None:
                 self.writes.append(w)
+        except Exception:
+            # still leased: the entry comes due again when the lease ends
+            log.exception("%s: %s failed; it comes due again after its lease", self.name, member)
         finally:
             self.active.pop(member, None)
+            self.started.pop(member, None)
             self._changed.set()
+
+    async def _renew(self) -> None:
+        """Extend the lease of entries still in progress here past half of it,
+        so that a slow answer is not claimed a second time by another worker."""
+        now = time.monotonic()
+        old = [m for m, t in self.started.items() if now - t > self.lease_s / 2]
+        if old:
+            until = int((time.time() + self.lease_s) * 1000)
+            await self.redis.zadd(self.index, dict.fromkeys(old, until), xx=True, gt=True)
+            for m in old:
+                self.started[m] = now
 
     async def flush(self) -> None:
         """Write back every queued result in one pipelined round trip. On a
@@ -184,6 +205,7 @@ class DueEngine:
             t.cancel()
         await asyncio.gather(*self.active.values(), return_exceptions=True)
         self.active.clear()
+        self.started.clear()
         with contextlib.suppress(Exception):
             await self.flush()
 

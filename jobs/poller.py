@@ -36,7 +36,7 @@ from .engine import DueEngine, Write, lua
 from .models import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream
 from .outcomes import chain, finish, follow_up_body, pause, store_result, submit_step
 from .services import Services
-from .steps import STEP_GUARD_MAX_TRIES, poll_interval, retry_delay
+from .steps import STEP_GUARD_MAX_TRIES, fault_delay, poll_interval, retry_delay
 from .store import Fields
 from .upstream import NotFound, Rejected, Retryable, UpstreamError
 
@@ -68,6 +68,7 @@ class PollEngine(DueEngine):
             batch=cfg.poll_batch,
             lease_s=cfg.poll_lease_s,
             idle_s=cfg.worker_poll_delay_s,
+            task_timeout_s=cfg.step_timeout_s * 0.8,
             name="poller",
         )
         self.svc = svc
@@ -117,7 +118,7 @@ class PollEngine(DueEngine):
         faults = int(job.get("poll_faults") or 0) + 1
         log.exception("poll of job %s failed unexpectedly (%d in a row)", job["id"], faults)
         if faults < STEP_GUARD_MAX_TRIES:
-            return Next(min(60.0, 2.0**faults), {"poll_faults": str(faults)})
+            return Next(fault_delay(self.svc, faults), {"poll_faults": str(faults)})
         reason = f"{type(e).__name__}: {e}"
         await finish(self.svc, job, JobStatus.failed, error={"code": "internal", "message": reason})
         return None

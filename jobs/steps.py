@@ -59,6 +59,12 @@ def retry_delay(svc: Services, err: Retryable, tries: int) -> float:
     return base * random.uniform(0.5, 1.0)
 
 
+def fault_delay(svc: Services, faults: int) -> float:
+    """Backoff after the n-th unexpected error in a row (a bug, Redis trouble)."""
+    s = svc.settings
+    return float(min(s.retry_max_s, s.retry_initial_s * 2.0 ** max(faults - 1, 0)))
+
+
 # --------------------------------------------------------------------------- guard
 
 
@@ -106,7 +112,7 @@ def guarded(name: str, count_fault: FaultCounter) -> Callable[[StepFn], StepFn]:
                 except Exception:  # Redis is down too: back off and try again
                     raise Retry(defer=5.0) from None
                 if faults < STEP_GUARD_MAX_TRIES:
-                    raise Retry(defer=min(60.0, 2.0**faults)) from None
+                    raise Retry(defer=fault_delay(svc, faults)) from None
                 await give_up(svc, args, f"{type(e).__name__}: {e}")
 
         return inner

@@ -50,10 +50,9 @@ async def test_concurrency_budget_counts_jobs_in_flight(clean_redis: str) -> Non
 
 
 def test_waiting_steps_never_run_out_of_arq_tries(settings: Settings) -> None:
-    """arq drops a job whose tries are used up; submit waits on budgets and poll
-    on the interaction with Retry, so neither may have a small max_tries."""
+    """arq drops a job whose tries are used up; submit waits on budgets with
+    Retry, so it may not have a small max_tries (polls are not arq jobs)."""
     from worker import make_worker
 
     w = make_worker(settings)
-    for name in ("submit", "poll"):
-        assert w.functions[name].max_tries >= 1_000_000, name
+    assert w.functions["submit"].max_tries >= 1_000_000

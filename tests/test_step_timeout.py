@@ -3,58 +3,51 @@ its own timeout as final, so interq's steps time themselves out first."""
 
 from __future__ import annotations
 
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+import asyncio
+import json
 
 import httpx
 
 from jobs.settings import Settings
-from jobs.webhooks import generate_secret
-from tests.helpers import job_body, running_worker, wait_until
+from tests.helpers import job_body, running_worker, wait_terminal
 
 
-class SlowOnce:
-    """A webhook receiver whose first request hangs far past the step timeout."""
+class HangsOnce:
+    """An upstream whose first create never answers (within any step budget);
+    the second is answered, and the interaction is complete at once."""
 
     def __init__(self) -> None:
-        self.calls = 0
-        self.delivered: list[str] = []
-        outer = self
+        self.creates = 0
+        self.job = ""
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", "0")))
-                outer.calls += 1
-                if outer.calls == 1:
-                    time.sleep(6)
-                else:
-                    outer.delivered.append(self.headers["webhook-id"])
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    async def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            self.creates += 1
+            self.job = json.loads(request.content)["labels"]["interq_job"]
+            if self.creates == 1:
+                await asyncio.sleep(3600)
+            return httpx.Response(200, json={"id": "int_1", "status": "in_progress"})
+        return httpx.Response(
+            200,
+            json={
+                "id": "int_1",
+                "status": "completed",
+                "labels": {"interq_job": self.job},
+                "steps": [{"type": "model_output", "content": [{"type": "text", "text": "hi"}]}],
+            },
+        )
 
 
 async def test_a_step_past_its_timeout_is_retried(
     api: httpx.AsyncClient, settings: Settings
 ) -> None:
-    slow = SlowOnce()
-    cfg = settings.model_copy(update={"step_timeout_s": 2.0, "webhook_timeout_s": 30.0})
-    body = job_body("x [sim duration=0.1]")
-    body["webhook"] = {"url": slow.url, "secret": generate_secret()}
-    try:
-        async with running_worker(cfg) as w:
-            jid = (await api.post("/v1/jobs", json=body)).json()["id"]
-            await wait_until(lambda: slow.delivered, timeout=60, what="delivery after a timeout")
-            assert w.jobs_failed == 0  # arq never saw a step fail
-        log = (await api.get(f"/v1/jobs/{jid}/deliveries")).json()["data"][0]
-        assert log["state"] == "delivered" and slow.delivered == [log["id"]]
-    finally:
-        slow.httpd.shutdown()
+    up = HangsOnce()
+    cfg = settings.model_copy(update={"step_timeout_s": 2.0, "create_timeout_s": 3600.0})
+    async with running_worker(cfg, _transport=httpx.MockTransport(up.handler)) as w:
+        jid = (await api.post("/v1/jobs", json=job_body("x"))).json()["id"]
+        job = (await wait_terminal(api, [jid], timeout=60))[jid]
+        assert w.jobs_failed == 0  # arq never saw a step fail
+    assert job["status"] == "completed"
+    assert up.creates == 2
+    # the hung create may have reached the upstream: the re-send is flagged
+    assert job["possible_duplicate"] is True
