@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,4 +109,39 @@ async def test_sigkill_mid_flight_loses_nothing(
             assert done[jid]["possible_duplicate"], f"{jid} created {n} times, not flagged"
     stored = json.loads(r.hget(f"interq:job:{ids[0]}", "interaction_ids") or "[]")
     assert stored == [done[ids[0]]["interaction_id"]]
+    r.close()
+
+
+async def test_killed_workers_claimed_polls_come_back_within_the_lease(
+    api: httpx.AsyncClient, settings: Settings, sim: SimServer
+) -> None:
+    """A worker SIGKILLed while its poll engine holds claims (every GET hangs):
+    the claims are due again within the lease, and another worker ends the jobs."""
+    lease_s = 2.0
+    ids = [
+        (await api.post("/v1/jobs", json=job_body(f"j{i} [sim duration=0.5]"))).json()["id"]
+        for i in range(20)
+    ]
+    sim.state.config.fault_ops = {"get"}
+    sim.state.config.slow_s = 600.0
+    r = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
+    with worker_process(settings, INTERQ_POLL_LEASE_S=str(lease_s)) as first:
+
+        def claimed() -> bool:
+            now_ms = time.time() * 1000
+            scores = [s for _, s in r.zrange("interq:polls", 0, -1, withscores=True)]
+            return len(scores) == len(ids) and all(s > now_ms + 1000 for s in scores)
+
+        sim.state.config.fault_timeout = 1.0  # from now on every GET hangs
+        await wait_until(claimed, timeout=60, what="every poll claimed and hanging")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed_ms = time.time() * 1000
+    scores = [s for _, s in r.zrange("interq:polls", 0, -1, withscores=True)]
+    assert len(scores) == len(ids)
+    assert max(scores) <= killed_ms + lease_s * 1000  # due again within the lease
+    sim.state.config.fault_timeout = 0.0
+    with worker_process(settings, INTERQ_POLL_LEASE_S=str(lease_s)):
+        done = await wait_terminal(api, ids, timeout=120)
+    assert {j["status"] for j in done.values()} == {"completed"}
     r.close()
