@@ -17,14 +17,17 @@ not be re-sent blindly (the API has no idempotency key).
 from __future__ import annotations
 
 import email.utils
+import json
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from . import metrics
+from .http_backends import AiohttpBackend, Answer, Backend, HttpxBackend, SendFailed
 from .settings import Settings
 
 API_REVISION = "2026-05-20"
@@ -81,7 +84,7 @@ def parse_error_body(body: Any) -> tuple[str, float | None]:
     return message, delay
 
 
-def parse_retry_headers(headers: httpx.Headers) -> float | None:
+def parse_retry_headers(headers: Mapping[str, str]) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
@@ -93,22 +96,24 @@ def parse_retry_headers(headers: httpx.Headers) -> float | None:
         try:
             return max(0.0, float(ra))
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(ra) if ra else None
-            if parsed is not None:
-                return max(0.0, parsed.timestamp() - time.time())
+            try:
+                parsed = email.utils.parsedate_to_datetime(ra)
+            except (TypeError, ValueError):
+                return None
+            return max(0.0, parsed.timestamp() - time.time())
     return None
 
 
-def error_from_response(resp: httpx.Response) -> UpstreamError:
+def error_from_answer(ans: Answer) -> UpstreamError:
     try:
-        body = resp.json()
+        body = json.loads(ans.body)
     except ValueError:
         body = None
     message, body_delay = parse_error_body(body)
-    message = message or f"HTTP {resp.status_code}"
-    code = resp.status_code
+    code = ans.status
+    message = message or f"HTTP {code}"
     if code in RETRYABLE_STATUS:
-        delay = parse_retry_headers(resp.headers)
+        delay = parse_retry_headers(ans.headers)
         return Retryable(
             message, status_code=code, delay_s=delay if delay is not None else body_delay
         )
@@ -118,66 +123,55 @@ def error_from_response(resp: httpx.Response) -> UpstreamError:
 
 
 class UpstreamClient:
+    """The Interactions API: create, get, cancel, delete. Each call is sent
+    once; errors come back as the tree above."""
+
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
         headers = {"Api-Revision": API_REVISION, "Accept": "application/json"}
         if settings.gemini_api_key is not None:
             headers["x-goog-api-key"] = settings.gemini_api_key.get_secret_value()
         self.base = f"{settings.upstream_url}/{settings.upstream_api_version}/interactions"
-        self.create_timeout = httpx.Timeout(settings.create_timeout_s, connect=10.0)
-        self.client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=10.0),
-            transport=transport,
-            # keep a connection per worker slot: reconnecting per request costs
-            limits=httpx.Limits(
-                max_connections=max(200, settings.worker_max_jobs),
-                max_keepalive_connections=max(50, settings.worker_max_jobs),
-            ),
-        )
+        self.create_timeout_s = settings.create_timeout_s
+        self.backend: Backend
+        if transport is not None:
+            self.backend = HttpxBackend(headers, settings.upstream_timeout_s, transport)
+        else:
+            # a kept-alive connection per request in flight: submit slots + polls
+            conns = settings.worker_max_jobs + settings.poll_concurrency
+            self.backend = AiohttpBackend(headers, settings.upstream_timeout_s, conns)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.backend.aclose()
 
     def _url(self, interaction_id: str, suffix: str = "") -> str:
         return f"{self.base}/{quote(interaction_id, safe='')}{suffix}"
 
     async def _call(
-        self, op: str, method: str, url: str, *, json: Any = None, http_timeout: Any = None
+        self, op: str, method: str, url: str, *, body: Any = None, timeout_s: float | None = None
     ) -> Any:
         start = time.perf_counter()
         code = "error"
         try:
-            kwargs: dict[str, Any] = {"json": json}
-            if http_timeout is not None:
-                kwargs["timeout"] = http_timeout
-            resp = await self.client.request(method, url, **kwargs)
-            code = str(resp.status_code)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
-            code = "connect_error"
-            raise Retryable(f"cannot connect upstream: {type(e).__name__}") from None
-        except httpx.TimeoutException as e:
-            code = "timeout"
-            raise Retryable(f"upstream timed out: {type(e).__name__}", maybe_sent=True) from None
-        except httpx.TransportError as e:
-            code = "transport_error"
-            raise Retryable(
-                f"upstream connection failed: {type(e).__name__}", maybe_sent=True
-            ) from None
+            ans = await self.backend.send(method, url, json=body, timeout_s=timeout_s)
+            code = str(ans.status)
+        except SendFailed as e:
+            code = e.kind
+            raise Retryable(e.message, maybe_sent=e.maybe_sent) from None
         finally:
             metrics.UPSTREAM_REQUESTS.labels(op=op, code=code).inc()
             metrics.UPSTREAM_LATENCY.labels(op=op).observe(time.perf_counter() - start)
-        if resp.status_code >= 400:
-            raise error_from_response(resp)
+        if ans.status >= 400:
+            raise error_from_answer(ans)
         try:
-            return resp.json()
+            return json.loads(ans.body)
         except ValueError:
             raise Retryable(
-                "upstream sent a body that is not JSON", status_code=resp.status_code
+                "upstream sent a body that is not JSON", status_code=ans.status
             ) from None
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         data = await self._call(
-            "create", "POST", self.base, json=body, http_timeout=self.create_timeout
+            "create", "POST", self.base, body=body, timeout_s=self.create_timeout_s
         )
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
             raise Retryable("create answered without an interaction id", maybe_sent=True)

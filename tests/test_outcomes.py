@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from jobs.settings import Settings
+from jobs.upstream import Retryable, UpstreamClient
 from jobs.webhooks import generate_secret
 from tests.helpers import Receiver, SimServer, job_body, running_worker, wait_terminal, wait_until
 
@@ -252,7 +253,6 @@ async def test_404_past_grace_fails(
 
 async def test_408_and_connect_errors_are_retryable() -> None:
     """One-off shapes the simulator does not produce, through MockTransport."""
-    from jobs.upstream import Retryable, UpstreamClient
 
     calls = {"n": 0}
 
@@ -294,3 +294,18 @@ async def test_408_and_connect_errors_are_retryable() -> None:
 async def test_paused_job_expires_at_its_deadline(api: httpx.AsyncClient, worker: None) -> None:
     job = await run_one(api, "x [sim duration=0.1 outcome=requires_action]", timeout_s=1.5)
     assert job["status"] == "expired" and job["pending_calls"]
+
+
+async def test_the_service_backend_reads_connect_failures_as_not_sent() -> None:
+    """The aiohttp backend (no transport given): a refused connection surely
+    did not send the create, so its retry is not flagged as a duplicate."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    client = UpstreamClient(Settings(upstream_url=f"http://127.0.0.1:{port}"))
+    with pytest.raises(Retryable) as e:
+        await client.create({"model": "m", "input": "x"})
+    assert e.value.maybe_sent is False
+    await client.aclose()
