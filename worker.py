@@ -89,8 +89,9 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
             settings, upstream_transport=overrides.pop("_transport", None)
         )
         ctx["dispatcher"] = asyncio.create_task(Dispatcher(svc).run())
+        ctx["poller"] = PollEngine(svc)
         ctx["engines"] = [
-            (e, asyncio.create_task(run_engine(e))) for e in (PollEngine(svc), DeliveryEngine(svc))
+            (e, asyncio.create_task(run_engine(e))) for e in (ctx["poller"], DeliveryEngine(svc))
         ]
         metrics.WORKER_UP.set(1)
         if settings.worker_metrics_port:

@@ -81,8 +81,15 @@ async def naive(jobs: int, sim_url: str, poll_s: float, backoff_s: float) -> dic
     ) as c:
 
         async def call(method: str, url: str, **kw: Any) -> httpx.Response:
-            async with gate:
-                return await c.request(method, url, **kw)
+            # a dropped or refused connection under load is retried, as any
+            # script would: the baseline must finish, not crash
+            for attempt in range(20):
+                try:
+                    async with gate:
+                        return await c.request(method, url, **kw)
+                except httpx.TransportError:
+                    await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+            raise RuntimeError(f"{method} {url}: 20 transport errors in a row")
 
         async def one(i: int, duration: float) -> None:
             nonlocal done

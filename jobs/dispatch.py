@@ -44,6 +44,9 @@ for i, id in ipairs(spec.ids) do
   local q = spec.steps[i]
   if q.id ~= '' and redis.call('HGET', jk, 'status') == 'queued' then
     redis.call('ZADD', spec.prefix .. ':inflight:' .. spec.model, spec.now, id)
+    if spec.paced then
+      redis.call('ZADD', spec.prefix .. ':outstanding:' .. spec.model, spec.now, id)
+    end
     local ak = spec.arq_prefix .. q.id
     if redis.call('EXISTS', ak) == 0 then
       redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
@@ -186,6 +189,7 @@ class Dispatcher:
             "ids": [jid for jid, _ in jobs],
             "steps": enqueue,
             "model": model,
+            "paced": self.svc.settings.limit_for(model).rpm is not None,
             "now": enqueue[0]["score"],
             "arq_prefix": job_key_prefix,
         }

@@ -5,11 +5,15 @@ Per model or agent (``INTERQ_LIMITS``): a request rate (creates per
 cap on interactions in flight (a Redis zset of job ids, added when a job is
 dispatched, removed by the transition that ends or pauses it).
 
-Two stages: the dispatcher moves jobs to the workers at the window's share per
-second (a 1-second moving window, "pace") within the in-flight cap; the
-submit step takes the window token right before it sends the create. The
-upstream counts requests when they arrive, so a token taken at dispatch time
-would drift from its window by however long the job waited for a worker.
+Two stages: the dispatcher moves to the workers as many jobs as the window has
+tokens left, less the jobs it already moved whose create has not taken its
+token yet (``{p}:outstanding:{model}``, a zset of job ids by dispatch time),
+within the in-flight cap; the submit step takes the window token right before
+it sends the create. The upstream counts requests when they arrive, so a token
+taken at dispatch time would drift from its window by however long the job
+waited for a worker. So the window is used from its first second (a batch's
+first window's worth of creates goes at once, as the upstream allows) and
+never overshot.
 
 The rate adapts to the upstream: a 429 on create cuts the usable share of the
 window to 70 % of what it was (once per ``CUT_COOLDOWN_S``), and it recovers
@@ -18,7 +22,6 @@ linearly to 100 % over ``RECOVERY_S``.
 
 from __future__ import annotations
 
-import math
 import time
 
 from limits import RateLimitItemPerSecond
@@ -49,6 +52,9 @@ class Budgets:
     def inflight_key(self, model: str) -> str:
         return f"{self.prefix}:inflight:{model}"
 
+    def outstanding_key(self, model: str) -> str:
+        return f"{self.prefix}:outstanding:{model}"
+
     def _adapt_key(self, model: str) -> str:
         return f"{self.prefix}:adapt:{model}"
 
@@ -76,9 +82,9 @@ class Budgets:
 
     async def acquire(self, model: str, want: int) -> tuple[int, float]:
         """For the dispatcher: up to ``want`` jobs may go to the workers now,
-        within the cap on jobs in flight and the pace (the window's share per
-        second, so creates reach the upstream as an even stream). Returns how
-        many, and if none, how long to wait before asking again."""
+        within the cap on jobs in flight and the window's tokens left (less
+        the jobs already moved whose create has not taken its token). Returns
+        how many, and if none, how long to wait before asking again."""
         lim = self.settings.limit_for(model)
         granted = want
         if lim.concurrency is not None:
@@ -88,18 +94,23 @@ class Budgets:
                 return 0, 0.1
         if lim.rpm is None:
             return granted, 0.0
-        window = self.settings.rate_window_s
-        pace = RateLimitItemPerSecond(max(1, math.ceil(lim.rpm / window)), 1)
-        usable_pace = max(1, math.ceil(self._usable(lim.rpm, await self.factor(model)) / window))
-        ps = await self.limiter.get_window_stats(pace, model, "pace")
-        granted = min(granted, usable_pace - (pace.amount - ps.remaining))
+        item = RateLimitItemPerSecond(lim.rpm, self.settings.rate_window_s)
+        usable = self._usable(lim.rpm, await self.factor(model))
+        ws = await self.limiter.get_window_stats(item, model)
+        okey = self.outstanding_key(model)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # a job moved long ago whose create never took its token (a crash,
+            # a cancel) stops counting after a window
+            pipe.zremrangebyscore(okey, "-inf", (time.time() - self.settings.rate_window_s) * 1000)
+            pipe.zcard(okey)
+            _, outstanding = await pipe.execute()
+        left = usable - (lim.rpm - ws.remaining) - int(outstanding)
+        granted = min(granted, left)
         if granted <= 0:
-            return 0, max(0.005, ps.reset_time - time.time())
-        if not await self.limiter.hit(pace, model, "pace", cost=granted):
-            return 0, 0.01
+            return 0, max(0.005, min(1.0, ws.reset_time - time.time()))
         return granted, 0.0
 
-    async def take_create(self, model: str) -> float:
+    async def take_create(self, model: str, job_id: str = "") -> float:
         """For the submit step, right before the create: one request from the
         model's window. The token is taken when the request is sent, not when
         the job was dispatched, so interq's window and the upstream's (counted
@@ -112,4 +123,6 @@ class Budgets:
         ws = await self.limiter.get_window_stats(item, model)
         if lim.rpm - ws.remaining >= usable or not await self.limiter.hit(item, model):
             return max(0.01, ws.reset_time - time.time())
+        if job_id:  # no longer waiting for its token: the dispatcher may move another
+            await self.redis.zrem(self.outstanding_key(model), job_id)
         return 0.0

@@ -45,6 +45,7 @@ log = logging.getLogger("interq.poller")
 CANCEL_404_MAX_TRIES = 3
 MAX_RELAUNCHES = 5  # creates re-sent after answers that carried another job's label
 LABEL = "interq_job"
+IDLE_MAX_S = 0.05  # with nothing due, look again this soon (an entry added or poked)
 
 
 @dataclass
@@ -67,7 +68,7 @@ class PollEngine(DueEngine):
             capacity=cfg.poll_concurrency,
             batch=cfg.poll_batch,
             lease_s=cfg.poll_lease_s,
-            idle_s=cfg.worker_poll_delay_s,
+            idle_s=min(cfg.worker_poll_delay_s, IDLE_MAX_S),
             task_timeout_s=cfg.step_timeout_s * 0.8,
             name="poller",
         )

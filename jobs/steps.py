@@ -128,6 +128,24 @@ async def give_up(svc: Services, args: tuple[str, ...], reason: str) -> None:
 
 # --------------------------------------------------------------------------- submit
 
+BACKPRESSURE_LAG_S = 0.2  # the poll engine this late on average: hold new creates
+BACKPRESSURE_MAX_S = 10.0  # at most this long per submit
+BACKPRESSURE_CHECK_S = 0.05
+
+
+async def wait_for_polls(ctx: dict[str, Any]) -> None:
+    """Admission control: while this worker's poll engine is behind, a new
+    create waits (in its slot, so arq takes no more), because every
+    interaction started now is polled by the same engine. Running
+    interactions' polls come first; a burst of creates cannot make them late."""
+    engine = ctx.get("poller")
+    if engine is None:
+        return
+    waited = 0.0
+    while engine.lag_avg > BACKPRESSURE_LAG_S and waited < BACKPRESSURE_MAX_S:
+        await asyncio.sleep(BACKPRESSURE_CHECK_S)
+        waited += BACKPRESSURE_CHECK_S
+
 
 def create_body(job: Fields, body: dict[str, Any], public_url: str | None) -> dict[str, Any]:
     """The create as sent: background on, store left at its default (true),
@@ -164,7 +182,8 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
         late = {"code": "deadline", "message": "job timed out before it was sent"}
         await finish(svc, job, JobStatus.expired, error=late)
         return
-    wait = await svc.budgets.take_create(job.get("model", ""))
+    await wait_for_polls(ctx)
+    wait = await svc.budgets.take_create(job.get("model", ""), job_id)
     if wait > 0:
         raise Retry(defer=wait)
     flags: Fields = {"create_inflight": "1"}
