@@ -50,10 +50,13 @@ IDLE_MAX_S = 0.05  # with nothing due, look again this soon (an entry added or p
 
 @dataclass
 class Next:
-    """A pending poll: due again in ``delay_s``, with these fields written."""
+    """A pending poll: due again ``delay_s`` after ``base`` (epoch seconds;
+    when the GET was sent, so that its round trip does not stretch the
+    schedule; 0 means now), with these fields written."""
 
     delay_s: float
     fields: Fields
+    base: float = 0.0
 
 
 DROP = Next(-1.0, {})  # the entry is stale: leave the index if the job ended
@@ -108,7 +111,7 @@ class PollEngine(DueEngine):
         return self._write_for(member, job.get("interaction_id", ""), nxt)
 
     def _write_for(self, job_id: str, iid: str, nxt: Next) -> Write:
-        due = "" if nxt is DROP else str(int((time.time() + nxt.delay_s) * 1000))
+        due = "" if nxt is DROP else str(int(((nxt.base or time.time()) + nxt.delay_s) * 1000))
         flat: list[str | int | float] = [job_id, iid, due]
         for k, v in nxt.fields.items():
             flat += [k, v]
@@ -148,6 +151,7 @@ async def poll_job(svc: Services, job: Fields) -> Next | None:
     elif now > deadline:
         await expire(svc, job)
         return None
+    sent = time.time()
     try:
         inter = await svc.upstream.get(iid)
     except Retryable as e:
@@ -168,7 +172,10 @@ async def poll_job(svc: Services, job: Fields) -> Next | None:
     if not carries_label(inter, job["id"]):
         await relaunch(svc, job, inter)
         return None
-    return await apply_answer(svc, job, inter)
+    nxt = await apply_answer(svc, job, inter)
+    if nxt is not None:
+        nxt.base = sent
+    return nxt
 
 
 def carries_label(inter: dict[str, Any], job_id: str) -> bool:

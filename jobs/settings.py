@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     max_submit_attempts: int = 50
     # the poll engine (one per worker): GETs in flight, entries claimed per round
     # trip, and the lease after which a dead worker's claimed polls are due again
-    poll_concurrency: int = Field(default=256, ge=1)
+    poll_concurrency: int = Field(default=512, ge=1)
     poll_batch: int = Field(default=256, ge=1)
     poll_lease_s: float = Field(default=10.0, gt=0)
 

@@ -128,7 +128,7 @@ async def give_up(svc: Services, args: tuple[str, ...], reason: str) -> None:
 
 # --------------------------------------------------------------------------- submit
 
-BACKPRESSURE_LAG_S = 0.2  # the poll engine this late on average: hold new creates
+BACKPRESSURE_LAG_S = 1.0  # the poll engine this late on average: hold new creates
 BACKPRESSURE_MAX_S = 10.0  # at most this long per submit
 BACKPRESSURE_CHECK_S = 0.05
 
