@@ -1,7 +1,15 @@
-"""arq worker: ``arq worker.WorkerSettings`` (or ``interq worker``).
+"""arq worker: ``interq worker`` (``run_worker_forever``), or arq's own runner,
+``arq worker.WorkerSettings``.
 
 Every step is short; waiting is a deferred arq job (``Retry(defer=...)``), so a
 worker slot is never held while an interaction runs upstream.
+
+arq's ``Worker.main()`` ends at the first Redis error it meets (still loading
+after a restart, read-only after a failover, out of memory, a dropped
+connection). ``run_worker_forever`` then logs and counts it
+(``interq_loop_errors_total{loop="worker"}``), backs off and starts a fresh
+Worker, until SIGTERM/SIGINT (or its ``stop`` event) asks it to stop; SIGTERM
+drains as arq does (``job_completion_wait``). arq's own runner exits instead.
 """
 
 from __future__ import annotations
@@ -9,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import time
+from dataclasses import replace
 from typing import Any
 
 from arq import Worker
@@ -18,8 +29,9 @@ from prometheus_client import start_http_server
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
-from jobs import batches, metrics, steps
+from jobs import batches, loops, metrics, steps
 from jobs.dispatch import Dispatcher
 from jobs.services import Services
 from jobs.settings import Settings, get_settings
@@ -30,6 +42,9 @@ log = logging.getLogger("interq.worker")
 # poll re-run with Retry while they wait (budget, backoff, the interaction), and
 # are bounded by the job's deadline and INTERQ_MAX_SUBMIT_ATTEMPTS instead.
 UNBOUNDED_TRIES = 10_000_000
+_SERVING: set[int] = set()  # metrics ports this process already serves
+HEALTHY_RUN_S = 60.0  # a Worker that ran this long before failing resets the backoff
+TICK_S = 1.0  # while a started Worker runs, a "worker" loop pass is counted this often
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -48,33 +63,46 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return rs
 
 
+def background_loops(svc: Services) -> list[asyncio.Task[None]]:
+    """Start every background loop of a worker process (each runs under
+    ``jobs.loops.supervised``); one set per process, not per arq Worker."""
+    return [asyncio.create_task(Dispatcher(svc).run(), name="dispatcher")]
+
+
+async def stop_loops(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for ``arq.Worker`` built from settings."""
+    """Keyword arguments for ``arq.Worker`` built from settings. With
+    ``_services``, the Worker uses those (and their loops, run by the caller);
+    otherwise it opens its own and runs the background loops while it runs."""
     t = settings.step_timeout_s
     deliver_tries = len(settings.webhook_schedule_s) + steps.STEP_GUARD_MAX_TRIES + 1
+    shared: Services | None = overrides.pop("_services", None)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        svc = ctx["svc"] = Services.open(
-            settings, upstream_transport=overrides.pop("_transport", None)
-        )
-        ctx["dispatcher"] = asyncio.create_task(Dispatcher(svc).run())
+        if shared is not None:
+            ctx["svc"] = shared
+        else:
+            svc = ctx["svc"] = Services.open(
+                settings, upstream_transport=overrides.pop("_transport", None)
+            )
+            ctx["loops"] = background_loops(svc)
         metrics.WORKER_UP.set(1)
-        if settings.worker_metrics_port:
-            try:
-                start_http_server(settings.worker_metrics_port)
-            except OSError as e:
-                log.warning(
-                    "worker metrics port %d unavailable: %s", settings.worker_metrics_port, e
-                )
+        ctx["started_at"] = time.time()
+        _serve_metrics(settings.worker_metrics_port)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        log.info("worker stopping: running steps drained, no new ones taken")
+        if ctx.get("ended_by_error"):
+            log.info("worker stopping after an error: running steps cancelled, they re-run")
+        else:
+            log.info("worker stopping: running steps drained, no new ones taken")
         metrics.WORKER_UP.set(0)
-        if "dispatcher" in ctx:
-            ctx["dispatcher"].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ctx["dispatcher"]
-        if "svc" in ctx:
+        await stop_loops(ctx.pop("loops", []))
+        if "svc" in ctx and shared is None:
             await ctx["svc"].close()
 
     opts: dict[str, Any] = {
@@ -127,3 +155,137 @@ class WorkerSettings:
     on_shutdown = _opts["on_shutdown"]
     job_completion_wait = _opts["job_completion_wait"]
     health_check_interval = _opts["health_check_interval"]
+
+
+async def run_worker_forever(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    **overrides: Any,
+) -> None:
+    """Run arq Workers one after another until ``stop`` is set or (with
+    ``handle_signals``) SIGTERM/SIGINT arrives. A Worker that ends by itself is
+    retired and, after a backoff, replaced; the services and the background
+    loops (``background_loops``) outlive it. The signal handlers are ours, not
+    arq's, so that they outlive each Worker; they drain it as arq's would."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    _serve_metrics(settings.worker_metrics_port)  # also while no Worker can start
+    # arq's own connection retries are silent; this loop retries, counted
+    overrides.setdefault("redis_settings", replace(redis_settings(settings), conn_retries=0))
+    svc = overrides["_services"] = Services.open(
+        settings, upstream_transport=overrides.pop("_transport", None)
+    )
+    tasks = background_loops(svc)
+    backoff = loops.Backoff()
+    try:
+        for sig in signals:
+            loop.add_signal_handler(sig, _on_signal, stop, sig)
+        while not stop.is_set():
+            delay = await _one_worker(settings, stop, backoff, overrides)
+            if delay is None:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await stop_loops(tasks)
+        await svc.close()
+
+
+async def _one_worker(
+    settings: Settings, stop: asyncio.Event, backoff: loops.Backoff, overrides: dict[str, Any]
+) -> float | None:
+    """Run one arq Worker to its end and retire it. Returns the wait before
+    the next one, or None when none should follow (stopped, or it just ended)."""
+    w = make_worker(settings, **{**overrides, "handle_signals": False})
+    error: BaseException | None = None
+    delay = 0.0
+    try:
+        error = await _run_until_stopped(w, stop, errors_before=backoff.failures)
+        if error is not None:
+            if time.time() - w.ctx.get("started_at", time.time()) >= HEALTHY_RUN_S:
+                backoff.reset()  # it ran well for a while: a new streak of trouble
+            delay = backoff.next()
+            loops.record_error("worker", error, delay, streak=backoff.failures)
+            w.ctx["ended_by_error"] = True
+    finally:
+        await _retire(w, clean=error is None)
+    return None if stop.is_set() or error is None else delay
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    log.info("worker: %s received, stopping", sig.name)
+    stop.set()
+
+
+def _serve_metrics(port: int) -> None:
+    """Serve /metrics on ``port`` (0: not at all), once per process."""
+    if not port or port in _SERVING:
+        return
+    try:
+        start_http_server(port)
+        _SERVING.add(port)
+    except OSError as e:
+        log.warning("worker metrics port %d unavailable: %s", port, e)
+
+
+async def _run_until_stopped(
+    w: Worker, stop: asyncio.Event, *, errors_before: int
+) -> BaseException | None:
+    """Run ``w.main()`` until it ends or ``stop`` is set (then drain ``w`` as
+    arq's SIGTERM handler does), counting a pass of the "worker" loop every
+    ``TICK_S`` while it runs started. Returns the error that ended it, if any."""
+    main = w.main_task = asyncio.create_task(w.main())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        passes = 0
+        while True:
+            done, _ = await asyncio.wait(
+                {main, stopping}, timeout=TICK_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if done:
+                break
+            if "started_at" in w.ctx:
+                loops.record_success("worker", after_errors=0 if passes else errors_before)
+                passes += 1
+        if not main.done():
+            if w._job_completion_wait:
+                w.handle_sig_wait_for_completion(signal.SIGTERM)
+            else:
+                w.handle_sig(signal.SIGTERM)
+            await asyncio.wait({main})
+    finally:
+        stopping.cancel()
+        if not main.done():  # we are cancelled ourselves: stop at once
+            main.cancel()
+            await asyncio.wait({main})
+    if main.cancelled():
+        return None
+    return main.exception()
+
+
+async def _retire(w: Worker, *, clean: bool) -> None:
+    """Close a Worker whose main() has ended. (arq's ``close()`` stops half-way
+    when Redis refuses its health-key delete, and never runs ``on_shutdown``.)"""
+    for t in w.tasks.values():
+        t.cancel()  # after a drain they are done; after trouble they re-run later
+    await asyncio.gather(*w.tasks.values(), return_exceptions=True)
+    w.tasks.clear()
+    pool = w.ctx.get("redis")
+    if pool is None:
+        return  # it never connected, so on_startup never ran
+    try:
+        if clean:
+            with contextlib.suppress(RedisError, OSError):
+                await pool.delete(w.health_check_key)
+        if w.on_shutdown:
+            await w.on_shutdown(w.ctx)
+    except Exception:  # the next Worker must start all the same
+        log.exception("worker: shutting an arq Worker down failed")
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await pool.close(close_connection_pool=True)
