@@ -275,17 +275,17 @@ async def _retire(w: Worker, *, clean: bool) -> None:
         t.cancel()  # after a drain they are done; after trouble they re-run later
     await asyncio.gather(*w.tasks.values(), return_exceptions=True)
     w.tasks.clear()
-    pool = w.ctx.get("redis")
-    if pool is None:
-        return  # it never connected, so on_startup never ran
+    pool = w._pool  # None if main() never got as far as connecting
     try:
-        if clean:
+        if clean and pool is not None:
             with contextlib.suppress(RedisError, OSError):
                 await pool.delete(w.health_check_key)
-        if w.on_shutdown:
+        if w.on_shutdown and "svc" in w.ctx:  # on_startup ran
             await w.on_shutdown(w.ctx)
     except Exception:  # the next Worker must start all the same
         log.exception("worker: shutting an arq Worker down failed")
     finally:
-        with contextlib.suppress(RedisError, OSError):
-            await pool.close(close_connection_pool=True)
+        if pool is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pool.close(close_connection_pool=True)
+            w._pool = None

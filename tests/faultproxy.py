@@ -85,8 +85,12 @@ class FaultProxy:
         async def close() -> None:
             assert self._server is not None
             self._server.close()
-            for t in asyncio.all_tasks():
-                if t is not asyncio.current_task():
+            for w in list(self._clients):
+                w.close()  # each connection's tasks then end by themselves
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if others:
+                _, pending = await asyncio.wait(others, timeout=5)
+                for t in pending:
                     t.cancel()
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
