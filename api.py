@@ -16,11 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs import batches, metrics, outcomes, steps, ui, webhook_routes, webhooks
+from jobs import batches, http_errors, metrics, outcomes, steps, ui, webhook_routes, webhooks
 from jobs.dispatch import lane_of
 from jobs.intake import (
     DEFAULT_TENANT,
@@ -42,7 +40,7 @@ from jobs.models import (
     WebhookSpec,
 )
 from jobs.results import ResultNotFound
-from jobs.services import Services
+from jobs.services import Services, redis_client
 from jobs.settings import Settings, get_settings
 from jobs.store import Fields
 
@@ -63,6 +61,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.svc = Services.open(cfg, upstream_transport=upstream_transport)
+        app.state.probe = redis_client(cfg, retries=0, socket_timeout=5.0)  # for /readyz
         if not cfg.api_keys:
             log.warning(
                 "no INTERQ_API_KEYS configured: serving one tenant, %r, without auth",
@@ -71,12 +70,14 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.probe.aclose()
             await app.state.svc.close()
 
     app = FastAPI(title="interq", version="0.1.0", lifespan=lifespan, responses=ERRORS)
     app.add_middleware(
         BodyLimit, max_bytes=cfg.max_body_bytes, large=("/v1/batches", cfg.max_batch_bytes)
     )
+    app.add_middleware(http_errors.CatchAll)  # outermost of ours: errors become JSON
     install_error_handlers(app)
     app.include_router(routes(cfg))
     app.include_router(webhook_routes.router)
@@ -106,11 +107,7 @@ def install_error_handlers(app: FastAPI) -> None:
         resp.headers.update(exc.headers or {})
         return resp
 
-    @app.exception_handler(RedisConnectionError)
-    @app.exception_handler(RedisTimeoutError)
-    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
-        log.error("redis unreachable: %s", type(exc).__name__)
-        return api_error(503, "unavailable", "the queue store is unreachable; retry shortly")
+    http_errors.install(app)  # Redis trouble: 503 JSON; anything unexpected: 500 JSON
 
 
 def routes(cfg: Settings) -> APIRouter:
@@ -351,12 +348,10 @@ def routes(cfg: Settings) -> APIRouter:
         return {"status": "ok"}
 
     @r.get("/readyz")
-    async def readyz(s: Svc) -> Any:
-        try:
-            await s.redis.ping()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            return api_error(503, "unavailable", "redis unreachable")
-        return {"status": "ready"}
+    async def readyz(request: Request, s: Svc) -> Any:
+        """Ready while Redis answers and takes writes; 503 with a ``detail``
+        (readonly, oom, loading, connection, timeout) otherwise."""
+        return await http_errors.readiness(request.app.state.probe, s.settings.key_prefix)
 
     @r.get("/metrics")
     async def prom(s: Svc) -> Response:

@@ -171,12 +171,14 @@ def api(port: int = API_PORT, host: str = "127.0.0.1") -> None:
 
 @app.command()
 def worker() -> None:
-    """Run one worker (drains on SIGTERM)."""
-    from worker import make_worker
+    """Run one worker: drains on SIGTERM; never exits on Redis trouble."""
+    import asyncio
+
+    from worker import run_worker_forever
 
     cfg = get_settings()
     setup_logs(cfg.log_level, cfg.log_format)
-    make_worker(cfg).run()
+    asyncio.run(run_worker_forever(cfg))
 
 
 @app.command()

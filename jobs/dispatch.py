@@ -16,18 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import uuid
 
 from arq.constants import job_key_prefix
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .loops import supervised
 from .outcomes import submit_step
 from .services import Services
-
-log = logging.getLogger("interq.dispatch")
 
 LEASE_MS = 5_000
 QUANTUM = 50  # jobs one lane may move per pass: fair, and few round trips per job
@@ -92,24 +88,20 @@ class Dispatcher:
             await self.redis.delete(key)
 
     async def run(self) -> None:
-        """Dispatch until cancelled; survive Redis outages."""
+        """Dispatch until cancelled, through any Redis trouble (``supervised``
+        logs, counts and backs off); give the lease back on the way out."""
         try:
-            await self._loop()
+            await supervised("dispatcher", self.step)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.release())
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                if not await self.holds_lease():
-                    await asyncio.sleep(1.0)
-                    continue
-                wait = await self.pass_once()
-                await asyncio.sleep(wait)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-                log.warning("dispatcher: redis unavailable (%s); retrying", type(e).__name__)
-                await asyncio.sleep(1.0)
+    async def step(self) -> float:
+        """One turn of the loop: a pass if this process holds the lease.
+        Returns how long to wait before the next turn."""
+        if not await self.holds_lease():
+            return 1.0
+        return await self.pass_once()
 
     async def pass_once(self) -> float:
         """One round-robin pass: up to ``QUANTUM`` jobs from each lane. Returns

@@ -13,7 +13,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    BusyLoadingError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .models import TERMINAL, JobStatus
 
@@ -116,6 +124,21 @@ WEBHOOK_DEFERRED = Counter(
     "Delivery attempts put back because their destination was at its concurrency bound",
 )
 
+# Background loops (jobs/loops.py): each pass that ends well, each error by kind.
+LOOP_NAMES = ("dispatcher", "poller", "delivery", "sweeper", "worker")
+LOOP_ERROR_KINDS = ("connection", "timeout", "readonly", "oom", "loading", "other")
+LOOP_ITERATIONS = Counter(
+    "interq_loop_iterations_total", "Passes of a background loop that ended without error", ["loop"]
+)
+LOOP_ERRORS = Counter(
+    "interq_loop_errors_total", "Errors a background loop survived, by kind", ["loop", "kind"]
+)
+LOOP_LAST_SUCCESS = Gauge(
+    "interq_loop_last_success_timestamp_seconds",
+    "Unix time of a background loop's last pass without error (0: none yet)",
+    ["loop"],
+)
+
 # Queue-level gauges: computed from Redis at scrape time by the API process only
 # (see ``refresh_queue_gauges``), in their own registry so that workers, which
 # export the default registry, do not export them as zeros.
@@ -166,9 +189,37 @@ def _init_series() -> None:
         ENGINE_LAG.labels(engine=engine)
         ENGINE_OVERLOADED.labels(engine=engine)
         ENGINE_ACTIVE.labels(engine=engine)
+    for loop in LOOP_NAMES:
+        LOOP_ITERATIONS.labels(loop=loop)
+        LOOP_LAST_SUCCESS.labels(loop=loop)
+        for kind in LOOP_ERROR_KINDS:
+            LOOP_ERRORS.labels(loop=loop, kind=kind)
 
 
 _init_series()
+
+
+def redis_error_kind(exc: BaseException) -> str:
+    """One of ``LOOP_ERROR_KINDS`` for an error met talking to Redis.
+
+    redis-py maps the reply codes to classes (``-READONLY`` to ReadOnlyError,
+    ``-OOM`` to OutOfMemoryError, ``-LOADING`` to BusyLoadingError, which is a
+    ConnectionError); a code it leaves as a plain ResponseError (inside a
+    script's error, say) is recognised by the message."""
+    if isinstance(exc, BusyLoadingError):
+        return "loading"
+    if isinstance(exc, ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, OutOfMemoryError):
+        return "oom"
+    if isinstance(exc, ResponseError):
+        code = str(exc).split(" ", 1)[0]
+        return {"READONLY": "readonly", "OOM": "oom", "LOADING": "loading"}.get(code, "other")
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, RedisConnectionError | OSError):
+        return "connection"
+    return "other"
 
 
 @dataclass

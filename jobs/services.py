@@ -27,14 +27,18 @@ from .upstream import UpstreamClient
 from .webhooks import USER_AGENT, Policy
 
 
-def redis_client(settings: Settings) -> Redis:
+def redis_client(
+    settings: Settings, *, retries: int = 8, socket_timeout: float | None = None
+) -> Redis:
     """A Redis client that rides out a restart or a dropped connection; plain,
-    TLS (``rediss://``, ``INTERQ_REDIS_TLS_CA_FILE``) or through Sentinel."""
+    TLS (``rediss://``, ``INTERQ_REDIS_TLS_CA_FILE``) or through Sentinel.
+    ``retries=0`` (and a ``socket_timeout``) make a probe that reports at once."""
     opts: dict[str, Any] = {
-        "retry": RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        "retry": RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": 15,
         "socket_connect_timeout": 5,
+        "socket_timeout": socket_timeout,
         "socket_keepalive": True,
     }
     url = urlparse(settings.effective_redis_url)

@@ -192,6 +192,25 @@ async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[
         await w.close()
 
 
+@asynccontextmanager
+async def supervised_worker(
+    settings: Settings, **overrides: Any
+) -> AsyncIterator[asyncio.Task[None]]:
+    """``run_worker_forever`` (what ``interq worker`` runs: a Worker that ends on
+    Redis trouble is replaced) in this event loop until the block ends."""
+    from worker import run_worker_forever
+
+    task = asyncio.create_task(run_worker_forever(settings, handle_signals=False, **overrides))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
 def job_body(text: str = "Say hello", webhook: str | None = None, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"interaction": {"model": "sim-model", "input": text}, **extra}
     if webhook:

@@ -55,7 +55,7 @@ MAY_BE_EMPTY = {
 }
 # Alerts whose expression must be empty in this healthy run (a worker and the
 # API up, Redis reachable), and ones it must make non-empty.
-QUIET_ALERTS = {"InterqNoWorkerUp", "InterqRedisDown", "InterqAPIDown"}
+QUIET_ALERTS = {"InterqNoWorkerUp", "InterqRedisDown", "InterqAPIDown", "InterqLoopFailing"}
 FIRING_ALERTS = {"InterqWebhookDeadLetters"}  # the run dead-letters one event
 SCRAPES_AFTER_RUN = 3
 
