@@ -44,6 +44,7 @@ for i, id in ipairs(spec.ids) do
   local q = spec.steps[i]
   if q.id ~= '' and redis.call('HGET', jk, 'status') == 'queued' then
     redis.call('ZADD', spec.prefix .. ':inflight:' .. spec.model, spec.now, id)
+    redis.call('SADD', spec.prefix .. ':models', spec.model)
     local ak = spec.arq_prefix .. q.id
     if redis.call('EXISTS', ak) == 0 then
       redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
