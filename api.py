@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs import batches, metrics, outcomes, steps, ui, webhook_routes, webhooks
+from jobs import batches, metrics, outcomes, retention_routes, steps, ui, webhook_routes, webhooks
 from jobs.dispatch import lane_of
 from jobs.intake import (
     DEFAULT_TENANT,
@@ -80,6 +80,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(routes(cfg))
     app.include_router(webhook_routes.router)
+    app.include_router(retention_routes.router)
     app.include_router(ui.router)
     return app
 

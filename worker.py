@@ -19,7 +19,7 @@ from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from jobs import batches, metrics, steps
+from jobs import batches, metrics, retention, steps
 from jobs.dispatch import Dispatcher
 from jobs.services import Services
 from jobs.settings import Settings, get_settings
@@ -52,12 +52,15 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker`` built from settings."""
     t = settings.step_timeout_s
     deliver_tries = len(settings.webhook_schedule_s) + steps.STEP_GUARD_MAX_TRIES + 1
+    sweeper = overrides.pop("_sweeper", True)  # tests that drive the clock turn it off
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         svc = ctx["svc"] = Services.open(
             settings, upstream_transport=overrides.pop("_transport", None)
         )
         ctx["dispatcher"] = asyncio.create_task(Dispatcher(svc).run())
+        if sweeper:  # TODO(merge): under loops.supervised("sweeper", ...)
+            ctx["sweeper"] = asyncio.create_task(retention.run_sweeper(svc))
         metrics.WORKER_UP.set(1)
         if settings.worker_metrics_port:
             try:
@@ -70,10 +73,11 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         log.info("worker stopping: running steps drained, no new ones taken")
         metrics.WORKER_UP.set(0)
-        if "dispatcher" in ctx:
-            ctx["dispatcher"].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ctx["dispatcher"]
+        for task in ("dispatcher", "sweeper"):
+            if task in ctx:
+                ctx[task].cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ctx[task]
         if "svc" in ctx:
             await ctx["svc"].close()
 

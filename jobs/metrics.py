@@ -89,6 +89,7 @@ WEBHOOK_DEAD_LETTERS = Counter(
 TOKENS = Counter("interq_tokens_total", "Tokens used, from upstream usage", ["model", "kind"])
 STEP_ERRORS = Counter("interq_step_errors_total", "Unexpected errors inside worker steps", ["step"])
 WORKER_UP = Gauge("interq_worker_up", "1 while this worker process runs")
+PURGED = Counter("interq_purged_total", "Jobs and batches deleted (retention or DELETE)", ["kind"])
 
 # Queue-level gauges: computed from Redis at scrape time by the API process only
 # (see ``refresh_queue_gauges``), in their own registry so that workers, which
@@ -136,6 +137,8 @@ def _init_series() -> None:
         JOBS_BY_STATUS.labels(status=status)
     for step in ("submit", "poll", "deliver"):
         STEP_ERRORS.labels(step=step)
+    for kind in ("job", "batch"):
+        PURGED.labels(kind=kind)
 
 
 _init_series()
@@ -153,7 +156,10 @@ class QueueSnapshot:
 
 async def queue_snapshot(redis: Redis, prefix: str) -> QueueSnapshot:
     lanes = [_s(x) for x in await redis.smembers(f"{prefix}:lanes")]  # type: ignore[misc]
-    inflight_keys = [_s(k) async for k in redis.scan_iter(f"{prefix}:inflight:*", count=1000)]
+    # models with jobs in flight: a set kept by the dispatch and transition
+    # scripts, so no keyspace scan (a scrape costs the same at any job count)
+    models = [_s(x) for x in await redis.smembers(f"{prefix}:models")]  # type: ignore[misc]
+    inflight_keys = [f"{prefix}:inflight:{m}" for m in models]
     async with redis.pipeline(transaction=False) as pipe:
         for lane in lanes:
             pipe.llen(f"{prefix}:ready:{lane}")
@@ -165,9 +171,9 @@ async def queue_snapshot(redis: Redis, prefix: str) -> QueueSnapshot:
     rest = res[len(lanes) :]
     in_flight: dict[str, int] = {}
     oldest_ms: float | None = None
-    for i, key in enumerate(inflight_keys):
+    for i, model in enumerate(models):
         count, first = int(rest[2 * i]), rest[2 * i + 1]
-        label = model_label(key.rsplit(":", 1)[-1])
+        label = model_label(model)
         in_flight[label] = in_flight.get(label, 0) + count
         if first:
             score = float(first[0][1])
