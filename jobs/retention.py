@@ -315,7 +315,8 @@ async def stop(svc: Services, job: Fields) -> None:
         await cancel_paused(svc, job)
     elif status == JobStatus.running:
         try:
-            await svc.upstream.cancel(job["interaction_id"])
+            if job.get("interaction_id"):
+                await svc.upstream.cancel(job["interaction_id"])
         except UpstreamError as e:
             log.info("job %s: upstream cancel before delete: %s", job["id"], e.message)
         note = "deleted while running; cancelled upstream"
