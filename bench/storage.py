@@ -20,7 +20,9 @@ Run, on one private redis-server, with the API and one worker as real processes:
    old ``/metrics`` made (``SCAN MATCH {p}:inflight:*``), timed in-process;
 5. the sweep: ``jobs.retention.sweep_once`` in a loop with a clock past every
    job's retention, as one worker's sweeper would run it; then DBSIZE,
-   ``used_memory`` and the results folder against the baseline.
+   ``used_memory`` and the results folder against the baseline, and the scrapes
+   once more with Redis empty again (the two empty runs bracket the full one, so
+   a difference from load elsewhere on the machine shows).
 
 Each job: a ~330-character prompt, ``metadata`` and ``custom_id``, a webhook with
 its own secret, the simulator's text answer; the full result JSON goes to the
@@ -316,6 +318,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         time.sleep(2.0)
         after = {"dbsize": r.dbsize(), "used_memory": used_memory(r), "clients": client_memory(r)}
         after["files"] = files_in(settings.results_url)
+        after["scrape_ms"] = stats(scrape_ms(st.api_url, a.scrapes))  # empty again
         parts = memory_parts(r)
         diff = {k: v - base_parts.get(k, 0) for k, v in parts.items()}
         after["memory_stats_vs_baseline"] = {k: v for k, v in diff.items() if abs(v) >= 4096}
@@ -356,7 +359,9 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> bool:
         (
             f"/metrics p50 / p99 ({st['jobs']:,} jobs, {st['dbsize']:,} keys)",
             f"{fmt(st['scrape_ms']['p50'], 2)} / {fmt(st['scrape_ms']['p99'], 2)} ms",
-            f"empty: {fmt(b['scrape_ms']['p50'], 2)} / {fmt(b['scrape_ms']['p99'], 2)} ms",
+            f"empty: {fmt(b['scrape_ms']['p50'], 2)} / {fmt(b['scrape_ms']['p99'], 2)} ms; "
+            f"empty again after the sweep: {fmt(sw['after']['scrape_ms']['p50'], 2)} / "
+            f"{fmt(sw['after']['scrape_ms']['p99'], 2)} ms",
         ),
         ("  the old keyspace SCAN alone", f"{st['old_scan_s'] * 1000:,.0f} ms", "-"),
         (
