@@ -18,7 +18,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs import batches, http_errors, metrics, outcomes, steps, ui, webhook_routes, webhooks
+from jobs import (
+    batches,
+    http_errors,
+    metrics,
+    outcomes,
+    retention_routes,
+    steps,
+    ui,
+    webhook_routes,
+    webhooks,
+)
 from jobs.dispatch import lane_of
 from jobs.intake import (
     DEFAULT_TENANT,
@@ -81,6 +91,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(routes(cfg))
     app.include_router(webhook_routes.router)
+    app.include_router(retention_routes.router)
     app.include_router(ui.router)
     return app
 

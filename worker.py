@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -34,7 +35,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from jobs import batches, loops, metrics, steps
+from jobs import batches, loops, metrics, retention, steps
 from jobs.delivery import DeliveryEngine
 from jobs.dispatch import Dispatcher
 from jobs.poller import PollEngine
@@ -79,17 +80,17 @@ class Background:
     tasks: list[asyncio.Task[None]]
 
 
-def background_loops(svc: Services) -> Background:
+def background_loops(svc: Services, *, sweeper: bool = True) -> Background:
     poller, delivery = PollEngine(svc), DeliveryEngine(svc)
-    return Background(
-        poller,
-        delivery,
-        [
-            asyncio.create_task(Dispatcher(svc).run(), name="dispatcher"),
-            asyncio.create_task(loops.supervised("poller", poller.step), name="poller"),
-            asyncio.create_task(loops.supervised("delivery", delivery.step), name="delivery"),
-        ],
-    )
+    tasks = [
+        asyncio.create_task(Dispatcher(svc).run(), name="dispatcher"),
+        asyncio.create_task(loops.supervised("poller", poller.step), name="poller"),
+        asyncio.create_task(loops.supervised("delivery", delivery.step), name="delivery"),
+    ]
+    if sweeper:
+        sweep = functools.partial(retention.sweep_once, svc)
+        tasks.append(asyncio.create_task(loops.supervised("sweeper", sweep), name="sweeper"))
+    return Background(poller, delivery, tasks)
 
 
 async def stop_loops(bg: Background | None) -> None:
@@ -113,6 +114,7 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     t = settings.step_timeout_s
     shared: Services | None = overrides.pop("_services", None)
     shared_loops: Background | None = overrides.pop("_background", None)
+    sweeper = overrides.pop("_sweeper", True)  # tests that drive the clock turn it off
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         if shared is not None and shared_loops is not None:
@@ -122,7 +124,7 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
             svc = ctx["svc"] = Services.open(
                 settings, upstream_transport=overrides.pop("_transport", None)
             )
-            bg = ctx["loops"] = background_loops(svc)
+            bg = ctx["loops"] = background_loops(svc, sweeper=sweeper)
             ctx["poller"] = bg.poller
         metrics.WORKER_UP.set(1)
         ctx["started_at"] = time.time()

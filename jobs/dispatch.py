@@ -40,6 +40,7 @@ for i, id in ipairs(spec.ids) do
   local q = spec.steps[i]
   if q.id ~= '' and redis.call('HGET', jk, 'status') == 'queued' then
     redis.call('ZADD', spec.prefix .. ':inflight:' .. spec.model, spec.now, id)
+    redis.call('SADD', spec.prefix .. ':models', spec.model)
     if spec.paced then
       redis.call('ZADD', spec.prefix .. ':outstanding:' .. spec.model, spec.now, id)
     end

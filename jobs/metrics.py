@@ -138,6 +138,7 @@ LOOP_LAST_SUCCESS = Gauge(
     "Unix time of a background loop's last pass without error (0: none yet)",
     ["loop"],
 )
+PURGED = Counter("interq_purged_total", "Jobs and batches deleted (retention or DELETE)", ["kind"])
 
 # Queue-level gauges: computed from Redis at scrape time by the API process only
 # (see ``refresh_queue_gauges``), in their own registry so that workers, which
@@ -194,6 +195,8 @@ def _init_series() -> None:
         LOOP_LAST_SUCCESS.labels(loop=loop)
         for kind in LOOP_ERROR_KINDS:
             LOOP_ERRORS.labels(loop=loop, kind=kind)
+    for kind in ("job", "batch"):
+        PURGED.labels(kind=kind)
 
 
 _init_series()
@@ -234,7 +237,10 @@ class QueueSnapshot:
 
 async def queue_snapshot(redis: Redis, prefix: str) -> QueueSnapshot:
     lanes = [_s(x) for x in await redis.smembers(f"{prefix}:lanes")]  # type: ignore[misc]
-    inflight_keys = [_s(k) async for k in redis.scan_iter(f"{prefix}:inflight:*", count=1000)]
+    # models with jobs in flight: a set kept by the dispatch and transition
+    # scripts, so no keyspace scan (a scrape costs the same at any job count)
+    models = [_s(x) for x in await redis.smembers(f"{prefix}:models")]  # type: ignore[misc]
+    inflight_keys = [f"{prefix}:inflight:{m}" for m in models]
     async with redis.pipeline(transaction=False) as pipe:
         for lane in lanes:
             pipe.llen(f"{prefix}:ready:{lane}")
@@ -246,9 +252,9 @@ async def queue_snapshot(redis: Redis, prefix: str) -> QueueSnapshot:
     rest = res[len(lanes) :]
     in_flight: dict[str, int] = {}
     oldest_ms: float | None = None
-    for i, key in enumerate(inflight_keys):
+    for i, model in enumerate(models):
         count, first = int(rest[2 * i]), rest[2 * i + 1]
-        label = model_label(key.rsplit(":", 1)[-1])
+        label = model_label(model)
         in_flight[label] = in_flight.get(label, 0) + count
         if first:
             score = float(first[0][1])

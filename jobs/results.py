@@ -9,6 +9,7 @@ environment variables of each cloud (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -36,7 +37,8 @@ class ResultStore:
             if not path.is_absolute():
                 path = Path.cwd() / path
             path.mkdir(parents=True, exist_ok=True)
-            self.store: Any = LocalStore(str(path), mkdir=True)
+            # automatic_cleanup: deleting a job's last file removes its empty folders
+            self.store: Any = LocalStore(str(path), mkdir=True, automatic_cleanup=True)
         else:
             options: dict[str, Any] = {}
             client_options: ClientConfig = {}
@@ -68,3 +70,19 @@ class ResultStore:
         except FileNotFoundError:
             raise ResultNotFound(key) from None
         return bytes(await res.bytes_async())
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` (a folder such as ``job_x/``;
+        prefixes match whole path segments). Returns how many were deleted;
+        objects already gone are not an error."""
+        listing = obstore.list(self.store, prefix=prefix)
+        paths = [m["path"] async for chunk in listing for m in chunk]
+        if not paths:
+            return 0
+        try:
+            await obstore.delete_async(self.store, paths)
+        except FileNotFoundError:  # deleted meanwhile (two sweepers): one by one
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    await obstore.delete_async(self.store, path)
+        return len(paths)

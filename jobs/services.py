@@ -90,7 +90,12 @@ class Services:
         return cls(
             settings=settings,
             redis=redis,
-            store=Store(redis, prefix=settings.key_prefix, queue=settings.queue_name),
+            store=Store(
+                redis,
+                prefix=settings.key_prefix,
+                queue=settings.queue_name,
+                retention_s=settings.retention_s,
+            ),
             upstream=UpstreamClient(settings, transport=upstream_transport),
             results=ResultStore(settings.results_url),
             http=httpx.AsyncClient(

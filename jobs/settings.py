@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     max_timeout_s: float = 7 * 24 * 3600.0
     max_body_bytes: int = 1_048_576
     idempotency_ttl_s: int = 24 * 3600
+    # how long a finished job (a batch: its last job) is kept; then everything goes
+    retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
     # --- logs ------------------------------------------------------------------
     log_level: str = "INFO"

@@ -20,6 +20,13 @@ Keys (prefix ``interq`` by default):
   {p}:iid:{interaction id}   job id (for the upstream's webhooks)
   {p}:polls                  zset job id -> due time (ms): the poll engine's index
   {p}:deliveries             zset event id -> due time (ms): the delivery engine's index
+  {p}:inflight:{model}       zset job id -> dispatch time ms (budgets, gauges)
+  {p}:models                 set of models with a non-empty inflight zset (gauges, no SCAN)
+  {p}:expiring:jobs          zset job id -> ms when it is purged (jobs without a batch)
+  {p}:expiring:batches       zset batch id -> ms when it is purged (set as its last job ends)
+
+The job record keeps ``idem_key``, the Redis key of its Idempotency-Key, so that
+``jobs/retention.py`` can delete it with the job.
 """
 
 from __future__ import annotations
@@ -78,11 +85,15 @@ if spec.status and spec.status ~= cur and not spec.plain then
   redis.call('ZADD', p .. ':t:' .. tenant .. ':s:' .. spec.status, seq, spec.id)
   redis.call('HSET', jk, 'status', spec.status)
   if spec.release then
-    redis.call('ZREM', p .. ':inflight:' .. (redis.call('HGET', jk, 'model') or ''), spec.id)
+    local model = redis.call('HGET', jk, 'model') or ''
+    local ik = p .. ':inflight:' .. model
+    redis.call('ZREM', ik, spec.id)
+    if redis.call('EXISTS', ik) == 0 then redis.call('SREM', p .. ':models', model) end
   elseif spec.status == 'running' and cur == 'requires_action' then
     -- resumed by /continue: counts in flight again until it ends or pauses
     local model = redis.call('HGET', jk, 'model') or ''
     redis.call('ZADD', p .. ':inflight:' .. model, spec.now_ms, spec.id)
+    redis.call('SADD', p .. ':models', model)
   end
   local batch = redis.call('HGET', jk, 'batch_id')
   if batch and batch ~= '' then
@@ -95,8 +106,11 @@ if spec.status and spec.status ~= cur and not spec.plain then
         local q = spec.batch_step
         redis.call('SET', spec.arq_prefix .. q.id, ARGV[#spec.enqueue + 2], 'PX', q.px)
         redis.call('ZADD', q.queue, q.score, q.id)
+        redis.call('ZADD', p .. ':expiring:batches', spec.expire_at, batch)
       end
     end
+  elseif spec.terminal then
+    redis.call('ZADD', p .. ':expiring:jobs', spec.expire_at, spec.id)
   end
 end
 if spec.status and spec.plain then redis.call('HSET', jk, 'status', spec.status) end
@@ -150,6 +164,21 @@ __ENQUEUE__
 return 1
 """.replace("__ENQUEUE__", _LUA_ENQUEUE)
 
+# Write to a record only while it exists: a step still running when its job was
+# purged must not bring back a stray piece of it.
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local spec = cjson.decode(ARGV[1])
+for f, v in pairs(spec.set or {}) do redis.call('HSET', KEYS[1], f, v) end
+for f, n in pairs(spec.incr or {}) do redis.call('HINCRBY', KEYS[1], f, n) end
+if spec.zadd then redis.call('ZADD', spec.zadd[1], spec.zadd[2], spec.zadd[3]) end
+if spec.push then
+  redis.call('RPUSH', spec.push[1], spec.push[2])
+  redis.call('LTRIM', spec.push[1], spec.push[3], -1)
+end
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Step:
@@ -187,13 +216,22 @@ def now() -> float:
 
 
 class Store:
-    def __init__(self, redis: Redis, *, prefix: str = "interq", queue: str = "interq:queue"):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "interq",
+        queue: str = "interq:queue",
+        retention_s: float = 7 * 86_400.0,
+    ):
         self.redis = redis
         self.prefix = prefix
         self.queue = queue
+        self.retention_s = retention_s  # a job ended this long ago is purged
         self._transition = redis.register_script(_TRANSITION)
         self._create = redis.register_script(_CREATE)
         self._enqueue = redis.register_script(_ENQUEUE)
+        self._update = redis.register_script(_UPDATE)
 
     # -- keys -----------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -245,7 +283,12 @@ class Store:
             "arq_prefix": job_key_prefix,
             "id": job_id,
             "tenant": tenant,
-            "fields": {**fields, "id": job_id, "tenant": tenant},
+            "fields": {
+                **fields,
+                "id": job_id,
+                "tenant": tenant,
+                **({"idem_key": self.idem_key(tenant, idem[0])} if idem else {}),
+            },
             "idem_key": self.idem_key(tenant, idem[0]) if idem else "",
             "idem_value": idem[1] if idem else "",
             "idem_ttl": str(idem_ttl_s),
@@ -314,7 +357,8 @@ class Store:
         if cond:
             spec["cond"] = cond
         fields = dict(set_fields or {})
-        fields["updated_at"] = f"{now():.3f}"
+        at = now()
+        fields["updated_at"] = f"{at:.3f}"
         spec["set"] = fields
         if incr:
             spec["incr"] = incr
@@ -322,6 +366,7 @@ class Store:
             spec["status"] = status.value
             spec["release"] = status not in (JobStatus.queued, JobStatus.running)
             spec["terminal"] = status in TERMINAL
+            spec["expire_at"] = str(int((at + self.retention_s) * 1000))
         if key is not None:
             spec["plain"] = True  # not a job: no status indexes, budgets or batch counts
         if event is not None:
@@ -338,12 +383,10 @@ class Store:
     async def set_fields(
         self, job_id: str, fields: Fields, incr: dict[str, int] | None = None
     ) -> None:
-        """Plain write of informational fields (no state change)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.job_key(job_id), mapping={**fields, "updated_at": f"{now():.3f}"})
-            for f, n in (incr or {}).items():
-                pipe.hincrby(self.job_key(job_id), f, n)
-            await pipe.execute()
+        """Plain write of informational fields (no state change); a job that is
+        gone (purged) is not written back."""
+        spec = {"set": {**fields, "updated_at": f"{now():.3f}"}, "incr": incr or {}}
+        await self._update(keys=[self.job_key(job_id)], args=[json.dumps(spec)])
 
     async def enqueue(self, steps: list[Step]) -> None:
         """Enqueue arq steps (each skipped if its id is already queued)."""
@@ -413,12 +456,12 @@ class Store:
     async def update_event(
         self, event_id: str, fields: Fields, *, dead_for: str | None = None
     ) -> None:
-        """Update an event; with ``dead_for=<tenant>`` also dead-letter it."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.event_key(event_id), mapping=fields)
-            if dead_for is not None:
-                pipe.zadd(self.deadletter_key(dead_for), {event_id: now()})
-            await pipe.execute()
+        """Update an event; with ``dead_for=<tenant>`` also dead-letter it. A
+        purged event is not written back."""
+        spec: dict[str, Any] = {"set": fields}
+        if dead_for is not None:
+            spec["zadd"] = [self.deadletter_key(dead_for), str(now()), event_id]
+        await self._update(keys=[self.event_key(event_id)], args=[json.dumps(spec)])
 
     async def dead_letters(self, tenant: str, limit: int) -> list[Fields]:
         ids = await self.redis.zrevrange(self.deadletter_key(tenant), 0, limit - 1)
@@ -429,11 +472,8 @@ class Store:
         await self.redis.zrem(self.deadletter_key(tenant), event_id)
 
     async def log_attempt(self, event_id: str, attempt: dict[str, Any]) -> None:
-        key = self.event_key(event_id) + ":attempts"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, json.dumps(attempt))
-            pipe.ltrim(key, -100, -1)
-            await pipe.execute()
+        spec = {"push": [self.event_key(event_id) + ":attempts", json.dumps(attempt), "-100"]}
+        await self._update(keys=[self.event_key(event_id)], args=[json.dumps(spec)])
 
     async def event_attempts(self, event_id: str) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(self.event_key(event_id) + ":attempts", 0, -1)  # type: ignore[misc]

@@ -157,3 +157,16 @@ async def test_missing_object_on_s3_is_not_found(s3_settings: Settings, bucket: 
     assert await store.get("job_x/files/a.bin") == b"abc"
     with pytest.raises(ResultNotFound):
         await store.get("job_x/nothing.json")
+
+
+async def test_delete_prefix_on_s3_takes_one_jobs_folder(
+    s3: Any, s3_settings: Settings, bucket: str
+) -> None:
+    """What retention deletes: everything under ``{job_id}/``, not a longer id."""
+    store = ResultStore(s3_settings.results_url)
+    for key in ("job_x/v1_a.json", "job_x/files/a.png", "job_xy/v1_b.json"):
+        await store.put(key, b"1")
+    assert await store.delete_prefix("job_x/") == 2
+    assert await store.delete_prefix("job_x/") == 0  # again: nothing, no error
+    left = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert [o["Key"] for o in left] == ["results/job_xy/v1_b.json"]
