@@ -27,17 +27,16 @@ clock as ``time.time()`` in every process):
 * poll lag = each GET's arrival - when that GET was due, where "due" is the
   previous GET's arrival (or the create's) + the interval asked for after it
   (interq: ``INTERQ_POLL_INITIAL_S`` x ``INTERQ_POLL_MULTIPLIER``^n capped at
-  ``INTERQ_POLL_MAX_S``, jitter off; sleep loop: 5 s). interq's real schedule
-  starts a little later (arq schedules the retry when the poll step returns,
-  after the GET's answer and one Redis write), so this over-states interq's lag
-  by one GET round trip plus that bookkeeping: an honest upper bound, no sampling;
+  ``INTERQ_POLL_MAX_S``, jitter off; sleep loop: 5 s). interq's poll engine
+  counts the next due time from when it sent the GET, so this is the lag as
+  the upstream sees it (claim lag + the time to send), no sampling;
 * peak upstream concurrency = most interactions running at the same moment
   (from create times and durations), to show the 10,000 really overlapped;
 * worker memory = VmHWM (peak resident set) from /proc/<pid>/status, read just
   before the worker is stopped, and VmRSS sampled every second.
 
 Target for interq: every job completes, 10,000 in flight on one worker under
-300 MB RSS, poll lag p99 <= 2 s.
+150 MB RSS, poll lag p99 <= 1 s.
 
     .venv/bin/python -m bench.inflight [--jobs 10000] [--min-s 60] [--max-s 120] [--quick]
 """
@@ -397,11 +396,11 @@ def main() -> None:
     iq = runs["interq"]
     ok = (
         iq["completed"] == iq["jobs"]
-        and iq["worker_memory"]["vm_hwm_mb"] < 300
-        and (iq["poll_lag_s"][99] or 0) <= 2.0
+        and iq["worker_memory"]["vm_hwm_mb"] < 150
+        and (iq["poll_lag_s"][99] or 0) <= 1.0
     )
     print(
-        f"interq target (all complete, < 300 MB, poll lag p99 <= 2 s): {'met' if ok else 'NOT met'}"
+        f"interq target (all complete, < 150 MB, poll lag p99 <= 1 s): {'met' if ok else 'NOT met'}"
     )
     path = save(
         "inflight-quick" if a.quick else "inflight",

@@ -9,7 +9,9 @@ delivery with ``standardwebhooks``. It submits the jobs (single POSTs, each with
 own webhook, and one batch whose lines carry their own webhooks), then drives:
 
 * a random worker SIGKILLed every ``--kill-every`` seconds (±30 %) and replaced;
-* Redis SIGKILLed once and started again on the same port and data directory;
+* Redis SIGKILLed once and started again on the same port and data directory,
+  with ``--ballast-keys`` (300,000) keys of other data to load first, so every
+  process meets Redis answering LOADING;
 * the receiver answering 503 and then not listening at all for a stretch;
 * any worker that exits on its own restarted, as ``interq up`` does (counted).
 
@@ -75,6 +77,7 @@ class Options:
     max_kills: int | None = None
     redis_restart_after: float = 0.3  # share of the jobs terminal when Redis is stopped
     redis_down_s: float = 3.0
+    ballast_keys: int = 300_000  # keys in Redis before the run, so its restart has data to load
     redis_stop: str = "kill"  # "kill" (SIGKILL) or "term" (SIGTERM)
     receiver_down_after: float = 0.02  # share of the jobs' events delivered when it starts
     receiver_down_s: float = 10.0  # first half answering 503, second half not listening
@@ -269,6 +272,25 @@ class Cluster:
         return proc
 
     # -- redis
+    def fill_ballast(self, n: int) -> None:
+        """``n`` keys of other data (hashes of a few hundred bytes), compacted
+        into the append-only file, so that a restart has a real load to do
+        and the processes meet Redis answering LOADING for a while."""
+        if n <= 0:
+            return
+        client = redis.Redis(port=self.redis_port)
+        try:
+            for start in range(0, n, 10_000):
+                with client.pipeline(transaction=False) as pipe:
+                    for i in range(start, min(n, start + 10_000)):
+                        pipe.hset(f"ballast:{{{i}}}", mapping={"a": "x" * 200, "b": str(i)})
+                    pipe.execute()
+            client.bgrewriteaof()
+            while client.info("persistence").get("aof_rewrite_in_progress"):
+                time.sleep(0.1)
+        finally:
+            client.close()
+
     def start_redis(self) -> None:
         if not self.redis_port:
             self.redis_port = free_port()
@@ -355,6 +377,7 @@ class Cluster:
 
     def start_service(self) -> None:
         self.start_redis()
+        self.fill_ballast(self.opts.ballast_keys)
         self.start_sim()
         self.interq_env(self.opts.webhook_schedule)
         self.start_api()
@@ -877,6 +900,8 @@ def verdict(
         failures.append(f"{len(never_created)} completed jobs never created upstream")
     if cl.api_exits:
         failures.append(f"the API exited {len(cl.api_exits)} times")
+    if cl.self_exits:
+        failures.append(f"workers exited by themselves {len(cl.self_exits)} times")
     if drive_info.get("timed_out"):
         failures.append("timed out before everything settled")
     if drive_info.get("stalled"):
@@ -1092,8 +1117,9 @@ def log_errors(logs: list[Path]) -> tuple[dict[str, int], list[str]]:
 
 
 def step_evidence(r: redis.Redis, summary: dict[str, Any]) -> dict[str, Any]:
-    """For each undelivered event and unfinished job: is an arq step still
-    scheduled to carry it on (queued, in progress), or none at all (orphaned)?"""
+    """For each undelivered event and unfinished job: is something still
+    scheduled to carry it on (an arq submit step queued or in progress, an
+    entry in the poll or delivery index), or nothing at all (orphaned)?"""
     out: dict[str, Any] = {}
     ev = summary.get("evidence") or {}
 
@@ -1104,9 +1130,13 @@ def step_evidence(r: redis.Redis, summary: dict[str, Any]) -> dict[str, Any]:
             return "queued" if r.exists(f"arq:job:{arq_id}") else "queued, no arq:job key"
         return "none"
 
+    def due(index: str, member: str) -> str:
+        score = r.zscore(f"{PREFIX}:{index}", member)
+        return "none" if score is None else f"due in {score / 1000 - time.time():.1f} s"
+
     for jid, info in (ev.get("undelivered") or {}).items():
         if isinstance(info, dict):
-            out[jid] = {"event": info["id"], "deliver step": step(f"deliver:{info['id']}")}
+            out[jid] = {"event": info["id"], "delivery index": due("deliveries", info["id"])}
     for jid in ev.get("not_terminal") or {}:
         job: dict[str, str] = r.hgetall(f"{PREFIX}:job:{jid}")  # type: ignore[assignment]
         iid = job.get("interaction_id", "")
@@ -1114,7 +1144,7 @@ def step_evidence(r: redis.Redis, summary: dict[str, Any]) -> dict[str, Any]:
             "status": job.get("status"),
             "interaction_id": iid or None,
             "submit step": step(f"submit:{jid}"),
-            "poll step": step(f"poll:{jid}:{iid}") if iid else "-",
+            "poll index": due("polls", jid) if iid else "-",
         }
     return out
 
@@ -1302,6 +1332,9 @@ def parse(argv: list[str] | None) -> Options:
         help="share of the jobs terminal when Redis is stopped",
     )
     p.add_argument("--redis-down", type=float, default=d.redis_down_s)
+    p.add_argument(
+        "--ballast-keys", type=int, default=d.ballast_keys, help="keys loaded at Redis restart"
+    )
     p.add_argument("--redis-stop", choices=("kill", "term"), default=d.redis_stop)
     p.add_argument(
         "--receiver-down-after",
@@ -1336,6 +1369,7 @@ def parse(argv: list[str] | None) -> Options:
         max_kills=a.max_kills,
         redis_restart_after=a.redis_restart_after,
         redis_down_s=a.redis_down,
+        ballast_keys=a.ballast_keys,
         redis_stop=a.redis_stop,
         receiver_down_after=a.receiver_down_after,
         receiver_down_s=a.receiver_down,
