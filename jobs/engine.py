@@ -125,6 +125,13 @@ class DueEngine:
                 w = await self.handle(member, lag, record)
             if w is not None:
                 self.writes.append(w)
+        except TimeoutError:
+            log.warning(
+                "%s: %s took longer than %.1f s; it comes due again after its lease",
+                self.name,
+                member,
+                self.task_timeout_s,
+            )
         except Exception:
             # still leased: the entry comes due again when the lease ends
             log.exception("%s: %s failed; it comes due again after its lease", self.name, member)

@@ -25,6 +25,7 @@ def test_short_chaos_run_loses_nothing() -> None:
             min_duration=1.0,
             max_duration=4.0,
             receiver_down_s=4.0,
+            ballast_keys=20_000,  # the full run loads 300,000
             timeout_s=420.0,
             stall_s=90.0,
             quiet=True,
@@ -45,4 +46,5 @@ def test_short_chaos_run_loses_nothing() -> None:
     assert upstream["duplicates_unflagged"] == 0
     assert upstream["fault_share"] > 0  # the faults were on
     assert chaos["worker_kills"] == 3 and chaos["redis_restarts"] == 1
+    assert chaos["worker_self_exits"] == 0
     assert "down" in chaos["receiver_outage"]["modes"]
