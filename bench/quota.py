@@ -39,10 +39,14 @@ def batch_body(jobs: int, duration: float) -> bytes:
 
 
 def run_interq(jobs: int, rpm: int, window: int, duration: float, workers: int) -> dict[str, Any]:
+    scale = 60 / window  # everything time-scaled alike, the poll schedule too (as the
+    # naive poller's 5 s interval is)
     env = {
         "INTERQ_LIMITS": json.dumps({MODEL: {"rpm": rpm}}),
         "INTERQ_RATE_WINDOW_S": str(window),
         "INTERQ_WORKER_MAX_JOBS": "500",
+        "INTERQ_POLL_INITIAL_S": str(1.5 / scale),
+        "INTERQ_POLL_MAX_S": str(30.0 / scale),
     }
     with stack(workers=workers, **env) as st:
         st.sim_config(quota_rpm=rpm, quota_window_s=float(window), duration_s=duration)
