@@ -362,11 +362,11 @@ def routes(cfg: Settings) -> APIRouter:
     async def readyz(request: Request, s: Svc) -> Any:
         """Ready while Redis answers and takes writes; 503 with a ``detail``
         (readonly, oom, loading, connection, timeout) otherwise."""
-        return await http_errors.readiness(request.app.state.probe, s.settings.key_prefix)
+        return await http_errors.readiness(request.app.state.probe, s.store.keys.readyz)
 
     @r.get("/metrics")
     async def prom(s: Svc) -> Response:
-        await metrics.refresh_queue_gauges(s.redis, s.settings.key_prefix)
+        await metrics.refresh_queue_gauges(s.redis, s.store.keys)
         body = generate_latest() + generate_latest(metrics.QUEUE_REGISTRY)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

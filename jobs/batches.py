@@ -6,9 +6,9 @@ in one Redis transaction (a pipeline under MULTI). Its jobs wait in the batch's
 own dispatch lane (see ``dispatch.py``). The transition that ends the batch's
 last job enqueues ``batch_done``, which fires ``batch.completed``.
 
-Keys: ``{p}:batch:{id}`` (record: total, done, usage), ``{p}:batch:{id}:counts``
-(status -> count, kept by the transition script), ``{p}:batch:{id}:jobs`` (job
-ids in input order).
+Keys (``jobs/keys.py``): the batch record (total, done, usage), its counts
+(status -> count, kept by the transition scripts) and its job ids in input
+order.
 """
 
 from __future__ import annotations
@@ -119,10 +119,6 @@ def validate_lines(items: Iterable[tuple[int, Any]], max_jobs: int) -> list[Batc
     return lines
 
 
-def batch_key(svc: Services, batch_id: str) -> str:
-    return f"{svc.store.prefix}:batch:{batch_id}"
-
-
 async def create_batch(
     svc: Services,
     tenant: str,
@@ -142,7 +138,7 @@ async def create_batch(
     batch_id = "bat_" + uuid.uuid4().hex
     now = time.time()
     lane = lane_of(tenant, batch_id)
-    bkey = batch_key(svc, batch_id)
+    bkey = svc.store.keys.batch(batch_id)
     async with svc.redis.pipeline(transaction=True) as pipe:
         pipe.hset(
             bkey,
@@ -158,7 +154,7 @@ async def create_batch(
                 "webhook_secret": (webhook.secret or "") if webhook else "",
             },
         )
-        pipe.hset(bkey + ":counts", mapping={"queued": str(len(lines))})
+        pipe.hset(svc.store.keys.batch_counts(batch_id), mapping={"queued": str(len(lines))})
         for ln in lines:
             job_id, fields = outcomes.new_job(
                 cfg,
@@ -184,14 +180,14 @@ async def create_batch(
 async def get_batch(svc: Services, tenant: str, batch_id: str) -> Fields | None:
     if len(batch_id) > 64:
         return None
-    batch = await svc.store.get_hash(f"batch:{batch_id}")
+    batch = await svc.store.get_hash(svc.store.keys.batch(batch_id))
     if batch is None or batch.get("tenant") != tenant:
         return None
     return batch
 
 
 async def batch_view(svc: Services, batch: Fields) -> dict[str, Any]:
-    raw = await svc.redis.hgetall(batch_key(svc, batch["id"]) + ":counts")  # type: ignore[misc]
+    raw = await svc.redis.hgetall(svc.store.keys.batch_counts(batch["id"]))  # type: ignore[misc]
     counts = {s.value: 0 for s in JobStatus}
     for k, v in raw.items():
         name = k.decode() if isinstance(k, bytes) else str(k)
@@ -216,7 +212,7 @@ async def batch_view(svc: Services, batch: Fields) -> dict[str, Any]:
 
 async def job_ids(svc: Services, batch_id: str, start: int, count: int) -> list[str]:
     raw = await svc.redis.lrange(  # type: ignore[misc]
-        batch_key(svc, batch_id) + ":jobs", start, start + count - 1
+        svc.store.keys.batch_jobs(batch_id), start, start + count - 1
     )
     return [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
 
@@ -280,7 +276,7 @@ async def iter_results(svc: Services, batch_id: str) -> AsyncIterator[bytes]:
 
 async def cancel_batch(svc: Services, batch: Fields) -> None:
     """Queued jobs end at once (never sent); running ones are cancelled upstream."""
-    await svc.redis.hset(batch_key(svc, batch["id"]), "cancel_requested", "1")  # type: ignore[misc]
+    await svc.redis.hset(svc.store.keys.batch(batch["id"]), "cancel_requested", "1")  # type: ignore[misc]
     start = 0
     while True:
         ids = await job_ids(svc, batch["id"], start, CHUNK)
@@ -331,7 +327,7 @@ async def total_usage(svc: Services, batch_id: str) -> dict[str, str]:
 async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
     """Every job of the batch has ended: fire ``batch.completed`` once."""
     svc: Services = ctx["svc"]
-    batch = await svc.store.get_hash(f"batch:{batch_id}")
+    batch = await svc.store.get_hash(svc.store.keys.batch(batch_id))
     if batch is None or batch.get("status") != "in_progress":
         return
     now = f"{time.time():.3f}"
@@ -342,7 +338,7 @@ async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
     event = await outcomes.new_event(svc, batch, f"batch:{batch_id}", "batch.completed", data)
     await svc.store.transition(
         batch_id,
-        key=batch_key(svc, batch_id),
+        key=svc.store.keys.batch(batch_id),
         cond={"status": "in_progress"},
         set_fields={"status": final, "finished_at": now, "event_id": event.id, **usage},
         event=event,

@@ -40,7 +40,7 @@ class DeliveryEngine(DueEngine):
         cfg = svc.settings
         super().__init__(
             redis=svc.redis,
-            index=svc.store.deliveries_key,
+            index=svc.store.keys.deliveries,
             capacity=cfg.webhook_concurrency,
             batch=cfg.webhook_concurrency,
             lease_s=cfg.webhook_timeout_s + 10.0,
@@ -66,7 +66,7 @@ class DeliveryEngine(DueEngine):
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in members:
-                pipe.hgetall(self.svc.store.event_key(m))
+                pipe.hgetall(self.svc.store.keys.event(m))
             raws = await pipe.execute()
         return [{_s(k): _s(v) for k, v in r.items()} if r else None for r in raws]
 
@@ -83,7 +83,9 @@ class DeliveryEngine(DueEngine):
 
     async def _attempt(self, event_id: str, ev: Fields) -> Write:
         svc = self.svc
-        owner = await svc.store.get_hash(ev.get("owner") or f"job:{ev['job_id']}")
+        owner = await svc.store.get_hash(
+            svc.store.keys.owner(ev.get("owner") or f"job:{ev['job_id']}")
+        )
         target = await endpoints.target_for(svc, owner) if owner else None
         if target is None:
             return self._settle(event_id, ev, {"state": "no_endpoint"})
@@ -161,12 +163,11 @@ class DeliveryEngine(DueEngine):
         )
 
     def _w(self, event_id: str, tenant: str, due: str, dead_at: str, fields: Fields) -> Write:
-        store = self.svc.store
+        keys = self.svc.store.keys
         flat: list[str | int | float] = [event_id, due, dead_at]
         for k, v in fields.items():
             flat += [k, v]
-        keys = [store.event_key(event_id), self.index, store.deadletter_key(tenant)]
-        return Write(keys, flat)
+        return Write([keys.event(event_id), self.index, keys.deadletter(tenant)], flat)
 
 
 def destination(url: str) -> str:

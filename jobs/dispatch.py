@@ -72,6 +72,7 @@ class Dispatcher:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.redis: Redis = svc.redis
+        self.keys = svc.store.keys
         self.prefix = svc.settings.key_prefix
         self.budgets = svc.budgets
         self.me = uuid.uuid4().hex
@@ -80,11 +81,11 @@ class Dispatcher:
         self._renew = self.redis.register_script(_RENEW)
 
     async def holds_lease(self) -> bool:
-        key = f"{self.prefix}:dispatcher"
+        key = self.keys.dispatcher
         return bool(await self._renew(keys=[key], args=[self.me, LEASE_MS]))
 
     async def release(self) -> None:
-        key = f"{self.prefix}:dispatcher"
+        key = self.keys.dispatcher
         if await self.redis.get(key) == self.me.encode():
             await self.redis.delete(key)
 
@@ -109,7 +110,7 @@ class Dispatcher:
         how long to sleep before the next pass."""
         lanes = sorted(
             x.decode() if isinstance(x, bytes) else str(x)
-            for x in await self.redis.smembers(f"{self.prefix}:lanes")  # type: ignore[misc]
+            for x in await self.redis.smembers(self.keys.lanes)  # type: ignore[misc]
         )
         if not lanes:
             return IDLE_S
@@ -130,14 +131,14 @@ class Dispatcher:
 
     async def serve_lane(self, lane: str, blocked: set[str]) -> tuple[int, float]:
         """Move the lane's head jobs (same model, within budget) to arq."""
-        raw_ids = await self.redis.lrange(f"{self.prefix}:ready:{lane}", 0, QUANTUM - 1)  # type: ignore[misc]
+        raw_ids = await self.redis.lrange(self.keys.ready(lane), 0, QUANTUM - 1)  # type: ignore[misc]
         ids = [x.decode() if isinstance(x, bytes) else str(x) for x in raw_ids]
         if not ids:
-            await self.redis.srem(f"{self.prefix}:lanes", lane)  # type: ignore[misc]
+            await self.redis.srem(self.keys.lanes, lane)  # type: ignore[misc]
             return 0, 0.0
         async with self.redis.pipeline(transaction=False) as pipe:
             for jid in ids:
-                pipe.hmget(f"{self.prefix}:job:{jid}", ["model", "status"])
+                pipe.hmget(self.keys.job(jid), ["model", "status"])
             rows = await pipe.execute()
         take: list[tuple[str, bool]] = []  # (job id, send it) in lane order
         model = None

@@ -29,11 +29,11 @@ class Target:
 
 
 def endpoint_key(svc: Services, tenant: str) -> str:
-    return f"{svc.store.prefix}:endpoint:{tenant}"
+    return svc.store.keys.endpoint(tenant)
 
 
 async def get_endpoint(svc: Services, tenant: str) -> Fields | None:
-    return await svc.store.get_hash(f"endpoint:{tenant}")
+    return await svc.store.get_hash(endpoint_key(svc, tenant))
 
 
 async def has_endpoint(svc: Services, tenant: str) -> bool:

@@ -193,7 +193,7 @@ async def finish(
 async def add_batch_usage(svc: Services, batch_id: str, usage: Any) -> None:
     counts = interactions.token_counts(usage)
     if counts:
-        key = f"{svc.store.prefix}:batch:{batch_id}"
+        key = svc.store.keys.batch(batch_id)
         async with svc.redis.pipeline(transaction=False) as pipe:
             for kind in ("input", "output"):
                 if counts.get(kind):

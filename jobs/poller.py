@@ -67,7 +67,7 @@ class PollEngine(DueEngine):
         cfg = svc.settings
         super().__init__(
             redis=svc.redis,
-            index=svc.store.polls_key,
+            index=svc.store.keys.polls,
             capacity=cfg.poll_concurrency,
             batch=cfg.poll_batch,
             lease_s=cfg.poll_lease_s,
@@ -115,7 +115,7 @@ class PollEngine(DueEngine):
         flat: list[str | int | float] = [job_id, iid, due]
         for k, v in nxt.fields.items():
             flat += [k, v]
-        return Write([self.svc.store.job_key(job_id), self.index], flat)
+        return Write([self.svc.store.keys.job(job_id), self.index], flat)
 
     async def _fault(self, job: Fields, e: Exception) -> Next | None:
         metrics.STEP_ERRORS.labels(step="poll").inc()

@@ -227,7 +227,7 @@ async def purge_job(svc: Services, job_id: str) -> bool:
 async def purge_batch(svc: Services, batch_id: str) -> bool:
     """Delete a batch: its jobs ``CHUNK`` at a time, then its own keys (record,
     counts, job list, events, dispatch lane). Returns whether it existed."""
-    jobs_key = f"{svc.store.prefix}:batch:{batch_id}:jobs"
+    jobs_key = svc.store.keys.batch_jobs(batch_id)
     while True:
         ids = await batches.job_ids(svc, batch_id, 0, CHUNK)
         if ids:
@@ -255,19 +255,19 @@ async def sweep_once(svc: Services, now: float | None = None) -> float:
     more is due), at most ``MAX_IDLE_S``."""
     t = time.time() if now is None else now
     now_ms = int(t * 1000)
-    p = svc.store.prefix
-    ids = await claim(svc, f"{p}:expiring:jobs", now_ms, CHUNK)
+    keys = svc.store.keys
+    ids = await claim(svc, keys.expiring_jobs, now_ms, CHUNK)
     if ids:
         await purge_jobs(svc, ids)
-    due_batches = await claim(svc, f"{p}:expiring:batches", now_ms, 1)
+    due_batches = await claim(svc, keys.expiring_batches, now_ms, 1)
     for batch_id in due_batches:
         await purge_batch(svc, batch_id)
     if len(ids) == CHUNK or due_batches:
         return 0.0
     wait = MAX_IDLE_S
     async with svc.redis.pipeline(transaction=False) as pipe:
-        pipe.zrange(f"{p}:expiring:jobs", 0, 0, withscores=True)
-        pipe.zrange(f"{p}:expiring:batches", 0, 0, withscores=True)
+        pipe.zrange(keys.expiring_jobs, 0, 0, withscores=True)
+        pipe.zrange(keys.expiring_batches, 0, 0, withscores=True)
         for first in await pipe.execute():
             if first:
                 wait = min(wait, max(0.0, float(first[0][1]) / 1000 - t))
@@ -316,7 +316,7 @@ async def delete_job(svc: Services, job: Fields) -> None:
         await stop(svc, job)
     await purge_job(svc, job["id"])
     due_ms = int((time.time() + recheck_s(svc)) * 1000)
-    await svc.redis.zadd(f"{svc.store.prefix}:expiring:jobs", {job["id"]: due_ms})
+    await svc.redis.zadd(svc.store.keys.expiring_jobs, {job["id"]: due_ms})
 
 
 async def delete_batch(svc: Services, batch: Fields) -> None:
@@ -330,4 +330,4 @@ async def delete_batch(svc: Services, batch: Fields) -> None:
         start += len(ids)
     await purge_batch(svc, bid)
     due_ms = int((time.time() + recheck_s(svc)) * 1000)
-    await svc.redis.zadd(f"{svc.store.prefix}:expiring:batches", {bid: due_ms})
+    await svc.redis.zadd(svc.store.keys.expiring_batches, {bid: due_ms})

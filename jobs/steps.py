@@ -77,7 +77,7 @@ async def submit_faults(svc: Services, args: tuple[str, ...]) -> int:
     """One more unexpected error of this job's submit (reset when the create
     is recorded): the count lives on the job record, not in arq's tries,
     which also count every budget wait and every retried 429."""
-    key = svc.store.job_key(args[0])
+    key = svc.store.keys.job(args[0])
     if not await svc.redis.exists(key):
         return 0
     return int(await svc.redis.hincrby(key, "submit_faults", 1))  # type: ignore[misc]

@@ -7,26 +7,7 @@ step that carries the work on, all in one atomic step. A stale step therefore
 finds the state moved on and does nothing, and no transition can be written
 without the step that follows it.
 
-Keys (prefix ``interq`` by default):
-  {p}:job:{id}               hash: the job record (see ``Job``)
-  {p}:job:{id}:events        list of event ids, oldest first
-  {p}:seq                    counter giving each job a unique, ordered ``seq``
-  {p}:counts                 hash status -> number of jobs (all tenants), for metrics
-  {p}:t:{tenant}:jobs        zset seq -> job id (listing with a cursor)
-  {p}:t:{tenant}:s:{status}  zset seq -> job id, one per status
-  {p}:idem:{tenant}:{key}    "job_id|body_hash" for Idempotency-Key
-  {p}:event:{id}             hash: webhook event (outbox)
-  {p}:t:{tenant}:deadletter  zset time -> dead-lettered event id
-  {p}:iid:{interaction id}   job id (for the upstream's webhooks)
-  {p}:polls                  zset job id -> due time (ms): the poll engine's index
-  {p}:deliveries             zset event id -> due time (ms): the delivery engine's index
-  {p}:inflight:{model}       zset job id -> dispatch time ms (budgets, gauges)
-  {p}:models                 set of models with a non-empty inflight zset (gauges, no SCAN)
-  {p}:expiring:jobs          zset job id -> ms when it is purged (jobs without a batch)
-  {p}:expiring:batches       zset batch id -> ms when it is purged (set as its last job ends)
-
-The job record keeps ``idem_key``, the Redis key of its Idempotency-Key, so that
-``jobs/retention.py`` can delete it with the job.
+Key names are in ``jobs/keys.py``.
 """
 
 from __future__ import annotations
@@ -40,6 +21,7 @@ from arq.constants import job_key_prefix
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
+from .keys import Keys
 from .models import TERMINAL, JobStatus
 
 Fields = dict[str, str]
@@ -225,6 +207,7 @@ class Store:
         retention_s: float = 7 * 86_400.0,
     ):
         self.redis = redis
+        self.keys = Keys(prefix, queue)
         self.prefix = prefix
         self.queue = queue
         self.retention_s = retention_s  # a job ended this long ago is purged
@@ -232,19 +215,6 @@ class Store:
         self._create = redis.register_script(_CREATE)
         self._enqueue = redis.register_script(_ENQUEUE)
         self._update = redis.register_script(_UPDATE)
-
-    # -- keys -----------------------------------------------------------------
-    def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def event_key(self, event_id: str) -> str:
-        return f"{self.prefix}:event:{event_id}"
-
-    def idem_key(self, tenant: str, key: str) -> str:
-        return f"{self.prefix}:idem:{tenant}:{key}"
-
-    def deadletter_key(self, tenant: str) -> str:
-        return f"{self.prefix}:t:{tenant}:deadletter"
 
     # -- arq payloads ---------------------------------------------------------
     def enqueue_spec(self, steps: list[Step]) -> tuple[list[dict[str, Any]], list[bytes]]:
@@ -287,9 +257,9 @@ class Store:
                 **fields,
                 "id": job_id,
                 "tenant": tenant,
-                **({"idem_key": self.idem_key(tenant, idem[0])} if idem else {}),
+                **({"idem_key": self.keys.idem(tenant, idem[0])} if idem else {}),
             },
-            "idem_key": self.idem_key(tenant, idem[0]) if idem else "",
+            "idem_key": self.keys.idem(tenant, idem[0]) if idem else "",
             "idem_value": idem[1] if idem else "",
             "idem_ttl": str(idem_ttl_s),
             "enqueue": enqueue,
@@ -297,26 +267,26 @@ class Store:
         }
         args: list[str | bytes] = [json.dumps(spec), *payloads]
         if pipe is not None:  # queued on a pipeline: the caller executes it
-            await self._create(keys=[self.job_key(job_id)], args=args, client=pipe)
+            await self._create(keys=[self.keys.job(job_id)], args=args, client=pipe)
             return True, ""
-        res = await self._create(keys=[self.job_key(job_id)], args=args)
+        res = await self._create(keys=[self.keys.job(job_id)], args=args)
         return bool(res[0]), _s(res[1])
 
     async def get_job(self, job_id: str) -> Fields | None:
-        raw = await self.redis.hgetall(self.job_key(job_id))  # type: ignore[misc]
+        raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
         if not raw:
             return None
         return {_s(k): _s(v) for k, v in raw.items()}
 
-    async def get_hash(self, ref: str) -> Fields | None:
-        """A record by reference, "job:<id>" or "batch:<id>"."""
-        raw = await self.redis.hgetall(f"{self.prefix}:{ref}")  # type: ignore[misc]
+    async def get_hash(self, key: str) -> Fields | None:
+        """Any hash record (a batch, an endpoint, an event's owner) by its key."""
+        raw = await self.redis.hgetall(key)  # type: ignore[misc]
         return {_s(k): _s(v) for k, v in raw.items()} if raw else None
 
     async def get_jobs(self, job_ids: list[str]) -> list[Fields | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for jid in job_ids:
-                pipe.hgetall(self.job_key(jid))
+                pipe.hgetall(self.keys.job(jid))
             raws = await pipe.execute()
         return [{_s(k): _s(v) for k, v in r.items()} if r else None for r in raws]
 
@@ -376,7 +346,7 @@ class Store:
             spec["batch_step"] = bspec[0]
             payloads.extend(bpayload)
         res = await self._transition(
-            keys=[key or self.job_key(job_id)], args=[json.dumps(spec), *payloads]
+            keys=[key or self.keys.job(job_id)], args=[json.dumps(spec), *payloads]
         )
         return Outcome(bool(res[0]), _s(res[1]))
 
@@ -386,7 +356,7 @@ class Store:
         """Plain write of informational fields (no state change); a job that is
         gone (purged) is not written back."""
         spec = {"set": {**fields, "updated_at": f"{now():.3f}"}, "incr": incr or {}}
-        await self._update(keys=[self.job_key(job_id)], args=[json.dumps(spec)])
+        await self._update(keys=[self.keys.job(job_id)], args=[json.dumps(spec)])
 
     async def enqueue(self, steps: list[Step]) -> None:
         """Enqueue arq steps (each skipped if its id is already queued)."""
@@ -395,40 +365,32 @@ class Store:
         await self._enqueue(args=[json.dumps(spec), *payloads])
 
     async def remember_interaction(self, interaction_id: str, job_id: str, ttl_s: int) -> None:
-        await self.redis.set(f"{self.prefix}:iid:{interaction_id}", job_id, ex=ttl_s)
+        await self.redis.set(self.keys.iid(interaction_id), job_id, ex=ttl_s)
 
     async def job_for_interaction(self, interaction_id: str) -> str | None:
-        raw = await self.redis.get(f"{self.prefix}:iid:{interaction_id}")
+        raw = await self.redis.get(self.keys.iid(interaction_id))
         return _s(raw) if raw is not None else None
-
-    @property
-    def polls_key(self) -> str:
-        return f"{self.prefix}:polls"
-
-    @property
-    def deliveries_key(self) -> str:
-        return f"{self.prefix}:deliveries"
 
     async def poke(self, job_id: str) -> bool:
         """Bring a job's next poll forward to now (after a cancel, or when the
         upstream's webhook says the interaction ended). Only a job that is in
         the poll index moves."""
         score = int(time.time() * 1000)
-        changed = await self.redis.zadd(self.polls_key, {job_id: score}, xx=True, lt=True, ch=True)
+        changed = await self.redis.zadd(self.keys.polls, {job_id: score}, xx=True, lt=True, ch=True)
         return bool(changed)
 
     async def poke_or_add(self, job_id: str) -> None:
         """Put a job in the poll index due now, whether or not it is there."""
-        await self.redis.zadd(self.polls_key, {job_id: int(time.time() * 1000)})
+        await self.redis.zadd(self.keys.polls, {job_id: int(time.time() * 1000)})
 
     async def deliver_now(self, event_id: str) -> None:
         """Put an event in the delivery index, due now."""
-        await self.redis.zadd(self.deliveries_key, {event_id: int(time.time() * 1000)})
+        await self.redis.zadd(self.keys.deliveries, {event_id: int(time.time() * 1000)})
 
     async def list_jobs(
         self, tenant: str, *, status: str | None, limit: int, cursor: int | None
     ) -> Page:
-        key = f"{self.prefix}:t:{tenant}:s:{status}" if status else f"{self.prefix}:t:{tenant}:jobs"
+        key = self.keys.tenant_status(tenant, status) if status else self.keys.tenant_jobs(tenant)
         top = f"({cursor}" if cursor is not None else "+inf"
         raw = await self.redis.zrevrangebyscore(
             key, top, "-inf", start=0, num=limit + 1, withscores=True
@@ -444,13 +406,13 @@ class Store:
 
     # -- events ---------------------------------------------------------------
     async def get_event(self, event_id: str) -> Fields | None:
-        raw = await self.redis.hgetall(self.event_key(event_id))  # type: ignore[misc]
+        raw = await self.redis.hgetall(self.keys.event(event_id))  # type: ignore[misc]
         if not raw:
             return None
         return {_s(k): _s(v) for k, v in raw.items()}
 
     async def job_event_ids(self, job_id: str) -> list[str]:
-        raw = await self.redis.lrange(self.job_key(job_id) + ":events", 0, -1)  # type: ignore[misc]
+        raw = await self.redis.lrange(self.keys.job_events(job_id), 0, -1)  # type: ignore[misc]
         return [_s(x) for x in raw]
 
     async def update_event(
@@ -460,23 +422,23 @@ class Store:
         purged event is not written back."""
         spec: dict[str, Any] = {"set": fields}
         if dead_for is not None:
-            spec["zadd"] = [self.deadletter_key(dead_for), str(now()), event_id]
-        await self._update(keys=[self.event_key(event_id)], args=[json.dumps(spec)])
+            spec["zadd"] = [self.keys.deadletter(dead_for), str(now()), event_id]
+        await self._update(keys=[self.keys.event(event_id)], args=[json.dumps(spec)])
 
     async def dead_letters(self, tenant: str, limit: int) -> list[Fields]:
-        ids = await self.redis.zrevrange(self.deadletter_key(tenant), 0, limit - 1)
+        ids = await self.redis.zrevrange(self.keys.deadletter(tenant), 0, limit - 1)
         events = [await self.get_event(_s(i)) for i in ids]
         return [e for e in events if e is not None]
 
     async def undead(self, tenant: str, event_id: str) -> None:
-        await self.redis.zrem(self.deadletter_key(tenant), event_id)
+        await self.redis.zrem(self.keys.deadletter(tenant), event_id)
 
     async def log_attempt(self, event_id: str, attempt: dict[str, Any]) -> None:
-        spec = {"push": [self.event_key(event_id) + ":attempts", json.dumps(attempt), "-100"]}
-        await self._update(keys=[self.event_key(event_id)], args=[json.dumps(spec)])
+        spec = {"push": [self.keys.event_attempts(event_id), json.dumps(attempt), "-100"]}
+        await self._update(keys=[self.keys.event(event_id)], args=[json.dumps(spec)])
 
     async def event_attempts(self, event_id: str) -> list[dict[str, Any]]:
-        raw = await self.redis.lrange(self.event_key(event_id) + ":attempts", 0, -1)  # type: ignore[misc]
+        raw = await self.redis.lrange(self.keys.event_attempts(event_id), 0, -1)  # type: ignore[misc]
         return [json.loads(x) for x in raw]
 
 
