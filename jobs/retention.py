@@ -44,8 +44,8 @@ from redis.commands.core import AsyncScript
 from . import batches, metrics
 from .models import TERMINAL, JobStatus
 from .outcomes import finish
+from .records import Batch, Job
 from .services import Services
-from .store import Fields
 from .upstream import UpstreamError
 
 log = logging.getLogger("interq.retention")
@@ -277,29 +277,29 @@ async def sweep_once(svc: Services, now: float | None = None) -> float:
 # --------------------------------------------------------------------------- DELETE
 
 
-async def stop(svc: Services, job: Fields) -> None:
+async def stop(svc: Services, job: Job) -> None:
     """End an active job as ``cancelled`` (best effort, it is about to be
     purged): a queued one is never sent, a running or paused one is cancelled
     upstream first."""
     from .steps import cancel_paused
 
-    status = JobStatus(job["status"])
+    status = job.status
     if status == JobStatus.queued:
         note = "deleted before it was sent upstream"
         if await finish(svc, job, JobStatus.cancelled, expect={status}, note=note):
             return
-        fresh = await svc.store.get_job(job["id"])
+        fresh = await svc.store.get_job(job.id)
         if fresh is None:
             return
-        job, status = fresh, JobStatus(fresh["status"])
+        job, status = fresh, fresh.status
     if status == JobStatus.requires_action:
         await cancel_paused(svc, job)
     elif status == JobStatus.running:
         try:
-            if job.get("interaction_id"):
-                await svc.upstream.cancel(job["interaction_id"])
+            if job.interaction_id:
+                await svc.upstream.cancel(job.interaction_id)
         except UpstreamError as e:
-            log.info("job %s: upstream cancel before delete: %s", job["id"], e.message)
+            log.info("job %s: upstream cancel before delete: %s", job.id, e.message)
         note = "deleted while running; cancelled upstream"
         await finish(svc, job, JobStatus.cancelled, expect={status}, note=note)
 
@@ -310,22 +310,22 @@ def recheck_s(svc: Services) -> float:
     return 2 * svc.settings.step_timeout_s
 
 
-async def delete_job(svc: Services, job: Fields) -> None:
+async def delete_job(svc: Services, job: Job) -> None:
     """``DELETE /v1/jobs/{id}``: stop it if active, then purge it now."""
-    if JobStatus(job["status"]) not in TERMINAL:
+    if job.status not in TERMINAL:
         await stop(svc, job)
-    await purge_job(svc, job["id"])
+    await purge_job(svc, job.id)
     due_ms = int((time.time() + recheck_s(svc)) * 1000)
-    await svc.redis.zadd(svc.store.keys.expiring_jobs, {job["id"]: due_ms})
+    await svc.redis.zadd(svc.store.keys.expiring_jobs, {job.id: due_ms})
 
 
-async def delete_batch(svc: Services, batch: Fields) -> None:
+async def delete_batch(svc: Services, batch: Batch) -> None:
     """``DELETE /v1/batches/{id}``: stop its active jobs, then purge it all."""
-    bid = batch["id"]
+    bid = batch.id
     start = 0
     while ids := await batches.job_ids(svc, bid, start, CHUNK):
         jobs = [j for j in await svc.store.get_jobs(ids) if j is not None]
-        active = [j for j in jobs if JobStatus(j["status"]) not in TERMINAL]
+        active = [j for j in jobs if j.status not in TERMINAL]
         await asyncio.gather(*(stop(svc, j) for j in active))
         start += len(ids)
     await purge_batch(svc, bid)

@@ -23,8 +23,18 @@ from redis.asyncio import Redis
 
 from .keys import Keys
 from .models import TERMINAL, JobStatus
-
-Fields = dict[str, str]
+from .records import (
+    Batch,
+    BatchUpdate,
+    Event,
+    EventUpdate,
+    Fields,
+    Job,
+    JobUpdate,
+    batch_fields,
+    event_fields,
+    job_fields,
+)
 
 # Enqueue spec.enqueue[i] as an arq job whose serialized payload is ARGV[1 + i]
 # (skipped if that arq job id already exists), exactly as arq's enqueue_job does.
@@ -174,14 +184,6 @@ class Step:
 
 
 @dataclass
-class Event:
-    """A webhook event created in the same atomic step as the transition."""
-
-    id: str
-    fields: Fields
-
-
-@dataclass
 class Outcome:
     ok: bool
     previous: str  # status before the script ran ('' if the job does not exist)
@@ -189,7 +191,7 @@ class Outcome:
 
 @dataclass
 class Page:
-    items: list[Fields] = field(default_factory=list)
+    items: list[Job] = field(default_factory=list)
     next_cursor: str | None = None
 
 
@@ -236,9 +238,7 @@ class Store:
     # -- jobs -----------------------------------------------------------------
     async def create_job(
         self,
-        job_id: str,
-        tenant: str,
-        fields: Fields,
+        job: Job,
         steps: list[Step],
         idem: tuple[str, str] | None = None,
         idem_ttl_s: int = 86_400,
@@ -248,18 +248,16 @@ class Store:
         """Create a job and enqueue its first step. With ``idem=(key, value)``,
         returns ``(False, existing_value)`` if that key was already used."""
         enqueue, payloads = self.enqueue_spec(steps)
+        job_id, tenant = job.id, job.tenant
+        if idem:
+            job.idem_key = self.keys.idem(tenant, idem[0])
         spec = {
             "prefix": self.prefix,
             "arq_prefix": job_key_prefix,
             "id": job_id,
             "tenant": tenant,
-            "fields": {
-                **fields,
-                "id": job_id,
-                "tenant": tenant,
-                **({"idem_key": self.keys.idem(tenant, idem[0])} if idem else {}),
-            },
-            "idem_key": self.keys.idem(tenant, idem[0]) if idem else "",
+            "fields": job.to_redis(),
+            "idem_key": job.idem_key,
             "idem_value": idem[1] if idem else "",
             "idem_ttl": str(idem_ttl_s),
             "enqueue": enqueue,
@@ -272,23 +270,30 @@ class Store:
         res = await self._create(keys=[self.keys.job(job_id)], args=args)
         return bool(res[0]), _s(res[1])
 
-    async def get_job(self, job_id: str) -> Fields | None:
+    async def get_job(self, job_id: str) -> Job | None:
         raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
-        if not raw:
-            return None
-        return {_s(k): _s(v) for k, v in raw.items()}
+        return Job.from_redis(raw) if raw else None
 
-    async def get_hash(self, key: str) -> Fields | None:
-        """Any hash record (a batch, an endpoint, an event's owner) by its key."""
-        raw = await self.redis.hgetall(key)  # type: ignore[misc]
-        return {_s(k): _s(v) for k, v in raw.items()} if raw else None
-
-    async def get_jobs(self, job_ids: list[str]) -> list[Fields | None]:
+    async def get_jobs(self, job_ids: list[str]) -> list[Job | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for jid in job_ids:
                 pipe.hgetall(self.keys.job(jid))
             raws = await pipe.execute()
-        return [{_s(k): _s(v) for k, v in r.items()} if r else None for r in raws]
+        return [Job.from_redis(r) if r else None for r in raws]
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        raw = await self.redis.hgetall(self.keys.batch(batch_id))  # type: ignore[misc]
+        return Batch.from_redis(raw) if raw else None
+
+    async def get_owner(self, ref: str) -> Job | Batch | None:
+        """The job or batch an event belongs to ("job:<id>" / "batch:<id>")."""
+        kind, _, owner_id = ref.partition(":")
+        return await (self.get_batch(owner_id) if kind == "batch" else self.get_job(owner_id))
+
+    async def get_hash(self, key: str) -> Fields | None:
+        """A plain hash (a tenant's endpoint) by its key."""
+        raw = await self.redis.hgetall(key)  # type: ignore[misc]
+        return {_s(k): _s(v) for k, v in raw.items()} if raw else None
 
     async def transition(
         self,
@@ -297,7 +302,7 @@ class Store:
         expect: set[JobStatus] | None = None,
         cond: Fields | None = None,
         status: JobStatus | None = None,
-        set_fields: Fields | None = None,
+        set_fields: JobUpdate | None = None,
         incr: dict[str, int] | None = None,
         event: Event | None = None,
         steps: list[Step] | None = None,
@@ -305,6 +310,7 @@ class Store:
         key: str | None = None,
         poll_at: float | None = None,
         unpoll: bool = False,
+        encoded: Fields | None = None,
     ) -> Outcome:
         """Compare-and-set: applies everything only if the job's status is in
         ``expect`` and every ``cond`` field equals its value. ``poll_at`` (epoch
@@ -326,7 +332,7 @@ class Store:
             spec["expect"] = sorted(s.value for s in expect)
         if cond:
             spec["cond"] = cond
-        fields = dict(set_fields or {})
+        fields = dict(encoded) if encoded is not None else job_fields(set_fields or {})
         at = now()
         fields["updated_at"] = f"{at:.3f}"
         spec["set"] = fields
@@ -340,7 +346,7 @@ class Store:
         if key is not None:
             spec["plain"] = True  # not a job: no status indexes, budgets or batch counts
         if event is not None:
-            spec["event"] = {"id": event.id, "fields": event.fields}
+            spec["event"] = {"id": event.id, "fields": event.to_redis()}
         if batch_step is not None:
             bspec, bpayload = self.enqueue_spec([batch_step])
             spec["batch_step"] = bspec[0]
@@ -350,12 +356,24 @@ class Store:
         )
         return Outcome(bool(res[0]), _s(res[1]))
 
+    async def finish_batch(self, batch: Batch, changes: BatchUpdate, event: Event) -> bool:
+        """The batch's last job ended: its final status and ``batch.completed``
+        (the outbox), once (compare-and-set on ``in_progress``)."""
+        out = await self.transition(
+            batch.id,
+            key=self.keys.batch(batch.id),
+            cond={"status": "in_progress"},
+            event=event,
+            encoded=batch_fields(changes),
+        )
+        return out.ok
+
     async def set_fields(
-        self, job_id: str, fields: Fields, incr: dict[str, int] | None = None
+        self, job_id: str, fields: JobUpdate, incr: dict[str, int] | None = None
     ) -> None:
         """Plain write of informational fields (no state change); a job that is
         gone (purged) is not written back."""
-        spec = {"set": {**fields, "updated_at": f"{now():.3f}"}, "incr": incr or {}}
+        spec = {"set": {**job_fields(fields), "updated_at": f"{now():.3f}"}, "incr": incr or {}}
         await self._update(keys=[self.keys.job(job_id)], args=[json.dumps(spec)])
 
     async def enqueue(self, steps: list[Step]) -> None:
@@ -405,27 +423,32 @@ class Store:
         return page
 
     # -- events ---------------------------------------------------------------
-    async def get_event(self, event_id: str) -> Fields | None:
+    async def get_event(self, event_id: str) -> Event | None:
         raw = await self.redis.hgetall(self.keys.event(event_id))  # type: ignore[misc]
-        if not raw:
-            return None
-        return {_s(k): _s(v) for k, v in raw.items()}
+        return Event.from_redis(raw) if raw else None
+
+    async def get_events(self, event_ids: list[str]) -> list[Event | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for eid in event_ids:
+                pipe.hgetall(self.keys.event(eid))
+            raws = await pipe.execute()
+        return [Event.from_redis(r) if r else None for r in raws]
 
     async def job_event_ids(self, job_id: str) -> list[str]:
         raw = await self.redis.lrange(self.keys.job_events(job_id), 0, -1)  # type: ignore[misc]
         return [_s(x) for x in raw]
 
     async def update_event(
-        self, event_id: str, fields: Fields, *, dead_for: str | None = None
+        self, event_id: str, fields: EventUpdate, *, dead_for: str | None = None
     ) -> None:
         """Update an event; with ``dead_for=<tenant>`` also dead-letter it. A
         purged event is not written back."""
-        spec: dict[str, Any] = {"set": fields}
+        spec: dict[str, Any] = {"set": event_fields(fields)}
         if dead_for is not None:
             spec["zadd"] = [self.keys.deadletter(dead_for), str(now()), event_id]
         await self._update(keys=[self.keys.event(event_id)], args=[json.dumps(spec)])
 
-    async def dead_letters(self, tenant: str, limit: int) -> list[Fields]:
+    async def dead_letters(self, tenant: str, limit: int) -> list[Event]:
         ids = await self.redis.zrevrange(self.keys.deadletter(tenant), 0, limit - 1)
         events = [await self.get_event(_s(i)) for i in ids]
         return [e for e in events if e is not None]

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from jobs import retention
 from jobs.keys import Keys
+from jobs.records import EventState
 from jobs.services import Services
 from jobs.settings import ModelLimit, Settings, hash_api_key
 from jobs.webhooks import generate_secret
@@ -296,7 +297,7 @@ async def test_late_writes_do_not_bring_a_purged_job_back(
     assert await retention.purge_job(svc, jid)
     # what a poll or a delivery still running would write afterwards
     await svc.store.set_fields(jid, {"upstream_status": "completed"}, incr={"poll_count": 1})
-    await svc.store.update_event(event_id, {"state": "dead"}, dead_for="default")
+    await svc.store.update_event(event_id, {"state": EventState.dead}, dead_for="default")
     await svc.store.log_attempt(event_id, {"attempt": 2})
     assert not await retention.purge_job(svc, jid)  # again: nothing left, no error
     assert await dbsize(svc) == base
