@@ -157,11 +157,7 @@ def routes(cfg: Settings) -> APIRouter:
             ).hexdigest()
             idem = (hashlib.sha256(idempotency_key.encode()).hexdigest(), f"{job.id}|{digest}")
         created, existing = await s.store.create_job(
-            job,
-            [],
-            idem=idem,
-            idem_ttl_s=cfg.idempotency_ttl_s,
-            lane=lane_of(t, None),
+            job, lane=lane_of(t, None), idem=idem, idem_ttl_s=cfg.idempotency_ttl_s
         )
         if not created:
             assert idem is not None
@@ -232,14 +228,12 @@ def routes(cfg: Settings) -> APIRouter:
                 s,
                 job,
                 JobStatus.cancelled,
-                expect={JobStatus.queued},
+                expect=JobStatus.queued,
                 note="cancelled before it was sent upstream",
             ):
                 return job_view(await own_job(s, t, job_id))
             job = await own_job(s, t, job_id)  # it moved on meanwhile: cancel as running
-        out = await s.store.transition(
-            job_id, expect={JobStatus.running}, set_fields={"cancel_requested": True}
-        )
+        out = await s.store.set_flags(job_id, JobStatus.running, {"cancel_requested": True})
         if out.ok:
             await s.store.poke(job_id)
         elif out.previous == JobStatus.requires_action:

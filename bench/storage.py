@@ -75,7 +75,7 @@ local p, t = spec.prefix, spec.tenant
 for i = spec.start, spec.start + spec.count - 1 do
   local jid = 'job_' .. spec.run .. string.format('%024x', i)
   local eid = 'evt_' .. spec.run .. string.format('%024x', i)
-  local jk, ek = p .. ':job:' .. jid, p .. ':event:' .. eid
+  local jk, ek = p .. ':job:{' .. jid .. '}', p .. ':event:{' .. eid .. '}'  -- as jobs/keys.py
   local seq = redis.call('INCR', p .. ':seq')
   local function swap(v)
     return (string.gsub(string.gsub(v, spec.tid, jid), spec.teid, eid))

@@ -167,7 +167,7 @@ async def create_batch(
                 timeout_s=ln.timeout_s,
                 batch_id=batch_id,
             )
-            await svc.store.create_job(job, [], lane=lane, pipe=pipe)
+            await svc.store.create_job(job, lane=lane, pipe=pipe)
         await pipe.execute()
     for ln in lines:
         inter = ln.interaction
@@ -288,16 +288,14 @@ async def cancel_one(svc: Services, job: Job) -> None:
     status = job.status
     if status == JobStatus.queued:
         note = "batch cancelled before the job was sent"
-        if await outcomes.finish(svc, job, JobStatus.cancelled, expect={status}, note=note):
+        if await outcomes.finish(svc, job, JobStatus.cancelled, expect=status, note=note):
             return
         fresh = await svc.store.get_job(job.id)
         if fresh is None:
             return
         job, status = fresh, fresh.status
     if status == JobStatus.running:
-        out = await svc.store.transition(
-            job.id, expect={status}, set_fields={"cancel_requested": True}
-        )
+        out = await svc.store.set_flags(job.id, status, {"cancel_requested": True})
         if out.ok:
             await svc.store.poke(job.id)
     elif status == JobStatus.requires_action:

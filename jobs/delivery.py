@@ -24,8 +24,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import endpoints, logs, metrics, webhooks
-from .engine import DueEngine, Write, lua
+from .engine import DueEngine, Write
 from .records import Event, EventState, EventUpdate, event_fields
+from .scripts import lua
 from .services import Services
 from .steps import STEP_GUARD_MAX_TRIES, fault_delay
 

@@ -1,16 +1,18 @@
 """Every Redis key name interq uses, built in one place: ``Keys(prefix)``.
 
-``p`` is ``INTERQ_KEY_PREFIX`` (``interq`` by default).
+``p`` is ``INTERQ_KEY_PREFIX`` (``interq`` by default). A part in braces is a
+Redis Cluster hash tag: the keys of one job share the tag ``{<job id>}``, the
+keys of one batch ``{<batch id>}``, the keys of one event ``{<event id>}``.
 
   key                               type  what
-  {p}:job:<job>                     hash  the job record
-  {p}:job:<job>:events              list  its event ids, oldest first
-  {p}:batch:<batch>                 hash  the batch record: total, done, usage, status
-  {p}:batch:<batch>:counts          hash  status -> number of the batch's jobs
-  {p}:batch:<batch>:jobs            list  the batch's job ids, in input order
-  {p}:batch:<batch>:events          list  its event ids (``batch.completed``)
-  {p}:event:<event>                 hash  a webhook event (the outbox)
-  {p}:event:<event>:attempts        list  its last 100 delivery attempts, JSON
+  {p}:job:{<job>}                   hash  the job record (``records.Job``)
+  {p}:job:{<job>}:events            list  its event ids, oldest first
+  {p}:batch:{<batch>}               hash  the batch record: total, done, usage, status
+  {p}:batch:{<batch>}:counts        hash  status -> number of the batch's jobs
+  {p}:batch:{<batch>}:jobs          list  the batch's job ids, in input order
+  {p}:batch:{<batch>}:events        list  its event ids (``batch.completed``)
+  {p}:event:{<event>}               hash  a webhook event (the outbox, ``records.Event``)
+  {p}:event:{<event>}:attempts      list  its last 100 delivery attempts, JSON
   {p}:seq                           str   counter giving each job a unique, ordered ``seq``
   {p}:counts                        hash  status -> number of jobs (all tenants), for gauges
   {p}:t:<tenant>:jobs               zset  seq -> job id (listing with a cursor)
@@ -35,8 +37,28 @@
   <queue>                           zset  arq's queue (``INTERQ_QUEUE_NAME``, ``interq:queue``)
   arq:job:<step id>, arq:retry:...  str   arq's own keys for a queued step (arq's names)
 
-The job record keeps ``idem_key``, the Redis key of its Idempotency-Key, so that
-``jobs/retention.py`` can delete it with the job.
+An event's keys carry the event's own tag, not its owner's: the event id is
+random (``evt_<hex>``), it is the public ``webhook-id``, and the delivery index,
+the dead letters and ``POST /v1/webhooks/events/{id}/redeliver`` know only that
+id, so the owner's tag cannot be derived from it without changing its format.
+
+A job record keeps ``idem_key``, the name of its Idempotency-Key, so that
+``jobs/purge.py`` can delete it with the job.
+
+Redis Cluster: not ready, and the tags alone do not make it so. They put a
+job's record and its events list in one slot, an event's record and its
+attempt log in another, a batch's record, counts, job list and events list in
+a third. Everything else lives in slots of its own: the global indexes
+(``polls``, ``deliveries``, ``counts``, ``seq``, the tenant and status zsets,
+the lanes, ``inflight``, ``models``, ``expiring``), the Idempotency-Keys and
+``iid`` mappings, and arq's queue and keys (names arq fixes). These scripts
+touch keys of several slots in one call: ``create_job``, ``start``,
+``pause``, ``resume``, ``finish``, ``finish_batch``, ``dispatch``,
+``purge_job``, ``purge_batch``, ``reschedule_poll``, ``reschedule_delivery``
+and ``dead_letter``; only ``set_flags``, ``update_record``, ``log_attempt``,
+``claim_due`` and ``renew_lease`` stay in one slot. Every script names its
+keys in ``KEYS``, so the list above is checkable, and ``docs/design.md`` says
+what a move to Cluster would take.
 """
 
 from __future__ import annotations
@@ -58,28 +80,28 @@ class Keys:
 
     # -- one job, one batch, one event ------------------------------------------
     def job(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
+        return f"{self.prefix}:job:{{{job_id}}}"
 
     def job_events(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:events"
+        return f"{self.prefix}:job:{{{job_id}}}:events"
 
     def batch(self, batch_id: str) -> str:
-        return f"{self.prefix}:batch:{batch_id}"
+        return f"{self.prefix}:batch:{{{batch_id}}}"
 
     def batch_counts(self, batch_id: str) -> str:
-        return f"{self.prefix}:batch:{batch_id}:counts"
+        return f"{self.prefix}:batch:{{{batch_id}}}:counts"
 
     def batch_jobs(self, batch_id: str) -> str:
-        return f"{self.prefix}:batch:{batch_id}:jobs"
+        return f"{self.prefix}:batch:{{{batch_id}}}:jobs"
 
     def batch_events(self, batch_id: str) -> str:
-        return f"{self.prefix}:batch:{batch_id}:events"
+        return f"{self.prefix}:batch:{{{batch_id}}}:events"
 
     def event(self, event_id: str) -> str:
-        return f"{self.prefix}:event:{event_id}"
+        return f"{self.prefix}:event:{{{event_id}}}"
 
     def event_attempts(self, event_id: str) -> str:
-        return f"{self.prefix}:event:{event_id}:attempts"
+        return f"{self.prefix}:event:{{{event_id}}}:attempts"
 
     def owner(self, ref: str) -> str:
         """The record an event belongs to, from its ``owner`` ("job:<id>" or

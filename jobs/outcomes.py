@@ -14,7 +14,7 @@ from .models import JobStatus, event_type
 from .records import Batch, Event, EventState, Job, JobUpdate
 from .services import Services
 from .settings import Settings
-from .store import Step
+from .transitions import Step
 
 log = logging.getLogger("interq.outcomes")
 
@@ -145,13 +145,14 @@ async def finish(
     job: Job,
     status: JobStatus,
     *,
-    expect: set[JobStatus] | None = None,
+    expect: JobStatus | None = None,
     interaction: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     note: str | None = None,
 ) -> bool:
-    """Mark the job terminal, create its event and enqueue its delivery, in
-    one atomic step. The result (if any) must already be in storage."""
+    """Mark the job terminal (from ``expect``, by default the status it was
+    read with), create its event and enqueue its delivery, in one atomic step.
+    The result (if any) must already be in storage."""
     extra: dict[str, Any] = {"status": status.value, "error": error, "note": note}
     fields: JobUpdate = {"finished_at": time.time(), "pending_create": ""}
     if interaction is not None:
@@ -162,14 +163,12 @@ async def finish(
         fields["note"] = note
     event = await make_event(svc, job, event_type(status), extra)
     fields["event_id"] = event.id
-    out = await svc.store.transition(
-        job.id,
-        expect=expect or {job.status},
-        cond={"interaction_id": job.interaction_id},
-        status=status,
-        set_fields=fields,
+    out = await svc.store.finish(
+        job,
+        status,
+        expect=expect or job.status,
+        changes=fields,
         event=event,
-        unpoll=True,
         batch_step=batch_done_step(job.batch_id) if job.batch_id else None,
     )
     if out.ok:
@@ -206,15 +205,7 @@ async def pause(svc: Services, job: Job, interaction: dict[str, Any]) -> bool:
     event = await make_event(svc, job, "job.requires_action", extra)
     # a paused job is not polled: its entry in the poll index moves to the
     # deadline, where the poll engine expires it if it is still paused
-    out = await svc.store.transition(
-        job.id,
-        expect={JobStatus.running},
-        cond={"interaction_id": job.interaction_id},
-        status=JobStatus.requires_action,
-        set_fields=fields,
-        event=event,
-        poll_at=job.deadline,
-    )
+    out = await svc.store.pause(job, fields, event, poll_at=job.deadline)
     if out.ok:
         _count_tokens(job, extra.get("usage"))
     return out.ok
@@ -241,20 +232,14 @@ async def chain(
     """Queue a follow-up create for the job (continue after requires_action,
     or a continuation token): status ``running``, the body kept on the record,
     and a submit step, atomically."""
-    out = await svc.store.transition(
-        job.id,
-        expect={expect},
-        cond={"interaction_id": job.interaction_id},
-        status=JobStatus.running,
-        set_fields={
-            "pending_create": json.dumps(body),
-            "hop_body": json.dumps(body),
-            "pending_calls": None,
-            "output_prefix": job.output_prefix + output_prefix,
-        },
-        steps=[submit_step(job.id, n=len(job.interaction_ids))],
-        unpoll=True,
-    )
+    changes: JobUpdate = {
+        "pending_create": json.dumps(body),
+        "hop_body": json.dumps(body),
+        "pending_calls": None,
+        "output_prefix": job.output_prefix + output_prefix,
+    }
+    step = submit_step(job.id, n=len(job.interaction_ids))
+    out = await svc.store.resume(job, expect, changes, step)
     return out.ok
 
 

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import interactions, logs, metrics
-from .engine import DueEngine, Write, lua
+from .engine import DueEngine, Write
 from .models import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream
 from .outcomes import chain, finish, follow_up_body, pause, store_result, submit_step
 from .records import Job, JobUpdate, job_fields
+from .scripts import lua
 from .services import Services
 from .steps import STEP_GUARD_MAX_TRIES, fault_delay, poll_interval, retry_delay
 from .upstream import NotFound, Rejected, Retryable, UpstreamError
@@ -239,14 +240,9 @@ async def relaunch(svc: Services, job: Job, inter: dict[str, Any]) -> None:
         await finish(svc, job, JobStatus.failed, error=error)
         return
     body = job.body(job.hop_body or job.request)
-    await svc.store.transition(
-        job.id,
-        expect={JobStatus.running},
-        cond={"interaction_id": job.interaction_id},
-        set_fields={"pending_create": json.dumps(body), "relaunches": n},
-        steps=[submit_step(job.id, n=len(job.interaction_ids))],
-        unpoll=True,
-    )
+    changes: JobUpdate = {"pending_create": json.dumps(body), "relaunches": n}
+    step = submit_step(job.id, n=len(job.interaction_ids))
+    await svc.store.resume(job, JobStatus.running, changes, step)
 
 
 async def continue_decoding(svc: Services, job: Job, inter: dict[str, Any]) -> None:

@@ -175,8 +175,7 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
         body = create_body(job, job.body(job.pending_create), svc.settings.public_url)
     else:
         return  # already submitted, or ended
-    state: set[JobStatus] = {job.status}
-    same = {"interaction_id": job.interaction_id}
+    state, same = job.status, job.interaction_id
     if time.time() > job.deadline:
         late = {"code": "deadline", "message": "job timed out before it was sent"}
         await finish(svc, job, JobStatus.expired, error=late)
@@ -190,8 +189,8 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
         flags["possible_duplicate"] = True
         metrics.POSSIBLE_DUPLICATES.inc()
         log.warning("job %s: re-sending a create whose answer may have been lost", job_id)
-    marked = await svc.store.transition(
-        job_id, expect=state, cond=same, set_fields=flags, incr={"submit_attempts": 1}
+    marked = await svc.store.set_flags(
+        job_id, state, flags, interaction_id=same, incr={"submit_attempts": 1}
     )
     if not marked.ok:
         return
@@ -202,8 +201,8 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
         if e.status_code == 429:
             await svc.budgets.cut(job.model)
         if not e.maybe_sent:
-            await svc.store.transition(
-                job_id, expect=state, cond=same, set_fields={"create_inflight": False}
+            await svc.store.set_flags(
+                job_id, state, {"create_inflight": False}, interaction_id=same
             )
         if attempts >= svc.settings.max_submit_attempts:
             await finish(
@@ -230,12 +229,9 @@ async def record_interaction(svc: Services, job: Job, inter: dict[str, Any]) -> 
     iid = str(inter["id"])
     now = time.time()
     chain = [*job.interaction_ids, iid]
-    out = await svc.store.transition(
-        job.id,
-        expect={job.status},
-        cond={"interaction_id": job.interaction_id},
-        status=JobStatus.running,
-        set_fields={
+    out = await svc.store.start(
+        job,
+        {
             "interaction_id": iid,
             "interaction_ids": chain,
             "upstream_status": str(inter.get("status", "")),
@@ -287,4 +283,4 @@ async def cancel_paused(svc: Services, job: Job) -> None:
         await svc.upstream.cancel(job.interaction_id)
     except UpstreamError as e:
         log.info("job %s: upstream cancel of a paused interaction: %s", job.id, e.message)
-    await finish(svc, job, JobStatus.cancelled, expect={JobStatus.requires_action})
+    await finish(svc, job, JobStatus.cancelled, expect=JobStatus.requires_action)
