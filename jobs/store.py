@@ -1,6 +1,8 @@
 """Job, batch and event records in Redis: reads, plain writes, creation.
 
-The records cross this boundary typed (``records.Job``, ``Event``, ``Batch``).
+The records cross this boundary typed (``records.Job``, ``Event``, ``Batch``);
+a hash without the fields every record has (a job's status, an event's
+state, a batch's id) reads as no record.
 State changes are the transitions of ``transitions.py``, which ``Store``
 inherits; a job is created with its indexes, lane and Idempotency-Key in one
 script (``lua/create_job.lua``). A plain write (``set_fields``,
@@ -79,18 +81,18 @@ class Store(Transitions):
 
     async def get_job(self, job_id: str) -> Job | None:
         raw = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
-        return Job.from_redis(raw) if raw else None
+        return Job.from_redis(raw) if _has(raw, "status") else None
 
     async def get_jobs(self, job_ids: list[str]) -> list[Job | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for jid in job_ids:
                 pipe.hgetall(self.keys.job(jid))
             raws = await pipe.execute()
-        return [Job.from_redis(r) if r else None for r in raws]
+        return [Job.from_redis(r) if _has(r, "status") else None for r in raws]
 
     async def get_batch(self, batch_id: str) -> Batch | None:
         raw = await self.redis.hgetall(self.keys.batch(batch_id))  # type: ignore[misc]
-        return Batch.from_redis(raw) if raw else None
+        return Batch.from_redis(raw) if _has(raw, "id") else None
 
     async def get_owner(self, ref: str) -> Job | Batch | None:
         """The job or batch an event belongs to ("job:<id>" / "batch:<id>")."""
@@ -155,14 +157,14 @@ class Store(Transitions):
     # -- events ---------------------------------------------------------------
     async def get_event(self, event_id: str) -> Event | None:
         raw = await self.redis.hgetall(self.keys.event(event_id))  # type: ignore[misc]
-        return Event.from_redis(raw) if raw else None
+        return Event.from_redis(raw) if _has(raw, "state") else None
 
     async def get_events(self, event_ids: list[str]) -> list[Event | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for eid in event_ids:
                 pipe.hgetall(self.keys.event(eid))
             raws = await pipe.execute()
-        return [Event.from_redis(r) if r else None for r in raws]
+        return [Event.from_redis(r) if _has(r, "state") else None for r in raws]
 
     async def job_event_ids(self, job_id: str) -> list[str]:
         raw = await self.redis.lrange(self.keys.job_events(job_id), 0, -1)  # type: ignore[misc]
@@ -195,6 +197,12 @@ class Store(Transitions):
     async def event_attempts(self, event_id: str) -> list[dict[str, Any]]:
         raw = await self.redis.lrange(self.keys.event_attempts(event_id), 0, -1)  # type: ignore[misc]
         return [json.loads(x) for x in raw]
+
+
+def _has(raw: dict[Any, Any], name: str) -> bool:
+    """Whether a hash as read is a whole record: a stray field written by a step
+    racing a purge (``steps.submit_faults``, a cancel flag) is not one."""
+    return name.encode() in raw or name in raw
 
 
 def _s(v: Any) -> str:
