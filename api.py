@@ -49,10 +49,10 @@ from jobs.models import (
     JobView,
     WebhookSpec,
 )
+from jobs.records import Batch, Job
 from jobs.results import ResultNotFound
 from jobs.services import Services, redis_client
 from jobs.settings import Settings, get_settings
-from jobs.store import Fields
 
 log = logging.getLogger("interq.api")
 NDJSON_TYPES = frozenset(
@@ -139,8 +139,9 @@ def routes(cfg: Settings) -> APIRouter:
             except webhooks.UnsafeURL as e:
                 return api_error(422, "unsafe_webhook_url", str(e))
             secret = body.webhook.secret or webhooks.generate_secret()
-        job_id, fields = outcomes.new_job(
+        job = outcomes.new_job(
             cfg,
+            t,
             body.interaction,
             now=time.time(),
             metadata=body.metadata,
@@ -154,15 +155,9 @@ def routes(cfg: Settings) -> APIRouter:
             digest = hashlib.sha256(
                 json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()
             ).hexdigest()
-            idem = (hashlib.sha256(idempotency_key.encode()).hexdigest(), f"{job_id}|{digest}")
+            idem = (hashlib.sha256(idempotency_key.encode()).hexdigest(), f"{job.id}|{digest}")
         created, existing = await s.store.create_job(
-            job_id,
-            t,
-            fields,
-            [],
-            idem=idem,
-            idem_ttl_s=cfg.idempotency_ttl_s,
-            lane=lane_of(t, None),
+            job, lane=lane_of(t, None), idem=idem, idem_ttl_s=cfg.idempotency_ttl_s
         )
         if not created:
             assert idem is not None
@@ -175,8 +170,8 @@ def routes(cfg: Settings) -> APIRouter:
                 )
             response.headers["Idempotent-Replayed"] = "true"
             return job_view(await own_job(s, t, first_id))
-        metrics.JOBS_ACCEPTED.labels(model=metrics.model_label(fields["model"])).inc()
-        out = job_view({**fields, "id": job_id, "tenant": t})
+        metrics.JOBS_ACCEPTED.labels(model=metrics.model_label(job.model)).inc()
+        out = job_view(Job.from_redis(job.to_redis()))  # as stored
         if secret and not (body.webhook and body.webhook.secret):
             response.headers["X-Webhook-Secret"] = secret
         return out
@@ -211,10 +206,10 @@ def routes(cfg: Settings) -> APIRouter:
     @r.get("/v1/jobs/{job_id}/result")
     async def get_result(job_id: str, s: Svc, t: Tenant) -> Any:
         job = await own_job(s, t, job_id)
-        key = job.get("result_key")
+        key = job.result_key
         if not key:
             return api_error(
-                404, "no_result", f"job {job_id} has no result yet (status {job['status']})"
+                404, "no_result", f"job {job_id} has no result yet (status {job.status.value})"
             )
         try:
             data = await s.results.get(key)
@@ -225,7 +220,7 @@ def routes(cfg: Settings) -> APIRouter:
     @r.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobView)
     async def cancel_job(job_id: str, s: Svc, t: Tenant) -> Any:
         job = await own_job(s, t, job_id)
-        status = JobStatus(job["status"])
+        status = job.status
         if status in TERMINAL:
             return api_error(409, "illegal_transition", f"job is already {status.value}")
         if status == JobStatus.queued:
@@ -233,14 +228,12 @@ def routes(cfg: Settings) -> APIRouter:
                 s,
                 job,
                 JobStatus.cancelled,
-                expect={JobStatus.queued},
+                expect=JobStatus.queued,
                 note="cancelled before it was sent upstream",
             ):
                 return job_view(await own_job(s, t, job_id))
             job = await own_job(s, t, job_id)  # it moved on meanwhile: cancel as running
-        out = await s.store.transition(
-            job_id, expect={JobStatus.running}, set_fields={"cancel_requested": "1"}
-        )
+        out = await s.store.set_flags(job_id, JobStatus.running, {"cancel_requested": True})
         if out.ok:
             await s.store.poke(job_id)
         elif out.previous == JobStatus.requires_action:
@@ -252,17 +245,17 @@ def routes(cfg: Settings) -> APIRouter:
     @r.post("/v1/jobs/{job_id}/continue", status_code=202, response_model=JobView)
     async def continue_job(job_id: str, body: ContinueBody, s: Svc, t: Tenant) -> Any:
         job = await own_job(s, t, job_id)
-        if job["status"] != JobStatus.requires_action:
+        if job.status != JobStatus.requires_action:
             return api_error(
-                409, "illegal_transition", f"job is {job['status']}, not requires_action"
+                409, "illegal_transition", f"job is {job.status.value}, not requires_action"
             )
-        pending = {c.get("id") for c in json.loads(job.get("pending_calls") or "[]")}
+        pending = {c.get("id") for c in job.pending_calls or []}
         unknown = [i["call_id"] for i in body.input if i["call_id"] not in pending]
         if unknown:
             return api_error(
                 422, "unknown_call_id", f"no pending function_call with id {', '.join(unknown)}"
             )
-        stored = json.loads(await s.results.get(job["result_key"]))
+        stored = json.loads(await s.results.get(job.result_key))
         follow = outcomes.follow_up_body(job, stored, input=body.input)
         if not await outcomes.chain(s, job, JobStatus.requires_action, follow):
             return api_error(409, "illegal_transition", "the job moved on; fetch it again")
@@ -271,7 +264,7 @@ def routes(cfg: Settings) -> APIRouter:
     @r.get("/v1/jobs/{job_id}/files/{name}")
     async def get_file(job_id: str, name: str, s: Svc, t: Tenant) -> Any:
         job = await own_job(s, t, job_id)
-        files: dict[str, str] = json.loads(job.get("files") or "{}")
+        files = job.files
         if name not in files:
             return api_error(404, "not_found", f"job {job_id} has no file {name!r}")
         try:
@@ -329,7 +322,7 @@ def routes(cfg: Settings) -> APIRouter:
         assert batch is not None
         return await batches.batch_view(s, batch)
 
-    async def own_batch(s: Services, t: str, batch_id: str) -> Fields:
+    async def own_batch(s: Services, t: str, batch_id: str) -> Batch:
         batch = await batches.get_batch(s, t, batch_id)
         if batch is None:
             raise StarletteHTTPException(404, f"no batch {batch_id!r}")
@@ -349,8 +342,8 @@ def routes(cfg: Settings) -> APIRouter:
     @r.post("/v1/batches/{batch_id}/cancel", status_code=202)
     async def cancel_batch(batch_id: str, s: Svc, t: Tenant) -> Any:
         batch = await own_batch(s, t, batch_id)
-        if batch.get("status") != "in_progress":
-            return api_error(409, "illegal_transition", f"batch is already {batch['status']}")
+        if batch.status != "in_progress":
+            return api_error(409, "illegal_transition", f"batch is already {batch.status}")
         await batches.cancel_batch(s, batch)
         return await batches.batch_view(s, await own_batch(s, t, batch_id))
 
@@ -362,11 +355,11 @@ def routes(cfg: Settings) -> APIRouter:
     async def readyz(request: Request, s: Svc) -> Any:
         """Ready while Redis answers and takes writes; 503 with a ``detail``
         (readonly, oom, loading, connection, timeout) otherwise."""
-        return await http_errors.readiness(request.app.state.probe, s.settings.key_prefix)
+        return await http_errors.readiness(request.app.state.probe, s.store.keys.readyz)
 
     @r.get("/metrics")
     async def prom(s: Svc) -> Response:
-        await metrics.refresh_queue_gauges(s.redis, s.settings.key_prefix)
+        await metrics.refresh_queue_gauges(s.redis, s.store.keys)
         body = generate_latest() + generate_latest(metrics.QUEUE_REGISTRY)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

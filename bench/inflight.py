@@ -70,7 +70,9 @@ from bench.common import (
     table,
     wait_arq_ready,
 )
+from jobs.keys import Keys
 
+KEYS = Keys()
 MODEL = "sim-model"
 SLEEP_QUEUE = "bench:sleep"
 SEEN = "bench:seen"
@@ -171,14 +173,14 @@ def run_interq(durs: list[float], budget: float, log_level: str) -> dict[str, An
             timeout=300,
         )
         resp.raise_for_status()
-        key = f"interq:batch:{resp.json()['id']}"
+        key = KEYS.batch(resp.json()["id"])
         elapsed = wait_progress("interq", lambda: int(r.hget(key, "done") or 0), n, budget)
         memory = mem.stop()
         stop_proc(worker)
         ids = [x.decode() for x in r.lrange(key + ":jobs", 0, -1)]
         pipe = r.pipeline(transaction=False)
         for jid in ids:
-            pipe.hmget(f"interq:job:{jid}", ["custom_id", "status", "finished_at"])
+            pipe.hmget(KEYS.job(jid), ["custom_id", "status", "finished_at"])
         records = {
             jid: [x.decode() if x is not None else None for x in row]
             for jid, row in zip(ids, pipe.execute(), strict=True)

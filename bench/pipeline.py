@@ -56,7 +56,9 @@ from bench.common import (
     wait_http,
     wait_until,
 )
+from jobs.keys import Keys
 
+KEYS = Keys()
 MODEL = "sim-model"
 NOOP_QUEUE = "bench:noop"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -167,7 +169,7 @@ def run_interq(st: Stack, jobs: int, max_jobs: int, webhook: bool, budget: float
             t0 = time.monotonic()
             resp.raise_for_status()
             bid = resp.json()["id"]
-        key = f"interq:batch:{bid}"
+        key = KEYS.batch(bid)
         try:
             wait_until(lambda: int(r.hget(key, "done") or 0) >= jobs, budget, 0.02, "the batch")
         except RuntimeError:
@@ -185,7 +187,7 @@ def run_interq(st: Stack, jobs: int, max_jobs: int, webhook: bool, budget: float
         ids = [x.decode() for x in r.lrange(key + ":jobs", 0, -1)]
         pipe = r.pipeline(transaction=False)
         for jid in ids:
-            pipe.hget(f"interq:job:{jid}", "poll_count")
+            pipe.hget(KEYS.job(jid), "poll_count")
         poll_counts = sum(int(x or 0) for x in pipe.execute())
         memory = mem.stop()
     finally:

@@ -62,7 +62,9 @@ from bench.common import (
     sync_redis,
     table,
 )
+from jobs.keys import Keys
 
+KEYS = Keys()
 MODEL = "sim-model"
 BUCKETS = ((0.0, 30.0, "< 30 s"), (30.0, 300.0, "30 s-5 min"), (300.0, math.inf, "> 5 min"))
 
@@ -149,7 +151,7 @@ def run(
         stop_proc(worker)
         pipe = r.pipeline(transaction=False)
         for jid in ids:
-            pipe.hmget(f"interq:job:{jid}", ["custom_id", "status", "finished_at"])
+            pipe.hmget(KEYS.job(jid), ["custom_id", "status", "finished_at"])
         records = {
             jid: [x.decode() if x is not None else None for x in row]
             for jid, row in zip(ids, pipe.execute(), strict=True)

@@ -52,11 +52,13 @@ import httpx
 
 from bench.common import fmt, pct, save, stack, start_interq_worker, sync_redis, table, wait_until
 from jobs import retention
+from jobs.keys import Keys
 from jobs.services import Services
 from jobs.settings import Settings
 from jobs.webhooks import generate_secret
 
 PREFIX = "interq"
+KEYS = Keys(PREFIX)
 PROMPT = (
     "Read the customer message below and answer in three short sentences: what they "
     "want, whether the order can be changed, and what to do next. Message: 'Hello, I "
@@ -73,7 +75,7 @@ local p, t = spec.prefix, spec.tenant
 for i = spec.start, spec.start + spec.count - 1 do
   local jid = 'job_' .. spec.run .. string.format('%024x', i)
   local eid = 'evt_' .. spec.run .. string.format('%024x', i)
-  local jk, ek = p .. ':job:' .. jid, p .. ':event:' .. eid
+  local jk, ek = p .. ':job:{' .. jid .. '}', p .. ':event:{' .. eid .. '}'  -- as jobs/keys.py
   local seq = redis.call('INCR', p .. ':seq')
   local function swap(v)
     return (string.gsub(string.gsub(v, spec.tid, jid), spec.teid, eid))
@@ -199,7 +201,7 @@ async def post_sample(api: str, n: int, hook: Hook) -> None:
 
 
 def settled(r: Any, completed: int, hook: Hook, delivered: int) -> bool:
-    done = int(r.hget(f"{PREFIX}:counts", "completed") or 0)
+    done = int(r.hget(KEYS.counts, "completed") or 0)
     return done == completed and hook.count >= delivered and r.zcard("arq:queue") == 0
 
 
@@ -212,12 +214,12 @@ def run_jobs(st: Any, r: Any, n: int, hook: Hook) -> None:
 
 def template(r: Any) -> dict[str, Any]:
     """One sample job's keys, as the clone script takes them."""
-    jid = r.zrange(f"{PREFIX}:t:default:s:completed", 0, 0)[0].decode()
-    job = {k.decode(): v.decode() for k, v in r.hgetall(f"{PREFIX}:job:{jid}").items()}
-    (eid,) = [x.decode() for x in r.lrange(f"{PREFIX}:job:{jid}:events", 0, -1)]
-    event = r.hgetall(f"{PREFIX}:event:{eid}")
-    attempts = [x.decode() for x in r.lrange(f"{PREFIX}:event:{eid}:attempts", 0, -1)]
-    due = r.zscore(f"{PREFIX}:expiring:jobs", jid)
+    jid = r.zrange(KEYS.tenant_status("default", "completed"), 0, 0)[0].decode()
+    job = {k.decode(): v.decode() for k, v in r.hgetall(KEYS.job(jid)).items()}
+    (eid,) = [x.decode() for x in r.lrange(KEYS.job_events(jid), 0, -1)]
+    event = r.hgetall(KEYS.event(eid))
+    attempts = [x.decode() for x in r.lrange(KEYS.event_attempts(eid), 0, -1)]
+    due = r.zscore(KEYS.expiring_jobs, jid)
     return {
         "prefix": PREFIX,
         "tenant": "default",
@@ -251,7 +253,7 @@ def bulk_fill(r: Any, n: int, spec: dict[str, Any]) -> float:
 
 async def sweep_all(settings: Settings) -> tuple[float, int]:
     svc = Services.open(settings)
-    before = int(await svc.redis.zcard(f"{PREFIX}:expiring:jobs"))
+    before = int(await svc.redis.zcard(KEYS.expiring_jobs))
     t0 = time.perf_counter()
     try:
         while await retention.sweep_once(svc, now=time.time() + FAR_S) == 0.0:

@@ -51,10 +51,12 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bench.common import ROOT, free_port, machine, table, wait_http
 from jobs.cli import redis_server_cmd
+from jobs.keys import Keys
 from jobs.webhooks import generate_secret
 
 RESULTS = ROOT / "chaos" / "results"
 PREFIX = "interq"  # INTERQ_KEY_PREFIX (default)
+KEYS = Keys(PREFIX)
 MODEL = "sim-model"
 TERMINAL = {"completed", "failed", "cancelled", "incomplete", "expired"}
 STATUSES = ("queued", "running", "requires_action", *sorted(TERMINAL))
@@ -561,10 +563,10 @@ def snapshot(r: redis.Redis, job_ids: list[str], batch_id: str | None) -> Snapsh
     try:
         pipe = r.pipeline(transaction=False)
         for jid in job_ids:
-            pipe.hget(f"{PREFIX}:job:{jid}", "status")
-            pipe.lrange(f"{PREFIX}:job:{jid}:events", 0, -1)
+            pipe.hget(KEYS.job(jid), "status")
+            pipe.lrange(KEYS.job_events(jid), 0, -1)
         if batch_id:
-            pipe.hmget(f"{PREFIX}:batch:{batch_id}", ["status", "event_id"])
+            pipe.hmget(KEYS.batch(batch_id), ["status", "event_id"])
         out = pipe.execute()
         statuses: Counter[str] = Counter()
         event_ids: list[str] = []
@@ -582,7 +584,7 @@ def snapshot(r: redis.Redis, job_ids: list[str], batch_id: str | None) -> Snapsh
                 event_ids.append(bev)
         pipe = r.pipeline(transaction=False)
         for eid in event_ids:
-            pipe.hget(f"{PREFIX}:event:{eid}", "state")
+            pipe.hget(KEYS.event(eid), "state")
         events = Counter(s or "missing" for s in pipe.execute())
         return Snapshot(statuses, events, without, batch_status)
     except redis.RedisError:
@@ -774,13 +776,13 @@ def read_events(
     """Each job's stored events (id, type, state, attempts) and the batch's event."""
     pipe = r.pipeline(transaction=False)
     for jid in ids:
-        pipe.lrange(f"{PREFIX}:job:{jid}:events", 0, -1)
+        pipe.lrange(KEYS.job_events(jid), 0, -1)
     lists = pipe.execute()
-    bev: str | None = r.hget(f"{PREFIX}:batch:{batch_id}", "event_id") if batch_id else None  # type: ignore[assignment]
+    bev: str | None = r.hget(KEYS.batch(batch_id), "event_id") if batch_id else None  # type: ignore[assignment]
     pipe = r.pipeline(transaction=False)
     flat = [eid for evs in lists for eid in evs] + ([bev] if bev else [])
     for eid in flat:
-        pipe.hgetall(f"{PREFIX}:event:{eid}")
+        pipe.hgetall(KEYS.event(eid))
     got = dict(zip(flat, pipe.execute(), strict=True))
 
     def view(eid: str) -> dict[str, Any]:
@@ -1146,7 +1148,7 @@ def step_evidence(r: redis.Redis, summary: dict[str, Any]) -> dict[str, Any]:
         if isinstance(info, dict):
             out[jid] = {"event": info["id"], "delivery index": due("deliveries", info["id"])}
     for jid in ev.get("not_terminal") or {}:
-        job: dict[str, str] = r.hgetall(f"{PREFIX}:job:{jid}")  # type: ignore[assignment]
+        job: dict[str, str] = r.hgetall(KEYS.job(jid))  # type: ignore[assignment]
         iid = job.get("interaction_id", "")
         out[jid] = {
             "status": job.get("status"),

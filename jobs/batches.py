@@ -6,9 +6,9 @@ in one Redis transaction (a pipeline under MULTI). Its jobs wait in the batch's
 own dispatch lane (see ``dispatch.py``). The transition that ends the batch's
 last job enqueues ``batch_done``, which fires ``batch.completed``.
 
-Keys: ``{p}:batch:{id}`` (record: total, done, usage), ``{p}:batch:{id}:counts``
-(status -> count, kept by the transition script), ``{p}:batch:{id}:jobs`` (job
-ids in input order).
+Keys (``jobs/keys.py``): the batch record (total, done, usage), its counts
+(status -> count, kept by the transition scripts) and its job ids in input
+order.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import interactions, metrics, outcomes, webhooks
 from .dispatch import lane_of
 from .models import TERMINAL, JobStatus, WebhookSpec, check_interaction_body
+from .records import Batch, Job
 from .services import Services
-from .store import Fields, Page
+from .store import Page
 
 MAX_REPORTED_ERRORS = 100
 CHUNK = 500
@@ -119,10 +121,6 @@ def validate_lines(items: Iterable[tuple[int, Any]], max_jobs: int) -> list[Batc
     return lines
 
 
-def batch_key(svc: Services, batch_id: str) -> str:
-    return f"{svc.store.prefix}:batch:{batch_id}"
-
-
 async def create_batch(
     svc: Services,
     tenant: str,
@@ -142,26 +140,24 @@ async def create_batch(
     batch_id = "bat_" + uuid.uuid4().hex
     now = time.time()
     lane = lane_of(tenant, batch_id)
-    bkey = batch_key(svc, batch_id)
+    batch = Batch(
+        id=batch_id,
+        tenant=tenant,
+        status="in_progress",
+        total=len(lines),
+        done=0,
+        created_at=now,
+        metadata=metadata,
+        webhook_url=str(webhook.url) if webhook else "",
+        webhook_secret=(webhook.secret or "") if webhook else "",
+    )
     async with svc.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(
-            bkey,
-            mapping={
-                "id": batch_id,
-                "tenant": tenant,
-                "status": "in_progress",
-                "total": str(len(lines)),
-                "done": "0",
-                "created_at": f"{now:.3f}",
-                "metadata": json.dumps(metadata),
-                "webhook_url": str(webhook.url) if webhook else "",
-                "webhook_secret": (webhook.secret or "") if webhook else "",
-            },
-        )
-        pipe.hset(bkey + ":counts", mapping={"queued": str(len(lines))})
+        pipe.hset(svc.store.keys.batch(batch_id), mapping=batch.to_redis())
+        pipe.hset(svc.store.keys.batch_counts(batch_id), mapping={"queued": str(len(lines))})
         for ln in lines:
-            job_id, fields = outcomes.new_job(
+            job = outcomes.new_job(
                 cfg,
+                tenant,
                 ln.interaction,
                 now=now,
                 metadata=ln.metadata,
@@ -171,7 +167,7 @@ async def create_batch(
                 timeout_s=ln.timeout_s,
                 batch_id=batch_id,
             )
-            await svc.store.create_job(job_id, tenant, fields, [], lane=lane, pipe=pipe)
+            await svc.store.create_job(job, lane=lane, pipe=pipe)
         await pipe.execute()
     for ln in lines:
         inter = ln.interaction
@@ -181,42 +177,39 @@ async def create_batch(
     return batch_id
 
 
-async def get_batch(svc: Services, tenant: str, batch_id: str) -> Fields | None:
+async def get_batch(svc: Services, tenant: str, batch_id: str) -> Batch | None:
     if len(batch_id) > 64:
         return None
-    batch = await svc.store.get_hash(f"batch:{batch_id}")
-    if batch is None or batch.get("tenant") != tenant:
+    batch = await svc.store.get_batch(batch_id)
+    if batch is None or batch.tenant != tenant:
         return None
     return batch
 
 
-async def batch_view(svc: Services, batch: Fields) -> dict[str, Any]:
-    raw = await svc.redis.hgetall(batch_key(svc, batch["id"]) + ":counts")  # type: ignore[misc]
+async def batch_view(svc: Services, batch: Batch) -> dict[str, Any]:
+    raw = await svc.redis.hgetall(svc.store.keys.batch_counts(batch.id))  # type: ignore[misc]
     counts = {s.value: 0 for s in JobStatus}
     for k, v in raw.items():
         name = k.decode() if isinstance(k, bytes) else str(k)
         if name in counts:
             counts[name] = int(v)
     return {
-        "id": batch["id"],
-        "status": batch.get("status", "in_progress"),
-        "total": int(batch.get("total") or 0),
+        "id": batch.id,
+        "status": batch.status,
+        "total": batch.total,
         "counts": counts,
         "done": sum(counts[s.value] for s in TERMINAL),
-        "created_at": float(batch["created_at"]),
-        "finished_at": float(batch["finished_at"]) if batch.get("finished_at") else None,
-        "metadata": json.loads(batch.get("metadata") or "null"),
-        "usage": {
-            "input_tokens": int(batch.get("input_tokens") or 0),
-            "output_tokens": int(batch.get("output_tokens") or 0),
-        },
-        "cancel_requested": batch.get("cancel_requested") == "1",
+        "created_at": batch.created_at,
+        "finished_at": batch.finished_at,
+        "metadata": batch.metadata,
+        "usage": {"input_tokens": batch.input_tokens, "output_tokens": batch.output_tokens},
+        "cancel_requested": batch.cancel_requested,
     }
 
 
 async def job_ids(svc: Services, batch_id: str, start: int, count: int) -> list[str]:
     raw = await svc.redis.lrange(  # type: ignore[misc]
-        batch_key(svc, batch_id) + ":jobs", start, start + count - 1
+        svc.store.keys.batch_jobs(batch_id), start, start + count - 1
     )
     return [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
 
@@ -232,7 +225,7 @@ async def page(
         if not ids:
             return out
         for i, job in enumerate(await svc.store.get_jobs(ids)):
-            if job is not None and (status is None or job["status"] == status):
+            if job is not None and (status is None or job.status == status):
                 out.items.append(job)
                 if len(out.items) == limit:
                     out.next_cursor = str(pos + i + 1)
@@ -241,14 +234,14 @@ async def page(
     return out
 
 
-def result_line(job: Fields) -> dict[str, Any]:
+def result_line(job: Job) -> dict[str, Any]:
     return {
-        "custom_id": job.get("custom_id"),
-        "id": job["id"],
-        "status": job["status"],
-        "output_text": job.get("output_text"),
-        "usage": json.loads(job["usage"]) if job.get("usage") else None,
-        "error": json.loads(job["error"]) if job.get("error") else None,
+        "custom_id": job.custom_id,
+        "id": job.id,
+        "status": job.status.value,
+        "output_text": job.output_text,
+        "usage": job.usage,
+        "error": job.error,
     }
 
 
@@ -278,12 +271,12 @@ async def iter_results(svc: Services, batch_id: str) -> AsyncIterator[bytes]:
         start += len(ids)
 
 
-async def cancel_batch(svc: Services, batch: Fields) -> None:
+async def cancel_batch(svc: Services, batch: Batch) -> None:
     """Queued jobs end at once (never sent); running ones are cancelled upstream."""
-    await svc.redis.hset(batch_key(svc, batch["id"]), "cancel_requested", "1")  # type: ignore[misc]
+    await svc.redis.hset(svc.store.keys.batch(batch.id), "cancel_requested", "1")  # type: ignore[misc]
     start = 0
     while True:
-        ids = await job_ids(svc, batch["id"], start, CHUNK)
+        ids = await job_ids(svc, batch.id, start, CHUNK)
         if not ids:
             return
         jobs = [j for j in await svc.store.get_jobs(ids) if j is not None]
@@ -291,59 +284,62 @@ async def cancel_batch(svc: Services, batch: Fields) -> None:
         start += len(ids)
 
 
-async def cancel_one(svc: Services, job: Fields) -> None:
-    status = JobStatus(job["status"])
+async def cancel_one(svc: Services, job: Job) -> None:
+    status = job.status
     if status == JobStatus.queued:
         note = "batch cancelled before the job was sent"
-        if await outcomes.finish(svc, job, JobStatus.cancelled, expect={status}, note=note):
+        if await outcomes.finish(svc, job, JobStatus.cancelled, expect=status, note=note):
             return
-        fresh = await svc.store.get_job(job["id"])
+        fresh = await svc.store.get_job(job.id)
         if fresh is None:
             return
-        job, status = fresh, JobStatus(fresh["status"])
+        job, status = fresh, fresh.status
     if status == JobStatus.running:
-        out = await svc.store.transition(
-            job["id"], expect={status}, set_fields={"cancel_requested": "1"}
-        )
+        out = await svc.store.set_flags(job.id, status, {"cancel_requested": True})
         if out.ok:
-            await svc.store.poke(job["id"])
+            await svc.store.poke(job.id)
     elif status == JobStatus.requires_action:
         from .steps import cancel_paused
 
         await cancel_paused(svc, job)
 
 
-async def total_usage(svc: Services, batch_id: str) -> dict[str, str]:
-    """Exact token totals over the batch's jobs (the running totals shown
-    while it runs are updated after each job, so they can trail)."""
+async def total_usage(svc: Services, batch_id: str) -> tuple[int, int]:
+    """Exact input and output token totals over the batch's jobs (the running
+    totals shown while it runs are updated after each job, so they can trail)."""
     totals = {"input": 0, "output": 0}
     start = 0
     while ids := await job_ids(svc, batch_id, start, CHUNK):
         for job in await svc.store.get_jobs(ids):
-            usage = json.loads(job["usage"]) if job and job.get("usage") else None
+            usage = job.usage if job else None
             for kind, n in interactions.token_counts(usage).items():
                 if kind in totals:
                     totals[kind] += n
         start += len(ids)
-    return {f"{k}_tokens": str(v) for k, v in totals.items()}
+    return totals["input"], totals["output"]
 
 
 async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
     """Every job of the batch has ended: fire ``batch.completed`` once."""
     svc: Services = ctx["svc"]
-    batch = await svc.store.get_hash(f"batch:{batch_id}")
-    if batch is None or batch.get("status") != "in_progress":
+    batch = await svc.store.get_batch(batch_id)
+    if batch is None or batch.status != "in_progress":
         return
-    now = f"{time.time():.3f}"
-    usage = await total_usage(svc, batch_id)
-    data = await batch_view(svc, {**batch, **usage, "finished_at": now})
-    cancelled = batch.get("cancel_requested") == "1" and data["counts"]["cancelled"] > 0
+    now = round(time.time(), 3)  # as stored
+    tokens_in, tokens_out = await total_usage(svc, batch_id)
+    ended = replace(batch, input_tokens=tokens_in, output_tokens=tokens_out, finished_at=now)
+    data = await batch_view(svc, ended)
+    cancelled = batch.cancel_requested and data["counts"]["cancelled"] > 0
     final = data["status"] = "cancelled" if cancelled else "completed"
-    event = await outcomes.new_event(svc, batch, f"batch:{batch_id}", "batch.completed", data)
-    await svc.store.transition(
-        batch_id,
-        key=batch_key(svc, batch_id),
-        cond={"status": "in_progress"},
-        set_fields={"status": final, "finished_at": now, "event_id": event.id, **usage},
-        event=event,
+    event = await outcomes.new_event(svc, batch, "batch.completed", data)
+    await svc.store.finish_batch(
+        batch,
+        {
+            "status": final,
+            "finished_at": now,
+            "event_id": event.id,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+        },
+        event,
     )

@@ -24,10 +24,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import endpoints, logs, metrics, webhooks
-from .engine import DueEngine, Write, lua
+from .engine import DueEngine, Write
+from .records import Event, EventState, EventUpdate, event_fields
+from .scripts import lua
 from .services import Services
 from .steps import STEP_GUARD_MAX_TRIES, fault_delay
-from .store import Fields
 
 log = logging.getLogger("interq.delivery")
 
@@ -40,7 +41,7 @@ class DeliveryEngine(DueEngine):
         cfg = svc.settings
         super().__init__(
             redis=svc.redis,
-            index=svc.store.deliveries_key,
+            index=svc.store.keys.deliveries,
             capacity=cfg.webhook_concurrency,
             batch=cfg.webhook_concurrency,
             lease_s=cfg.webhook_timeout_s + 10.0,
@@ -62,18 +63,12 @@ class DeliveryEngine(DueEngine):
         metrics.ENGINE_ACTIVE.labels(engine="delivery").set(len(self.active))
 
     async def prefetch(self, members: list[str]) -> list[Any]:
-        if not members:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for m in members:
-                pipe.hgetall(self.svc.store.event_key(m))
-            raws = await pipe.execute()
-        return [{_s(k): _s(v) for k, v in r.items()} if r else None for r in raws]
+        return await self.svc.store.get_events(members) if members else []
 
     async def handle(self, member: str, lag_s: float, record: Any) -> Write | None:
-        ev: Fields | None = record
-        if ev is None or ev.get("state") != "pending":
-            return self._settle(member, ev or {}, {})
+        ev: Event | None = record
+        if ev is None or ev.state != EventState.pending:
+            return self._settle(member, ev, {})
         logs.clear()
         logs.bind(event_id=member)
         try:
@@ -81,12 +76,12 @@ class DeliveryEngine(DueEngine):
         except Exception as e:
             return self._fault(member, ev, e)
 
-    async def _attempt(self, event_id: str, ev: Fields) -> Write:
+    async def _attempt(self, event_id: str, ev: Event) -> Write:
         svc = self.svc
-        owner = await svc.store.get_hash(ev.get("owner") or f"job:{ev['job_id']}")
+        owner = await svc.store.get_owner(ev.owner_ref)
         target = await endpoints.target_for(svc, owner) if owner else None
         if target is None:
-            return self._settle(event_id, ev, {"state": "no_endpoint"})
+            return self._settle(event_id, ev, {"state": EventState.no_endpoint})
         dest = destination(target.url)
         if self.busy.get(dest, 0) >= svc.settings.webhook_per_destination:
             metrics.WEBHOOK_DEFERRED.inc()
@@ -95,7 +90,7 @@ class DeliveryEngine(DueEngine):
         self.busy[dest] = self.busy.get(dest, 0) + 1
         try:
             res = await webhooks.post(
-                svc.http, target.url, target.secrets, event_id, ev["body"].encode(),
+                svc.http, target.url, target.secrets, event_id, ev.body.encode(),
                 svc.webhook_policy,
             )  # fmt: skip
         finally:
@@ -107,13 +102,13 @@ class DeliveryEngine(DueEngine):
         return await self._record(event_id, ev, target.url, res)
 
     async def _record(
-        self, event_id: str, ev: Fields, url: str, res: webhooks.AttemptResult
+        self, event_id: str, ev: Event, url: str, res: webhooks.AttemptResult
     ) -> Write:
         svc, cfg = self.svc, self.svc.settings
         metrics.WEBHOOK_DELIVERIES.labels(outcome=res.outcome).inc()
         metrics.WEBHOOK_LATENCY.observe(res.duration_s)
-        attempt = int(ev.get("attempts") or 0) + 1
-        in_round = int(ev.get("round_attempts") or 0) + 1
+        attempt = ev.attempts + 1
+        in_round = ev.round_attempts + 1
         now = time.time()
         entry = {
             "attempt": attempt,
@@ -125,48 +120,48 @@ class DeliveryEngine(DueEngine):
             "duration_s": round(res.duration_s, 4),
         }
         await svc.store.log_attempt(event_id, entry)
-        fields: Fields = {
-            "attempts": str(attempt),
-            "round_attempts": str(in_round),
-            "last_attempt_at": f"{now:.3f}",
+        fields: EventUpdate = {
+            "attempts": attempt,
+            "round_attempts": in_round,
+            "last_attempt_at": now,
             "last_error": res.error or "",
-            "faults": "0",
+            "faults": 0,
         }
         if res.outcome in ("delivered", "gone"):
-            return self._settle(event_id, ev, {**fields, "state": res.outcome})
+            return self._settle(event_id, ev, {**fields, "state": EventState(res.outcome)})
         delay = webhooks.next_delay(cfg.webhook_schedule_s, in_round, cfg.webhook_jitter)
         if delay is None:
             metrics.WEBHOOK_DEAD_LETTERS.inc()
             log.warning("event %s dead-lettered after %d attempts", event_id, attempt)
-            return self._settle(event_id, ev, {**fields, "state": "dead"}, dead=True)
+            return self._settle(event_id, ev, {**fields, "state": EventState.dead}, dead=True)
         return self._again(event_id, delay, fields)
 
-    def _fault(self, event_id: str, ev: Fields, e: Exception) -> Write:
+    def _fault(self, event_id: str, ev: Event, e: Exception) -> Write:
         metrics.STEP_ERRORS.labels(step="deliver").inc()
-        faults = int(ev.get("faults") or 0) + 1
+        faults = ev.faults + 1
         log.exception("delivery of %s failed unexpectedly (%d in a row)", event_id, faults)
         if faults < STEP_GUARD_MAX_TRIES:
-            return self._again(event_id, fault_delay(self.svc, faults), {"faults": str(faults)})
+            return self._again(event_id, fault_delay(self.svc, faults), {"faults": faults})
         metrics.WEBHOOK_DEAD_LETTERS.inc()
-        fields = {"state": "dead", "last_error": f"{type(e).__name__}: {e}"[:500]}
-        return self._settle(event_id, ev, fields, dead=True)
+        error = f"{type(e).__name__}: {e}"[:500]
+        return self._settle(event_id, ev, {"state": EventState.dead, "last_error": error}, True)
 
-    def _again(self, event_id: str, delay_s: float, fields: Fields) -> Write:
+    def _again(self, event_id: str, delay_s: float, fields: EventUpdate) -> Write:
         due = str(int((time.time() + delay_s) * 1000))
         return self._w(event_id, "", due, "", fields)
 
-    def _settle(self, event_id: str, ev: Fields, fields: Fields, dead: bool = False) -> Write:
-        return self._w(
-            event_id, ev.get("tenant", ""), "", f"{time.time():.3f}" if dead else "", fields
-        )
+    def _settle(
+        self, event_id: str, ev: Event | None, fields: EventUpdate, dead: bool = False
+    ) -> Write:
+        tenant = ev.tenant if ev is not None else ""
+        return self._w(event_id, tenant, "", f"{time.time():.3f}" if dead else "", fields)
 
-    def _w(self, event_id: str, tenant: str, due: str, dead_at: str, fields: Fields) -> Write:
-        store = self.svc.store
+    def _w(self, event_id: str, tenant: str, due: str, dead_at: str, fields: EventUpdate) -> Write:
+        keys = self.svc.store.keys
         flat: list[str | int | float] = [event_id, due, dead_at]
-        for k, v in fields.items():
+        for k, v in event_fields(fields).items():
             flat += [k, v]
-        keys = [store.event_key(event_id), self.index, store.deadletter_key(tenant)]
-        return Write(keys, flat)
+        return Write([keys.event(event_id), self.index, keys.deadletter(tenant)], flat)
 
 
 def destination(url: str) -> str:
@@ -174,7 +169,3 @@ def destination(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

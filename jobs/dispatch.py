@@ -15,53 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import time
 import uuid
+from typing import Any
 
-from arq.constants import job_key_prefix
 from redis.asyncio import Redis
 
 from .loops import supervised
 from .outcomes import submit_step
+from .scripts import register
 from .services import Services
 
 LEASE_MS = 5_000
 QUANTUM = 50  # jobs one lane may move per pass: fair, and few round trips per job
 IDLE_S = 0.05
-
-_DISPATCH = """
-local spec = cjson.decode(ARGV[1])
-local lk = spec.prefix .. ':ready:' .. spec.lane
-local moved = 0
-for i, id in ipairs(spec.ids) do
-  if redis.call('LINDEX', lk, 0) ~= id then break end
-  redis.call('LPOP', lk)
-  local jk = spec.prefix .. ':job:' .. id
-  local q = spec.steps[i]
-  if q.id ~= '' and redis.call('HGET', jk, 'status') == 'queued' then
-    redis.call('ZADD', spec.prefix .. ':inflight:' .. spec.model, spec.now, id)
-    redis.call('SADD', spec.prefix .. ':models', spec.model)
-    if spec.paced then
-      redis.call('ZADD', spec.prefix .. ':outstanding:' .. spec.model, spec.now, id)
-    end
-    local ak = spec.arq_prefix .. q.id
-    if redis.call('EXISTS', ak) == 0 then
-      redis.call('SET', ak, ARGV[1 + i], 'PX', q.px)
-      redis.call('ZADD', q.queue, q.score, q.id)
-    end
-    moved = moved + 1
-  end
-end
-if redis.call('LLEN', lk) == 0 then redis.call('SREM', spec.prefix .. ':lanes', spec.lane) end
-return moved
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
 
 
 def lane_of(tenant: str, batch_id: str | None) -> str:
@@ -72,19 +39,18 @@ class Dispatcher:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.redis: Redis = svc.redis
-        self.prefix = svc.settings.key_prefix
+        self.keys = svc.store.keys
         self.budgets = svc.budgets
         self.me = uuid.uuid4().hex
         self.cursor = ""  # last lane served, for round-robin
-        self._dispatch = self.redis.register_script(_DISPATCH)
-        self._renew = self.redis.register_script(_RENEW)
+        self._lua = register(self.redis, "dispatch", "renew_lease")
 
     async def holds_lease(self) -> bool:
-        key = f"{self.prefix}:dispatcher"
-        return bool(await self._renew(keys=[key], args=[self.me, LEASE_MS]))
+        key = self.keys.dispatcher
+        return bool(await self._lua["renew_lease"](keys=[key], args=[self.me, LEASE_MS]))
 
     async def release(self) -> None:
-        key = f"{self.prefix}:dispatcher"
+        key = self.keys.dispatcher
         if await self.redis.get(key) == self.me.encode():
             await self.redis.delete(key)
 
@@ -109,7 +75,7 @@ class Dispatcher:
         how long to sleep before the next pass."""
         lanes = sorted(
             x.decode() if isinstance(x, bytes) else str(x)
-            for x in await self.redis.smembers(f"{self.prefix}:lanes")  # type: ignore[misc]
+            for x in await self.redis.smembers(self.keys.lanes)  # type: ignore[misc]
         )
         if not lanes:
             return IDLE_S
@@ -130,14 +96,14 @@ class Dispatcher:
 
     async def serve_lane(self, lane: str, blocked: set[str]) -> tuple[int, float]:
         """Move the lane's head jobs (same model, within budget) to arq."""
-        raw_ids = await self.redis.lrange(f"{self.prefix}:ready:{lane}", 0, QUANTUM - 1)  # type: ignore[misc]
+        raw_ids = await self.redis.lrange(self.keys.ready(lane), 0, QUANTUM - 1)  # type: ignore[misc]
         ids = [x.decode() if isinstance(x, bytes) else str(x) for x in raw_ids]
         if not ids:
-            await self.redis.srem(f"{self.prefix}:lanes", lane)  # type: ignore[misc]
+            await self.redis.srem(self.keys.lanes, lane)  # type: ignore[misc]
             return 0, 0.0
         async with self.redis.pipeline(transaction=False) as pipe:
             for jid in ids:
-                pipe.hmget(f"{self.prefix}:job:{jid}", ["model", "status"])
+                pipe.hmget(self.keys.job(jid), ["model", "status"])
             rows = await pipe.execute()
         take: list[tuple[str, bool]] = []  # (job id, send it) in lane order
         model = None
@@ -171,19 +137,16 @@ class Dispatcher:
         return moved, wait
 
     async def move(self, lane: str, jobs: list[tuple[str, bool]], model: str) -> int:
-        steps = [submit_step(jid) for jid, _ in jobs]
-        enqueue, payloads = self.svc.store.enqueue_spec(steps)
-        for spec_i, (_, send) in zip(enqueue, jobs, strict=True):
-            if not send:
-                spec_i["id"] = ""
-        spec = {
-            "prefix": self.prefix,
-            "lane": lane,
-            "ids": [jid for jid, _ in jobs],
-            "steps": enqueue,
-            "model": model,
-            "paced": self.svc.settings.limit_for(model).rpm is not None,
-            "now": enqueue[0]["score"],
-            "arq_prefix": job_key_prefix,
-        }
-        return int(await self._dispatch(args=[json.dumps(spec), *payloads]))
+        """Move ``jobs`` (the lane's head, in order) out of the lane: those to
+        send get their submit step, the others (no longer queued) are dropped."""
+        k = self.keys
+        now_ms = int(time.time() * 1000)
+        paced = self.svc.settings.limit_for(model).rpm is not None
+        keys = [k.ready(lane), k.lanes, k.inflight(model), k.models, k.outstanding(model), k.queue]
+        args: list[Any] = [lane, model, now_ms, "1" if paced else ""]
+        for jid, send in jobs:
+            step = submit_step(jid)
+            keys += [k.job(jid), k.arq_job(step.job_id)]
+            step_id, payload, score, px = step.entry(now_ms)
+            args += [jid, step_id if send else "", payload, score, px]
+        return int(await self._lua["dispatch"](keys=keys, args=args))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from .records import Batch, Fields, Job
 from .services import Services
-from .store import Fields
 from .webhooks import generate_secret
 
 EXISTS_CACHE_S = 5.0
@@ -29,11 +29,11 @@ class Target:
 
 
 def endpoint_key(svc: Services, tenant: str) -> str:
-    return f"{svc.store.prefix}:endpoint:{tenant}"
+    return svc.store.keys.endpoint(tenant)
 
 
 async def get_endpoint(svc: Services, tenant: str) -> Fields | None:
-    return await svc.store.get_hash(f"endpoint:{tenant}")
+    return await svc.store.get_hash(endpoint_key(svc, tenant))
 
 
 async def has_endpoint(svc: Services, tenant: str) -> bool:
@@ -79,11 +79,11 @@ async def rotate(svc: Services, tenant: str) -> tuple[str, float] | None:
     return new, until
 
 
-async def target_for(svc: Services, owner: Fields) -> Target | None:
+async def target_for(svc: Services, owner: Job | Batch) -> Target | None:
     """The URL and signing secrets for an event of this job or batch."""
-    if owner.get("webhook_url"):
-        return Target(owner["webhook_url"], [owner["webhook_secret"]])
-    ep = await get_endpoint(svc, owner.get("tenant", ""))
+    if owner.webhook_url:
+        return Target(owner.webhook_url, [owner.webhook_secret])
+    ep = await get_endpoint(svc, owner.tenant)
     if ep is None:
         return None
     secrets = [ep["secret"]]

@@ -27,21 +27,17 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+
+from .scripts import lua
 
 log = logging.getLogger("interq.engine")
 
 OVERLOAD_LAG_S = 1.0  # claimed this late on average: the engine says it is behind
 OVERLOAD_LOG_EVERY_S = 60.0
 LAG_SMOOTHING = 0.2  # weight of the newest batch in the lag average
-
-
-def lua(name: str) -> str:
-    """The text of one of the package's Lua scripts (``jobs/lua/NAME.lua``)."""
-    return resources.files("jobs").joinpath("lua", f"{name}.lua").read_text()
 
 
 @dataclass

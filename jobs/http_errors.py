@@ -126,12 +126,12 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
-async def readiness(probe: Redis, prefix: str) -> JSONResponse | dict[str, str]:
+async def readiness(probe: Redis, key: str) -> JSONResponse | dict[str, str]:
     """Ready when Redis answers PING and takes a write (a short-lived key):
     a read-only, full or loading Redis answers PING but cannot take a job."""
     try:
         await probe.ping()
-        await probe.set(f"{prefix}:readyz", str(time.time()), px=10_000)
+        await probe.set(key, str(time.time()), px=10_000)
     except (RedisError, OSError) as e:
         kind = redis_error_kind(e)
         log.warning("readyz: redis %s (%s)", kind, type(e).__name__)

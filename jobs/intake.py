@@ -3,7 +3,6 @@ limit, and the job view the API returns."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
@@ -13,8 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .models import ErrorResponse, JobView
+from .records import Job
 from .services import Services
-from .store import Fields
 
 __all__ = ["DEFAULT_TENANT", "BodyLimit", "ErrorResponse", "Svc", "Tenant", "api_error", "job_view"]
 
@@ -53,11 +52,11 @@ Svc = Annotated[Services, Depends(svc)]
 Tenant = Annotated[str, Depends(tenant)]
 
 
-async def own_job(s: Services, t: str, job_id: str) -> Fields:
+async def own_job(s: Services, t: str, job_id: str) -> Job:
     """The job if it exists and belongs to tenant ``t``; 404 otherwise (another
     tenant's job does not exist for this caller)."""
     job = await s.store.get_job(job_id) if len(job_id) <= 64 else None
-    if job is None or job.get("tenant") != t:
+    if job is None or job.tenant != t:
         raise StarletteHTTPException(404, f"no job {job_id!r}")
     return job
 
@@ -127,37 +126,29 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": resp.body})
 
 
-def _opt_float(v: str | None) -> float | None:
-    return float(v) if v else None
-
-
-def _json(v: str | None) -> Any:
-    return json.loads(v) if v else None
-
-
-def job_view(job: Fields) -> JobView:
+def job_view(job: Job) -> JobView:
     return JobView(
-        id=job["id"],
-        status=job["status"],  # type: ignore[arg-type]
-        upstream_status=job.get("upstream_status") or None,
-        custom_id=job.get("custom_id") or None,
-        batch_id=job.get("batch_id") or None,
-        metadata=_json(job.get("metadata")),
-        model=job.get("model") or None,
-        created_at=float(job["created_at"]),
-        updated_at=float(job.get("updated_at") or job["created_at"]),
-        submitted_at=_opt_float(job.get("submitted_at")),
-        finished_at=_opt_float(job.get("finished_at")),
-        deadline=_opt_float(job.get("deadline")),
-        interaction_id=job.get("interaction_id") or None,
-        interaction_ids=_json(job.get("interaction_ids")) or [],
-        possible_duplicate=job.get("possible_duplicate") == "1",
-        poll_count=int(job.get("poll_count") or 0),
-        error=_json(job.get("error")),
-        usage=_json(job.get("usage")),
-        output_text=job.get("output_text"),
-        pending_calls=_json(job.get("pending_calls")),
-        result_url=f"/v1/jobs/{job['id']}/result" if job.get("result_key") else None,
-        webhook_url=job.get("webhook_url") or None,
-        note=job.get("note") or None,
+        id=job.id,
+        status=job.status,
+        upstream_status=job.upstream_status or None,
+        custom_id=job.custom_id or None,
+        batch_id=job.batch_id or None,
+        metadata=job.metadata,
+        model=job.model or None,
+        created_at=job.created_at,
+        updated_at=job.updated_at or job.created_at,
+        submitted_at=job.submitted_at,
+        finished_at=job.finished_at,
+        deadline=job.deadline or None,
+        interaction_id=job.interaction_id or None,
+        interaction_ids=job.interaction_ids,
+        possible_duplicate=job.possible_duplicate,
+        poll_count=job.poll_count,
+        error=job.error,
+        usage=job.usage,
+        output_text=job.output_text,
+        pending_calls=job.pending_calls,
+        result_url=f"/v1/jobs/{job.id}/result" if job.result_key else None,
+        webhook_url=job.webhook_url or None,
+        note=job.note or None,
     )

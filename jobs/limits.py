@@ -29,6 +29,7 @@ from limits.aio.storage import RedisSentinelStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
+from .keys import Keys
 from .settings import Settings
 
 CUT_FACTOR = 0.7
@@ -41,25 +42,16 @@ class Budgets:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.prefix = settings.key_prefix
+        self.keys = Keys(settings.key_prefix)
         from .services import limits_storage_uri
 
         uri = limits_storage_uri(settings)
         storage_cls = RedisSentinelStorage if settings.redis_sentinels else RedisStorage
-        self.storage = storage_cls(uri, implementation="redispy", key_prefix=f"{self.prefix}:rate")
+        self.storage = storage_cls(uri, implementation="redispy", key_prefix=self.keys.rate_prefix)
         self.limiter = MovingWindowRateLimiter(self.storage)
 
-    def inflight_key(self, model: str) -> str:
-        return f"{self.prefix}:inflight:{model}"
-
-    def outstanding_key(self, model: str) -> str:
-        return f"{self.prefix}:outstanding:{model}"
-
-    def _adapt_key(self, model: str) -> str:
-        return f"{self.prefix}:adapt:{model}"
-
     async def factor(self, model: str) -> float:
-        raw = await self.redis.hmget(self._adapt_key(model), ["factor", "at"])  # type: ignore[misc]
+        raw = await self.redis.hmget(self.keys.adapt(model), ["factor", "at"])  # type: ignore[misc]
         if not raw[0]:
             return 1.0
         factor, at = float(raw[0]), float(raw[1] or 0)
@@ -68,12 +60,12 @@ class Budgets:
     async def cut(self, model: str) -> float:
         """The upstream said 429 to a create: use less of the window for a
         while. 429s within ``CUT_COOLDOWN_S`` of a cut count as the same one."""
-        raw = await self.redis.hget(self._adapt_key(model), "at")  # type: ignore[misc]
+        raw = await self.redis.hget(self.keys.adapt(model), "at")  # type: ignore[misc]
         if raw is not None and time.time() - float(raw) < CUT_COOLDOWN_S:
             return await self.factor(model)
         new = max(MIN_FACTOR, await self.factor(model) * CUT_FACTOR)
         await self.redis.hset(  # type: ignore[misc]
-            self._adapt_key(model), mapping={"factor": f"{new:.4f}", "at": f"{time.time():.3f}"}
+            self.keys.adapt(model), mapping={"factor": f"{new:.4f}", "at": f"{time.time():.3f}"}
         )
         return new
 
@@ -88,7 +80,7 @@ class Budgets:
         lim = self.settings.limit_for(model)
         granted = want
         if lim.concurrency is not None:
-            in_flight = await self.redis.zcard(self.inflight_key(model))
+            in_flight = await self.redis.zcard(self.keys.inflight(model))
             granted = min(granted, lim.concurrency - in_flight)
             if granted <= 0:
                 return 0, 0.1
@@ -97,7 +89,7 @@ class Budgets:
         item = RateLimitItemPerSecond(lim.rpm, self.settings.rate_window_s)
         usable = self._usable(lim.rpm, await self.factor(model))
         ws = await self.limiter.get_window_stats(item, model)
-        okey = self.outstanding_key(model)
+        okey = self.keys.outstanding(model)
         async with self.redis.pipeline(transaction=False) as pipe:
             # a job moved long ago whose create never took its token (a crash,
             # a cancel) stops counting after a window
@@ -124,5 +116,5 @@ class Budgets:
         if lim.rpm - ws.remaining >= usable or not await self.limiter.hit(item, model):
             return max(0.01, ws.reset_time - time.time())
         if job_id:  # no longer waiting for its token: the dispatcher may move another
-            await self.redis.zrem(self.outstanding_key(model), job_id)
+            await self.redis.zrem(self.keys.outstanding(model), job_id)
         return 0.0

@@ -23,6 +23,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .keys import Keys
 from .models import TERMINAL, JobStatus
 
 # Durations from 100 ms to 6 h: flash models end in seconds, research agents in an hour.
@@ -235,19 +236,19 @@ class QueueSnapshot:
     by_status: dict[str, int]
 
 
-async def queue_snapshot(redis: Redis, prefix: str) -> QueueSnapshot:
-    lanes = [_s(x) for x in await redis.smembers(f"{prefix}:lanes")]  # type: ignore[misc]
+async def queue_snapshot(redis: Redis, keys: Keys) -> QueueSnapshot:
+    lanes = [_s(x) for x in await redis.smembers(keys.lanes)]  # type: ignore[misc]
     # models with jobs in flight: a set kept by the dispatch and transition
     # scripts, so no keyspace scan (a scrape costs the same at any job count)
-    models = [_s(x) for x in await redis.smembers(f"{prefix}:models")]  # type: ignore[misc]
-    inflight_keys = [f"{prefix}:inflight:{m}" for m in models]
+    models = [_s(x) for x in await redis.smembers(keys.models)]  # type: ignore[misc]
+    inflight_keys = [keys.inflight(m) for m in models]
     async with redis.pipeline(transaction=False) as pipe:
         for lane in lanes:
-            pipe.llen(f"{prefix}:ready:{lane}")
+            pipe.llen(keys.ready(lane))
         for key in inflight_keys:
             pipe.zcard(key)
             pipe.zrange(key, 0, 0, withscores=True)
-        pipe.hgetall(f"{prefix}:counts")
+        pipe.hgetall(keys.counts)
         res = await pipe.execute()
     rest = res[len(lanes) :]
     in_flight: dict[str, int] = {}
@@ -269,10 +270,10 @@ async def queue_snapshot(redis: Redis, prefix: str) -> QueueSnapshot:
     )
 
 
-async def refresh_queue_gauges(redis: Redis, prefix: str) -> None:
+async def refresh_queue_gauges(redis: Redis, keys: Keys) -> None:
     """Set the queue-level gauges from Redis (one pipelined round trip)."""
     try:
-        snap = await queue_snapshot(redis, prefix)
+        snap = await queue_snapshot(redis, keys)
     except (RedisError, OSError):
         REDIS_UP.set(0)
         return

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import interactions, logs, metrics
-from .engine import DueEngine, Write, lua
+from .engine import DueEngine, Write
 from .models import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream
 from .outcomes import chain, finish, follow_up_body, pause, store_result, submit_step
+from .records import Job, JobUpdate, job_fields
+from .scripts import lua
 from .services import Services
 from .steps import STEP_GUARD_MAX_TRIES, fault_delay, poll_interval, retry_delay
-from .store import Fields
 from .upstream import NotFound, Rejected, Retryable, UpstreamError
 
 log = logging.getLogger("interq.poller")
@@ -55,7 +56,7 @@ class Next:
     schedule; 0 means now), with these fields written."""
 
     delay_s: float
-    fields: Fields
+    fields: JobUpdate
     base: float = 0.0
 
 
@@ -67,7 +68,7 @@ class PollEngine(DueEngine):
         cfg = svc.settings
         super().__init__(
             redis=svc.redis,
-            index=svc.store.polls_key,
+            index=svc.store.keys.polls,
             capacity=cfg.poll_concurrency,
             batch=cfg.poll_batch,
             lease_s=cfg.poll_lease_s,
@@ -92,12 +93,12 @@ class PollEngine(DueEngine):
         return await self.svc.store.get_jobs(members) if members else []
 
     async def handle(self, member: str, lag_s: float, record: Any) -> Write | None:
-        job: Fields | None = record
+        job: Job | None = record
         if job is None:
             return self._write_for(member, "", DROP)
         logs.clear()
-        logs.bind(job_id=member, interaction_id=job.get("interaction_id") or None)
-        logs.bind(tenant=job.get("tenant"), batch_id=job.get("batch_id"))
+        logs.bind(job_id=member, interaction_id=job.interaction_id)
+        logs.bind(tenant=job.tenant, batch_id=job.batch_id)
         try:
             nxt = await poll_job(self.svc, job)
         except Exception as e:
@@ -106,23 +107,23 @@ class PollEngine(DueEngine):
             return None
         if nxt is not DROP:
             nxt.delay_s += random.uniform(0.0, self.spread())
-            if job.get("poll_faults", "0") not in ("", "0") and "poll_faults" not in nxt.fields:
-                nxt.fields["poll_faults"] = "0"
-        return self._write_for(member, job.get("interaction_id", ""), nxt)
+            if job.poll_faults and "poll_faults" not in nxt.fields:
+                nxt.fields["poll_faults"] = 0
+        return self._write_for(member, job.interaction_id, nxt)
 
     def _write_for(self, job_id: str, iid: str, nxt: Next) -> Write:
         due = "" if nxt is DROP else str(int(((nxt.base or time.time()) + nxt.delay_s) * 1000))
         flat: list[str | int | float] = [job_id, iid, due]
-        for k, v in nxt.fields.items():
+        for k, v in job_fields(nxt.fields).items():
             flat += [k, v]
-        return Write([self.svc.store.job_key(job_id), self.index], flat)
+        return Write([self.svc.store.keys.job(job_id), self.index], flat)
 
-    async def _fault(self, job: Fields, e: Exception) -> Next | None:
+    async def _fault(self, job: Job, e: Exception) -> Next | None:
         metrics.STEP_ERRORS.labels(step="poll").inc()
-        faults = int(job.get("poll_faults") or 0) + 1
-        log.exception("poll of job %s failed unexpectedly (%d in a row)", job["id"], faults)
+        faults = job.poll_faults + 1
+        log.exception("poll of job %s failed unexpectedly (%d in a row)", job.id, faults)
         if faults < STEP_GUARD_MAX_TRIES:
-            return Next(fault_delay(self.svc, faults), {"poll_faults": str(faults)})
+            return Next(fault_delay(self.svc, faults), {"poll_faults": faults})
         reason = f"{type(e).__name__}: {e}"
         await finish(self.svc, job, JobStatus.failed, error={"code": "internal", "message": reason})
         return None
@@ -131,12 +132,12 @@ class PollEngine(DueEngine):
 # --------------------------------------------------------------------------- one poll
 
 
-async def poll_job(svc: Services, job: Fields) -> Next | None:
+async def poll_job(svc: Services, job: Job) -> Next | None:
     """Poll one job once. Returns where its entry goes next, or None when a
     transition (end, pause, chain) has already moved it."""
-    status, iid = job["status"], job.get("interaction_id", "")
+    status, iid = job.status, job.interaction_id
     now = time.time()
-    deadline = float(job["deadline"])
+    deadline = job.deadline
     if status == JobStatus.requires_action:
         if now > deadline:
             await expire(svc, job)  # paused past its deadline
@@ -144,7 +145,7 @@ async def poll_job(svc: Services, job: Fields) -> Next | None:
         return Next(deadline - now, {})
     if status != JobStatus.running or not iid:
         return DROP
-    if job.get("cancel_requested") == "1" and job.get("cancel_sent") != "1":
+    if job.cancel_requested and not job.cancel_sent:
         after_cancel = await send_cancel(svc, job)
         if after_cancel is not None:
             return after_cancel if after_cancel.delay_s >= 0 else None
@@ -155,11 +156,11 @@ async def poll_job(svc: Services, job: Fields) -> Next | None:
     try:
         inter = await svc.upstream.get(iid)
     except Retryable as e:
-        errors = int(job.get("poll_errors") or 0) + 1
-        note = {"poll_errors": str(errors), "last_poll_error": e.message[:200]}
+        errors = job.poll_errors + 1
+        note: JobUpdate = {"poll_errors": errors, "last_poll_error": e.message[:200]}
         return Next(retry_delay(svc, e, errors), note)
     except NotFound as e:
-        if now - float(job.get("submitted_at") or 0) < svc.settings.not_found_grace_s:
+        if now - (job.submitted_at or 0) < svc.settings.not_found_grace_s:
             return Next(poll_interval(svc, 0), {})
         error = {"code": "interaction_not_found", "message": e.message}
         await finish(svc, job, JobStatus.failed, error=error)
@@ -169,7 +170,7 @@ async def poll_job(svc: Services, job: Fields) -> Next | None:
         refused["status"] = e.status_code
         await finish(svc, job, JobStatus.failed, error=refused)
         return None
-    if not carries_label(inter, job["id"]):
+    if not carries_label(inter, job.id):
         await relaunch(svc, job, inter)
         return None
     nxt = await apply_answer(svc, job, inter)
@@ -183,9 +184,9 @@ def carries_label(inter: dict[str, Any], job_id: str) -> bool:
     return isinstance(labels, dict) and labels.get(LABEL) == job_id
 
 
-async def apply_answer(svc: Services, job: Fields, inter: dict[str, Any]) -> Next | None:
+async def apply_answer(svc: Services, job: Job, inter: dict[str, Any]) -> Next | None:
     """What an interaction's status means for the job."""
-    metrics.POLLS.labels(model=metrics.model_label(job.get("model"))).inc()
+    metrics.POLLS.labels(model=metrics.model_label(job.model)).inc()
     status = inter["status"]
     kind = classify_upstream(status)
     if kind == "terminal":
@@ -194,7 +195,7 @@ async def apply_answer(svc: Services, job: Fields, inter: dict[str, Any]) -> Nex
         if status == "failed" and err is None:
             err = {"code": "upstream_failed", "message": "the interaction failed upstream"}
         note = None
-        if status == "cancelled" and job.get("cancel_requested") == "1":
+        if status == "cancelled" and job.cancel_requested:
             note = "upstream cancel was requested"
         await finish(svc, job, UPSTREAM_TERMINAL[status], interaction=inter, error=err, note=note)
         return None
@@ -205,28 +206,28 @@ async def apply_answer(svc: Services, job: Fields, inter: dict[str, Any]) -> Nex
     if kind == "continuation":
         await continue_decoding(svc, job, inter)
         return None
-    fields: Fields = {"upstream_status": status, "poll_errors": "0"}
-    if status not in UPSTREAM_KNOWN and job.get("unknown_logged") != status:
+    fields: JobUpdate = {"upstream_status": status, "poll_errors": 0}
+    if status not in UPSTREAM_KNOWN and job.unknown_logged != status:
         metrics.UNKNOWN_UPSTREAM_STATUS.inc()
-        log.warning("job %s: unknown upstream status %r, still polling", job["id"], status)
+        log.warning("job %s: unknown upstream status %r, still polling", job.id, status)
         fields["unknown_logged"] = status
-    polls = int(job.get("poll_count") or 0) + 1
-    fields["poll_count"] = str(polls)
+    polls = job.poll_count + 1
+    fields["poll_count"] = polls
     return Next(poll_interval(svc, polls), fields)
 
 
-async def relaunch(svc: Services, job: Fields, inter: dict[str, Any]) -> None:
+async def relaunch(svc: Services, job: Job, inter: dict[str, Any]) -> None:
     """The interaction answered with another job's label: it is not this
     job's (an upstream that reused an id, a mix-up). Never attach it; send
     this job's create again, as for a lost interaction."""
     metrics.LABEL_MISMATCHES.inc()
     labels = inter.get("labels")
     found = labels.get(LABEL) if isinstance(labels, dict) else None
-    n = int(job.get("relaunches") or 0) + 1
+    n = job.relaunches + 1
     log.warning(
         "job %s: interaction %s carries label %s=%r, not this job's: not attached (%d)",
-        job["id"],
-        job.get("interaction_id"),
+        job.id,
+        job.interaction_id or None,
         LABEL,
         found,
         n,
@@ -238,19 +239,13 @@ async def relaunch(svc: Services, job: Fields, inter: dict[str, Any]) -> None:
         }
         await finish(svc, job, JobStatus.failed, error=error)
         return
-    body = json.loads(job.get("hop_body") or job["request"])
-    hops = len(json.loads(job.get("interaction_ids") or "[]"))
-    await svc.store.transition(
-        job["id"],
-        expect={JobStatus.running},
-        cond={"interaction_id": job.get("interaction_id", "")},
-        set_fields={"pending_create": json.dumps(body), "relaunches": str(n)},
-        steps=[submit_step(job["id"], n=hops)],
-        unpoll=True,
-    )
+    body = job.body(job.hop_body or job.request)
+    changes: JobUpdate = {"pending_create": json.dumps(body), "relaunches": n}
+    step = submit_step(job.id, n=len(job.interaction_ids))
+    await svc.store.resume(job, JobStatus.running, changes, step)
 
 
-async def continue_decoding(svc: Services, job: Fields, inter: dict[str, Any]) -> None:
+async def continue_decoding(svc: Services, job: Job, inter: dict[str, Any]) -> None:
     """``requires_continuation``: send the token back, unchanged, in a new
     create chained to this interaction (no input: the upstream stored it)."""
     await store_result(svc, job, inter)
@@ -264,32 +259,32 @@ async def continue_decoding(svc: Services, job: Fields, inter: dict[str, Any]) -
     await chain(svc, job, JobStatus.running, body, output_prefix=partial)
 
 
-async def send_cancel(svc: Services, job: Fields) -> Next | None:
+async def send_cancel(svc: Services, job: Job) -> Next | None:
     """Send the upstream cancel of a job whose cancel was requested. Returns
     None once it was sent (poll on), a ``Next`` to try again later, or a
     negative-delay ``Next`` when the job was finished here."""
     try:
-        await svc.upstream.cancel(job["interaction_id"])
+        await svc.upstream.cancel(job.interaction_id)
     except NotFound:
-        attempts = int(job.get("cancel_attempts") or 0) + 1
+        attempts = job.cancel_attempts + 1
         if attempts < CANCEL_404_MAX_TRIES:
-            return Next(2.0 * attempts, {"cancel_attempts": str(attempts)})
+            return Next(2.0 * attempts, {"cancel_attempts": attempts})
         note = "upstream cancel answered 404; the interaction may still run upstream"
         await finish(svc, job, JobStatus.cancelled, note=note)
         return Next(-1.0, {})
     except Retryable as e:
-        attempts = int(job.get("cancel_attempts") or 0) + 1
-        return Next(retry_delay(svc, e, attempts), {"cancel_attempts": str(attempts)})
+        attempts = job.cancel_attempts + 1
+        return Next(retry_delay(svc, e, attempts), {"cancel_attempts": attempts})
     except Rejected as e:
-        log.info("job %s: upstream refused cancel (%s); polling for the outcome", job["id"], e)
-    await svc.store.set_fields(job["id"], {"cancel_sent": "1"})
+        log.info("job %s: upstream refused cancel (%s); polling for the outcome", job.id, e)
+    await svc.store.set_fields(job.id, {"cancel_sent": True})
     return None
 
 
-async def expire(svc: Services, job: Fields) -> None:
+async def expire(svc: Services, job: Job) -> None:
     try:
-        await svc.upstream.cancel(job["interaction_id"])
+        await svc.upstream.cancel(job.interaction_id)
     except UpstreamError as e:
-        log.info("job %s: cancel at deadline failed: %s", job["id"], e.message)
+        log.info("job %s: cancel at deadline failed: %s", job.id, e.message)
     error = {"code": "deadline", "message": "job passed its timeout_s"}
     await finish(svc, job, JobStatus.expired, error=error)

@@ -24,7 +24,7 @@ async def delete_job(job_id: str, s: Svc, t: Tenant) -> Response:
     """Delete the job now: cancelled first if queued, running or waiting in
     ``requires_action``; its stored result and files go too."""
     job = await own_job(s, t, job_id)
-    batch_id = job.get("batch_id")
+    batch_id = job.batch_id
     if batch_id:
         return api_error(
             409,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import random
 import time
@@ -31,8 +30,8 @@ from arq import Retry
 from . import logs, metrics
 from .models import JobStatus
 from .outcomes import finish
+from .records import Job, JobUpdate
 from .services import Services
-from .store import Fields
 from .upstream import Rejected, Retryable, UpstreamError
 
 log = logging.getLogger("interq.steps")
@@ -77,7 +76,7 @@ async def submit_faults(svc: Services, args: tuple[str, ...]) -> int:
     """One more unexpected error of this job's submit (reset when the create
     is recorded): the count lives on the job record, not in arq's tries,
     which also count every budget wait and every retried 429."""
-    key = svc.store.job_key(args[0])
+    key = svc.store.keys.job(args[0])
     if not await svc.redis.exists(key):
         return 0
     return int(await svc.redis.hincrby(key, "submit_faults", 1))  # type: ignore[misc]
@@ -147,18 +146,18 @@ async def wait_for_polls(ctx: dict[str, Any]) -> None:
         waited += BACKPRESSURE_CHECK_S
 
 
-def create_body(job: Fields, body: dict[str, Any], public_url: str | None) -> dict[str, Any]:
+def create_body(job: Job, body: dict[str, Any], public_url: str | None) -> dict[str, Any]:
     """The create as sent: background on, store left at its default (true),
     and the job id as a label so an orphaned interaction can be matched."""
     body["background"] = True
     body.pop("store", None)
     labels = dict(body.get("labels") or {})
-    labels["interq_job"] = job["id"]
+    labels["interq_job"] = job.id
     body["labels"] = labels
     if public_url:  # the upstream tells interq when the interaction ends
         config = dict(body.get("webhook_config") or {})
         config["uris"] = [*(config.get("uris") or []), public_url + "/v1/upstream/webhook"]
-        config["user_metadata"] = {**(config.get("user_metadata") or {}), "interq_job": job["id"]}
+        config["user_metadata"] = {**(config.get("user_metadata") or {}), "interq_job": job.id}
         body["webhook_config"] = config
     return body
 
@@ -169,42 +168,41 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
     job = await svc.store.get_job(job_id)
     if job is None:
         return
-    logs.bind(tenant=job.get("tenant"), batch_id=job.get("batch_id"))
-    if job["status"] == JobStatus.queued:
-        body = create_body(job, json.loads(job["request"]), svc.settings.public_url)
-    elif job["status"] == JobStatus.running and job.get("pending_create"):
-        body = create_body(job, json.loads(job["pending_create"]), svc.settings.public_url)
+    logs.bind(tenant=job.tenant or None, batch_id=job.batch_id or None)
+    if job.status == JobStatus.queued:
+        body = create_body(job, job.body(), svc.settings.public_url)
+    elif job.status == JobStatus.running and job.pending_create:
+        body = create_body(job, job.body(job.pending_create), svc.settings.public_url)
     else:
         return  # already submitted, or ended
-    state = {JobStatus(job["status"])}
-    same = {"interaction_id": job.get("interaction_id", "")}
-    if time.time() > float(job["deadline"]):
+    state, same = job.status, job.interaction_id
+    if time.time() > job.deadline:
         late = {"code": "deadline", "message": "job timed out before it was sent"}
         await finish(svc, job, JobStatus.expired, error=late)
         return
     await wait_for_polls(ctx)
-    wait = await svc.budgets.take_create(job.get("model", ""), job_id)
+    wait = await svc.budgets.take_create(job.model, job_id)
     if wait > 0:
         raise Retry(defer=wait)
-    flags: Fields = {"create_inflight": "1"}
-    if job.get("create_inflight") == "1":
-        flags["possible_duplicate"] = "1"
+    flags: JobUpdate = {"create_inflight": True}
+    if job.create_inflight:
+        flags["possible_duplicate"] = True
         metrics.POSSIBLE_DUPLICATES.inc()
         log.warning("job %s: re-sending a create whose answer may have been lost", job_id)
-    marked = await svc.store.transition(
-        job_id, expect=state, cond=same, set_fields=flags, incr={"submit_attempts": 1}
+    marked = await svc.store.set_flags(
+        job_id, state, flags, interaction_id=same, incr={"submit_attempts": 1}
     )
     if not marked.ok:
         return
-    attempts = int(job.get("submit_attempts") or 0) + 1
+    attempts = job.submit_attempts + 1
     try:
         inter = await svc.upstream.create(body)
     except Retryable as e:
         if e.status_code == 429:
-            await svc.budgets.cut(job.get("model", ""))
+            await svc.budgets.cut(job.model)
         if not e.maybe_sent:
-            await svc.store.transition(
-                job_id, expect=state, cond=same, set_fields={"create_inflight": "0"}
+            await svc.store.set_flags(
+                job_id, state, {"create_inflight": False}, interaction_id=same
             )
         if attempts >= svc.settings.max_submit_attempts:
             await finish(
@@ -226,46 +224,41 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
     await record_interaction(svc, job, inter)
 
 
-async def record_interaction(svc: Services, job: Fields, inter: dict[str, Any]) -> None:
+async def record_interaction(svc: Services, job: Job, inter: dict[str, Any]) -> None:
     """Persist a new interaction id and schedule its first poll, atomically."""
     iid = str(inter["id"])
     now = time.time()
-    chain = [*json.loads(job.get("interaction_ids") or "[]"), iid]
-    out = await svc.store.transition(
-        job["id"],
-        expect={JobStatus(job["status"])},
-        cond={"interaction_id": job.get("interaction_id", "")},
-        status=JobStatus.running,
-        set_fields={
+    chain = [*job.interaction_ids, iid]
+    out = await svc.store.start(
+        job,
+        {
             "interaction_id": iid,
-            "interaction_ids": json.dumps(chain),
+            "interaction_ids": chain,
             "upstream_status": str(inter.get("status", "")),
-            "create_inflight": "0",
+            "create_inflight": False,
             "pending_create": "",
-            "submit_attempts": "0",
-            "submit_faults": "0",
-            "poll_errors": "0",
-            "submitted_at": f"{now:.3f}",
+            "submit_attempts": 0,
+            "submit_faults": 0,
+            "poll_errors": 0,
+            "submitted_at": now,
         },
         poll_at=now + poll_interval(svc, 0),
     )
     if out.ok:
-        log.info("job %s: interaction %s created", job["id"], iid)
-        if job["status"] == JobStatus.queued:
-            metrics.QUEUE_WAIT.observe(now - float(job["created_at"]))
+        log.info("job %s: interaction %s created", job.id, iid)
+        if job.status == JobStatus.queued:
+            metrics.QUEUE_WAIT.observe(now - job.created_at)
         if svc.settings.public_url:
-            ttl = int(float(job["deadline"]) - now) + 86_400
-            await svc.store.remember_interaction(iid, job["id"], ttl)
+            ttl = int(job.deadline - now) + 86_400
+            await svc.store.remember_interaction(iid, job.id, ttl)
         return
     # Cancelled while the create was in flight: keep the id, cancel it upstream too.
-    log.info("job %s was %s during create; cancelling %s upstream", job["id"], out.previous, iid)
-    await svc.store.set_fields(
-        job["id"], {"interaction_id": iid, "interaction_ids": json.dumps(chain)}
-    )
+    log.info("job %s was %s during create; cancelling %s upstream", job.id, out.previous, iid)
+    await svc.store.set_fields(job.id, {"interaction_id": iid, "interaction_ids": chain})
     try:
         await svc.upstream.cancel(iid)
     except UpstreamError as e:
-        log.warning("job %s: upstream cancel of %s failed: %s", job["id"], iid, e.message)
+        log.warning("job %s: upstream cancel of %s failed: %s", job.id, iid, e.message)
 
 
 # --------------------------------------------------------------------------- old steps
@@ -283,11 +276,11 @@ async def deliver(ctx: dict[str, Any], event_id: str) -> None:
     await ctx["svc"].store.deliver_now(event_id)
 
 
-async def cancel_paused(svc: Services, job: Fields) -> None:
+async def cancel_paused(svc: Services, job: Job) -> None:
     """Cancel a job waiting in ``requires_action``: nothing runs upstream, so it
     ends at once (the upstream cancel is best effort)."""
     try:
-        await svc.upstream.cancel(job["interaction_id"])
+        await svc.upstream.cancel(job.interaction_id)
     except UpstreamError as e:
-        log.info("job %s: upstream cancel of a paused interaction: %s", job["id"], e.message)
-    await finish(svc, job, JobStatus.cancelled, expect={JobStatus.requires_action})
+        log.info("job %s: upstream cancel of a paused interaction: %s", job.id, e.message)
+    await finish(svc, job, JobStatus.cancelled, expect=JobStatus.requires_action)

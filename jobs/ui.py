@@ -61,7 +61,7 @@ def _s(v: Any) -> str:
 async def summary(s: Services, tenant: str) -> OpsSummary:
     """The numbers ``jobs.metrics.refresh_queue_gauges`` exports, from the same
     Redis keys, plus the tenant's recent batches."""
-    snap = await metrics.queue_snapshot(s.redis, s.settings.key_prefix)
+    snap = await metrics.queue_snapshot(s.redis, s.store.keys)
     mine = sum(n for lane, n in snap.lane_depths.items() if lane.split("|", 1)[0] == tenant)
     in_flight = {m: n for m, n in snap.in_flight.items() if n}
     return OpsSummary(
@@ -82,17 +82,13 @@ async def recent_batches(s: Services, tenant: str) -> list[dict[str, Any]]:
     (there is no per-tenant batch index): one ZREVRANGE, one pipelined HGET
     per job, then each batch's view."""
     r = s.redis
-    ids = [
-        _s(x)
-        for x in await r.zrevrange(
-            f"{s.store.prefix}:t:{tenant}:jobs", 0, RECENT_JOBS_FOR_BATCHES - 1
-        )
-    ]
+    recent = await r.zrevrange(s.store.keys.tenant_jobs(tenant), 0, RECENT_JOBS_FOR_BATCHES - 1)
+    ids = [_s(x) for x in recent]
     if not ids:
         return []
     async with r.pipeline(transaction=False) as pipe:
         for jid in ids:
-            pipe.hget(s.store.job_key(jid), "batch_id")
+            pipe.hget(s.store.keys.job(jid), "batch_id")
         found = await pipe.execute()
     seen: list[str] = []
     for b in found:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -15,23 +16,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import endpoints, webhooks
 from .intake import Svc, Tenant, api_error, own_job
 from .models import WebhookSpec
+from .records import Event, EventState, Fields
 from .services import Services
-from .store import Fields
 
 log = logging.getLogger("interq.webhooks")
 router = APIRouter()
 
 
-def event_view(ev: Fields, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def event_view(ev: Event, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "id": ev["id"],
-        "type": ev.get("type"),
-        "owner": ev.get("owner") or f"job:{ev.get('job_id')}",
-        "state": ev.get("state"),
-        "attempts": int(ev.get("attempts") or 0),
-        "created_at": float(ev.get("created_at") or 0),
-        "last_attempt_at": float(ev["last_attempt_at"]) if ev.get("last_attempt_at") else None,
-        "last_error": ev.get("last_error") or None,
+        "id": ev.id,
+        "type": ev.type,
+        "owner": ev.owner_ref,
+        "state": ev.state.value,
+        "attempts": ev.attempts,
+        "created_at": ev.created_at,
+        "last_attempt_at": ev.last_attempt_at,
+        "last_error": ev.last_error or None,
     }
     if attempts is not None:
         out["attempt_log"] = attempts
@@ -60,17 +61,17 @@ async def redeliver(event_id: str, s: Svc, t: Tenant) -> Any:
     """Send a dead-lettered (or already delivered) event again, same
     ``webhook-id``, with a fresh retry schedule."""
     ev = await s.store.get_event(event_id) if len(event_id) <= 64 else None
-    if ev is None or ev.get("tenant") != t:
+    if ev is None or ev.tenant != t:
         return api_error(404, "not_found", f"no event {event_id!r}")
-    if ev.get("state") == "pending":
+    if ev.state == EventState.pending:
         return api_error(409, "illegal_transition", "the event is still being delivered")
-    n = int(ev.get("redeliveries") or 0) + 1
+    n = ev.redeliveries + 1
     await s.store.update_event(
-        event_id, {"state": "pending", "round_attempts": "0", "redeliveries": str(n)}
+        event_id, {"state": EventState.pending, "round_attempts": 0, "redeliveries": n}
     )
     await s.store.undead(t, event_id)
     await s.store.deliver_now(event_id)
-    return event_view({**ev, "state": "pending"})
+    return event_view(replace(ev, state=EventState.pending))
 
 
 class EndpointBody(BaseModel):

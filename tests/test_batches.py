@@ -10,6 +10,7 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 
+from jobs.keys import Keys
 from jobs.settings import ModelLimit, Settings, hash_api_key
 from jobs.webhooks import generate_secret
 from tests.helpers import Receiver, SimServer, running_worker, wait_until
@@ -45,7 +46,10 @@ async def test_malformed_lines_refuse_the_whole_batch(
     assert "model" in err["lines"][1]["error"]
     assert "repeats line 1" in err["lines"][2]["error"]
     r2 = aredis.Redis.from_url(settings.effective_redis_url)
-    assert await r2.keys("interq:job:*") == [] and await r2.keys("interq:batch:*") == []
+    assert (
+        await r2.keys(Keys().prefix + ":job:*") == []
+        and await r2.keys(Keys().prefix + ":batch:*") == []
+    )
     await r2.aclose()
 
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import httpx
 import redis
 
+from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.webhooks import generate_secret
 from tests.conftest import ROOT
@@ -97,7 +98,7 @@ async def test_sigkill_mid_flight_loses_nothing(
         assert d.verified
         webhook_ids[d.body["data"]["id"]].add(d.msg_id)
     for jid in ids:
-        events = r.lrange(f"interq:job:{jid}:events", 0, -1)
+        events = r.lrange(Keys().job_events(jid), 0, -1)
         assert len(events) == 1, (jid, events)
         assert webhook_ids[jid] == {events[0]}, (jid, webhook_ids[jid], events)
 
@@ -107,7 +108,7 @@ async def test_sigkill_mid_flight_loses_nothing(
     for jid, n in creates.items():
         if n > 1:
             assert done[jid]["possible_duplicate"], f"{jid} created {n} times, not flagged"
-    stored = json.loads(r.hget(f"interq:job:{ids[0]}", "interaction_ids") or "[]")
+    stored = json.loads(r.hget(Keys().job(ids[0]), "interaction_ids") or "[]")
     assert stored == [done[ids[0]]["interaction_id"]]
     r.close()
 
@@ -129,7 +130,7 @@ async def test_killed_workers_claimed_polls_come_back_within_the_lease(
 
         def claimed() -> bool:
             now_ms = time.time() * 1000
-            scores = [s for _, s in r.zrange("interq:polls", 0, -1, withscores=True)]
+            scores = [s for _, s in r.zrange(Keys().polls, 0, -1, withscores=True)]
             return len(scores) == len(ids) and all(s > now_ms + 1000 for s in scores)
 
         sim.state.config.fault_timeout = 1.0  # from now on every GET hangs
@@ -137,7 +138,7 @@ async def test_killed_workers_claimed_polls_come_back_within_the_lease(
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         killed_ms = time.time() * 1000
-    scores = [s for _, s in r.zrange("interq:polls", 0, -1, withscores=True)]
+    scores = [s for _, s in r.zrange(Keys().polls, 0, -1, withscores=True)]
     assert len(scores) == len(ids)
     assert max(scores) <= killed_ms + lease_s * 1000  # due again within the lease
     sim.state.config.fault_timeout = 0.0

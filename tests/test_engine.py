@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from jobs import metrics
+from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.webhooks import generate_secret
 from tests.helpers import (
@@ -98,7 +99,7 @@ async def test_hundreds_of_polls_with_faults_end_on_the_first_completed_answer(
     # the end was read from the first answer that said so: not one poll more
     assert up.end_noticed_at_get == up.gets
     r = redis.Redis.from_url(fast.effective_redis_url, decode_responses=True)
-    rec = r.hgetall(f"interq:job:{jid}")
+    rec = r.hgetall(Keys().job(jid))
     r.close()
     # failures were counted one run at a time and reset by each success
     assert rec["poll_errors"] == "0"
@@ -152,7 +153,7 @@ async def test_continued_job_counts_in_flight_until_it_ends(
     api: httpx.AsyncClient, settings: Settings, sim: SimServer
 ) -> None:
     r = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
-    key = "interq:inflight:sim-model"
+    key = Keys().inflight("sim-model")
     async with running_worker(settings):
         body = job_body("weather? [sim duration=0.2 outcome=requires_action]")
         jid = (await api.post("/v1/jobs", json=body)).json()["id"]
@@ -174,7 +175,7 @@ async def test_continued_job_counts_in_flight_until_it_ends(
         assert 'interq_jobs_in_flight{model="sim-model"} 1.0' in text
 
         def hops() -> int:
-            return len(json.loads(r.hget(f"interq:job:{jid}", "interaction_ids") or "[]"))
+            return len(json.loads(r.hget(Keys().job(jid), "interaction_ids") or "[]"))
 
         await wait_until(lambda: hops() == 2, what="the follow-up created")
         assert r.zscore(key, jid) is not None

@@ -42,9 +42,9 @@ async def test_concurrency_budget_counts_jobs_in_flight(clean_redis: str) -> Non
     r = aredis.Redis.from_url(clean_redis)
     b = Budgets(cfg, r)
     assert await b.acquire("any", 5) == (2, 0.0)
-    await r.zadd(b.inflight_key("any"), {"job_1": 1, "job_2": 2})
+    await r.zadd(b.keys.inflight("any"), {"job_1": 1, "job_2": 2})
     assert (await b.acquire("any", 1))[0] == 0
-    await r.zrem(b.inflight_key("any"), "job_1")
+    await r.zrem(b.keys.inflight("any"), "job_1")
     assert await b.acquire("any", 5) == (1, 0.0)
     await r.aclose()
 

@@ -14,6 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from jobs import retention
+from jobs.keys import Keys
+from jobs.records import EventState
 from jobs.services import Services
 from jobs.settings import ModelLimit, Settings, hash_api_key
 from jobs.webhooks import generate_secret
@@ -160,9 +162,9 @@ async def test_batch_goes_with_its_last_job(
     await wait_until(done, what="batch completed")
     await wait_until(lambda: any(d.body["type"] == "batch.completed" for d in receiver.snapshot()))
     page = (await api.get("/v1/jobs", params={"batch_id": bid})).json()["data"]
-    p = svc.store.prefix
-    assert await svc.redis.zscore(f"{p}:expiring:batches", bid) is not None
-    assert await svc.redis.zcard(f"{p}:expiring:jobs") == 0  # batch jobs live with the batch
+    keys = svc.store.keys
+    assert await svc.redis.zscore(keys.expiring_batches, bid) is not None
+    assert await svc.redis.zcard(keys.expiring_jobs) == 0  # batch jobs live with the batch
 
     await retention.sweep_once(svc, now=later())
     assert (await api.get(f"/v1/batches/{bid}")).status_code == 404
@@ -211,7 +213,7 @@ async def test_delete_queued_running_paused_and_finished_jobs(
 
         # the dispatcher has dropped the deleted queued job from its lane
         async def no_lanes() -> bool:
-            return await svc.redis.exists(f"{svc.store.prefix}:lanes") == 0
+            return await svc.redis.exists(svc.store.keys.lanes) == 0
 
         await wait_until(no_lanes, what="the lane emptied")
         # a second sweep of the deleted ones (late writes of steps) leaves nothing either
@@ -275,7 +277,7 @@ async def test_a_crashed_sweep_is_finished_by_the_next(
     base = await baseline(api, svc, receiver)
     (jid,) = await run_jobs(api, [hooked("x [sim output=image]", receiver)])
     t = later()
-    key = f"{svc.store.prefix}:expiring:jobs"
+    key = svc.store.keys.expiring_jobs
     # a sweeper claimed it, deleted its files and died before the Redis script
     assert await retention.claim(svc, key, int(t * 1000), 10) == [jid]
     await retention.delete_files(svc, [jid])
@@ -295,7 +297,7 @@ async def test_late_writes_do_not_bring_a_purged_job_back(
     assert await retention.purge_job(svc, jid)
     # what a poll or a delivery still running would write afterwards
     await svc.store.set_fields(jid, {"upstream_status": "completed"}, incr={"poll_count": 1})
-    await svc.store.update_event(event_id, {"state": "dead"}, dead_for="default")
+    await svc.store.update_event(event_id, {"state": EventState.dead}, dead_for="default")
     await svc.store.log_attempt(event_id, {"attempt": 2})
     assert not await retention.purge_job(svc, jid)  # again: nothing left, no error
     assert await dbsize(svc) == base
@@ -313,7 +315,7 @@ async def test_the_workers_sweeper_removes_expired_jobs(
             return (await api.get(f"/v1/jobs/{jid}")).status_code == 404
 
         await wait_until(gone, timeout=RETENTION_S + 30, interval=0.2, what="the sweeper")
-        assert not await r.exists(f"{settings.key_prefix}:job:{jid}")
+        assert not await r.exists(Keys(settings.key_prefix).job(jid))
         assert results_files(settings) == []
     finally:
         await r.aclose()

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from jobs.cli import redis_server_cmd
+from jobs.keys import Keys
 from jobs.settings import ModelLimit, Settings
 from tests.conftest import free_port
 from tests.helpers import SimServer, job_body, running_worker, wait_terminal, wait_until
@@ -84,6 +85,6 @@ async def test_jobs_run_through_sentinel(
             done = await wait_terminal(api, ids)
     assert {j["status"] for j in done.values()} == {"completed"}
     direct = redis.Redis(port=master_port)
-    assert direct.exists(f"interq:job:{ids[0]}")  # the data is on the master
-    assert await wait_until(lambda: direct.keys("interq:rate*"), what="budget keys")
+    assert direct.exists(Keys().job(ids[0]))  # the data is on the master
+    assert await wait_until(lambda: direct.keys(Keys().rate_prefix + "*"), what="budget keys")
     direct.close()

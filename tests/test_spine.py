@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from jobs.keys import Keys
 from jobs.settings import Settings
 from jobs.webhooks import generate_secret
 from tests.helpers import Receiver, SimServer, job_body, running_worker, wait_terminal, wait_until
@@ -181,7 +182,7 @@ async def _lane_empty(settings: Settings) -> bool:
 
     r = aredis.Redis.from_url(settings.effective_redis_url)
     try:
-        return not await r.exists("interq:ready:default|-")
+        return not await r.exists(Keys().ready("default|-"))
     finally:
         await r.aclose()
 

@@ -1,0 +1,31 @@
+-- A create was answered: the job runs that interaction (status running) and
+-- is due for its first poll. Compare-and-set: only while the job's status is
+-- ARGV[2] (queued, or running for a follow-up create) and its interaction id
+-- is ARGV[3].
+-- KEYS[1] the job   KEYS[2] polls   KEYS[3] counts
+-- KEYS[4] the tenant's index of ARGV[2]   KEYS[5] the tenant's index of running
+-- KEYS[6] the batch's counts (only when ARGV[5] = '1')
+-- ARGV[1] job id   ARGV[2] the status it must have   ARGV[3] the interaction id
+-- it must have   ARGV[4] the first poll's due time (ms)   ARGV[5] '1' in a batch
+-- ARGV[6..] field, value, ... to set
+-- Returns {1, previous status}, or {0, current status} ('' when there is no job).
+local jk, id = KEYS[1], ARGV[1]
+local cur = redis.call('HGET', jk, 'status')
+if not cur then return {0, ''} end
+if cur ~= ARGV[2] or (redis.call('HGET', jk, 'interaction_id') or '') ~= ARGV[3] then
+  return {0, cur}
+end
+redis.call('HSET', jk, unpack(ARGV, 6))
+if cur ~= 'running' then
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('HINCRBY', KEYS[3], cur, -1)
+  redis.call('HINCRBY', KEYS[3], 'running', 1)
+  redis.call('ZADD', KEYS[5], redis.call('HGET', jk, 'seq'), id)
+  redis.call('HSET', jk, 'status', 'running')
+  if ARGV[5] == '1' then
+    redis.call('HINCRBY', KEYS[6], cur, -1)
+    redis.call('HINCRBY', KEYS[6], 'running', 1)
+  end
+end
+redis.call('ZADD', KEYS[2], ARGV[4], id)
+return {1, cur}
