@@ -17,7 +17,8 @@ never overshot.
 
 The rate adapts to the upstream: a 429 on create cuts the usable share of the
 window to 70 % of what it was (once per ``CUT_COOLDOWN_S``), and it recovers
-linearly to 100 % over ``RECOVERY_S``.
+linearly to 100 % over one rate window (``INTERQ_RATE_WINDOW_S``: a minute for a
+per-minute quota).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from .settings import Settings
 
 CUT_FACTOR = 0.7
 MIN_FACTOR = 0.05
-RECOVERY_S = 60.0  # from a cut back to the full rate
 CUT_COOLDOWN_S = 2.0  # a burst of 429s is one signal, not many
 
 
@@ -55,7 +55,8 @@ class Budgets:
         if not raw[0]:
             return 1.0
         factor, at = float(raw[0]), float(raw[1] or 0)
-        return min(1.0, factor + (1 - CUT_FACTOR) * (time.time() - at) / RECOVERY_S)
+        recovery_s = float(self.settings.rate_window_s)  # from a cut back to the full rate
+        return min(1.0, factor + (1 - CUT_FACTOR) * (time.time() - at) / recovery_s)
 
     async def cut(self, model: str) -> float:
         """The upstream said 429 to a create: use less of the window for a
