@@ -18,41 +18,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs import (
-    batches,
-    http_errors,
-    metrics,
-    outcomes,
-    retention_routes,
-    steps,
-    ui,
-    webhook_routes,
-    webhooks,
-)
-from jobs.dispatch import lane_of
-from jobs.intake import (
-    DEFAULT_TENANT,
-    BodyLimit,
-    ErrorResponse,
-    Svc,
-    Tenant,
-    api_error,
-    job_view,
-    own_job,
-)
-from jobs.models import (
-    TERMINAL,
-    BatchCreate,
-    ContinueBody,
-    JobCreate,
-    JobStatus,
-    JobView,
-    WebhookSpec,
-)
-from jobs.records import Batch, Job
-from jobs.results import ResultNotFound
+from jobs.delivery import signing, url_safety
+from jobs.domain import batches
+from jobs.domain import lifecycle as outcomes
+from jobs.domain.records import Batch, Job
+from jobs.domain.requests import BatchCreate, ContinueBody, JobCreate, WebhookSpec
+from jobs.domain.statuses import TERMINAL, JobStatus
+from jobs.http import errors as http_errors
+from jobs.http.deps import DEFAULT_TENANT, Svc, Tenant, own_job
+from jobs.http.errors import api_error
+from jobs.http.middleware import BodyLimit
+from jobs.http.routes import retention as retention_routes
+from jobs.http.routes import webhooks as webhook_routes
+from jobs.http.views import ErrorResponse, JobView, job_view
+from jobs.observe import metrics
 from jobs.services import Services, redis_client
 from jobs.settings import Settings, get_settings
+from jobs.storage.results import ResultNotFound
+from jobs.ui import page as ui
+from jobs.work import steps
+from jobs.work.dispatch import lane_of
 
 log = logging.getLogger("interq.api")
 NDJSON_TYPES = frozenset(
@@ -135,10 +120,10 @@ def routes(cfg: Settings) -> APIRouter:
         secret = None
         if body.webhook is not None:
             try:
-                await webhooks.resolve(str(body.webhook.url), s.webhook_policy)
-            except webhooks.UnsafeURL as e:
+                await url_safety.resolve(str(body.webhook.url), s.webhook_policy)
+            except url_safety.UnsafeURL as e:
                 return api_error(422, "unsafe_webhook_url", str(e))
-            secret = body.webhook.secret or webhooks.generate_secret()
+            secret = body.webhook.secret or signing.generate_secret()
         job = outcomes.new_job(
             cfg,
             t,
@@ -311,7 +296,7 @@ def routes(cfg: Settings) -> APIRouter:
                 hook, metadata = body.webhook, body.metadata
             lines = batches.validate_lines(items, cfg.max_batch_jobs)
             if hook is not None and hook.secret is None:
-                hook = WebhookSpec(url=hook.url, secret=webhooks.generate_secret())
+                hook = WebhookSpec(url=hook.url, secret=signing.generate_secret())
                 response.headers["X-Webhook-Secret"] = hook.secret or ""
             batch_id = await batches.create_batch(s, t, lines, hook, metadata)
         except ValidationError as e:

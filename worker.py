@@ -35,12 +35,14 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from jobs import batches, loops, metrics, retention, steps
-from jobs.delivery import DeliveryEngine
-from jobs.dispatch import Dispatcher
-from jobs.poller import PollEngine
+from jobs.delivery.engine import DeliveryEngine
+from jobs.domain import batches
+from jobs.observe import metrics
 from jobs.services import Services
 from jobs.settings import Settings, get_settings
+from jobs.work import loops, retention, steps
+from jobs.work.dispatch import Dispatcher
+from jobs.work.poller import PollEngine
 
 log = logging.getLogger("interq.worker")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from jobs.cli import redis_server_cmd
+from jobs.cli.main import redis_server_cmd
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -70,7 +70,7 @@ from bench.common import (
     table,
     wait_arq_ready,
 )
-from jobs.keys import Keys
+from jobs.storage.keys import Keys
 
 KEYS = Keys()
 MODEL = "sim-model"

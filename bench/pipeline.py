@@ -56,7 +56,7 @@ from bench.common import (
     wait_http,
     wait_until,
 )
-from jobs.keys import Keys
+from jobs.storage.keys import Keys
 
 KEYS = Keys()
 MODEL = "sim-model"

@@ -62,7 +62,7 @@ from bench.common import (
     sync_redis,
     table,
 )
-from jobs.keys import Keys
+from jobs.storage.keys import Keys
 
 KEYS = Keys()
 MODEL = "sim-model"

@@ -51,11 +51,11 @@ from typing import Any
 import httpx
 
 from bench.common import fmt, pct, save, stack, start_interq_worker, sync_redis, table, wait_until
-from jobs import retention
-from jobs.keys import Keys
+from jobs.delivery.signing import generate_secret
 from jobs.services import Services
 from jobs.settings import Settings
-from jobs.webhooks import generate_secret
+from jobs.storage.keys import Keys
+from jobs.work import retention
 
 PREFIX = "interq"
 KEYS = Keys(PREFIX)

@@ -50,9 +50,9 @@ import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from bench.common import ROOT, free_port, machine, table, wait_http
-from jobs.cli import redis_server_cmd
-from jobs.keys import Keys
-from jobs.webhooks import generate_secret
+from jobs.cli.main import redis_server_cmd
+from jobs.delivery.signing import generate_secret
+from jobs.storage.keys import Keys
 
 RESULTS = ROOT / "chaos" / "results"
 PREFIX = "interq"  # INTERQ_KEY_PREFIX (default)

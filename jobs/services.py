@@ -19,12 +19,13 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .limits import Budgets
-from .results import ResultStore
-from .settings import Settings
-from .store import Store
-from .upstream import UpstreamClient
-from .webhooks import USER_AGENT, Policy
+from jobs.delivery.signing import USER_AGENT
+from jobs.delivery.url_safety import Policy
+from jobs.settings import Settings
+from jobs.storage.results import ResultStore
+from jobs.storage.store import Store
+from jobs.upstream.client import UpstreamClient
+from jobs.work.budgets import Budgets
 
 
 def redis_client(

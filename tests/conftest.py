@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from jobs.cli import redis_server_cmd
+from jobs.cli.main import redis_server_cmd
 from jobs.settings import Settings
 from tests.helpers import Receiver, SimServer, running_worker
 

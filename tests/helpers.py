@@ -16,8 +16,8 @@ import httpx
 import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from jobs.dev.simulator.app import SimConfig, create_app
 from jobs.settings import Settings
-from jobs.simulator import SimConfig, create_app
 
 TERMINAL = {"completed", "failed", "cancelled", "incomplete", "expired"}
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 
-from jobs.keys import Keys
+from jobs.delivery.signing import generate_secret
 from jobs.settings import ModelLimit, Settings, hash_api_key
-from jobs.webhooks import generate_secret
+from jobs.storage.keys import Keys
 from tests.helpers import Receiver, SimServer, running_worker, wait_until
 
 NDJSON = {"content-type": "application/x-ndjson"}

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from jobs import interactions, media
-from jobs.simulator import OUTCOMES, OUTPUTS, SimConfig, create_app
+from jobs.dev.simulator.app import OUTCOMES, OUTPUTS, SimConfig, create_app
+from jobs.storage import media
+from jobs.upstream import answers as interactions
 from tests.test_simulator import FINAL, client_for, conform, create, poll
 
 STOPPED = {"requires_action", "requires_continuation"} | set(FINAL.values())

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 import httpx
 import redis
 
-from jobs.keys import Keys
+from jobs.delivery.signing import generate_secret
 from jobs.settings import Settings
-from jobs.webhooks import generate_secret
+from jobs.storage.keys import Keys
 from tests.conftest import ROOT
 from tests.helpers import (
     Receiver,

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from jobs import metrics
+from jobs.observe import metrics
 from jobs.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

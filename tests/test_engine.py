@@ -15,10 +15,10 @@ import httpx
 import pytest
 import redis
 
-from jobs import metrics
-from jobs.keys import Keys
+from jobs.delivery.signing import generate_secret
+from jobs.observe import metrics
 from jobs.settings import Settings
-from jobs.webhooks import generate_secret
+from jobs.storage.keys import Keys
 from tests.helpers import (
     Receiver,
     SimServer,

@@ -6,8 +6,8 @@ import time
 
 import redis.asyncio as aredis
 
-from jobs.limits import Budgets
 from jobs.settings import ModelLimit, Settings
+from jobs.work.budgets import Budgets
 
 
 async def acquired(b: Budgets, model: str, tries: int) -> int:

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from jobs.delivery.signing import generate_secret
 from jobs.settings import Settings
-from jobs.upstream import Retryable, UpstreamClient
-from jobs.webhooks import generate_secret
+from jobs.upstream.client import Retryable, UpstreamClient
 from tests.helpers import Receiver, SimServer, job_body, running_worker, wait_terminal, wait_until
 
 

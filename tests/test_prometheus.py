@@ -27,8 +27,8 @@ import pytest
 import redis
 import yaml
 
+from jobs.delivery.signing import generate_secret
 from jobs.settings import Settings
-from jobs.webhooks import generate_secret
 from tests.conftest import ROOT, free_port
 from tests.helpers import TERMINAL, Receiver, SimServer, job_body, worker_env
 

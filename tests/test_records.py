@@ -6,8 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from jobs.models import JobStatus
-from jobs.records import (
+from jobs.domain.records import (
     Batch,
     BatchUpdate,
     Event,
@@ -19,6 +18,7 @@ from jobs.records import (
     event_fields,
     job_fields,
 )
+from jobs.domain.statuses import JobStatus
 
 STORED_JOB = {
     "id": "job_1",

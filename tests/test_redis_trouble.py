@@ -25,8 +25,9 @@ from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, 
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from jobs import loops, metrics
+from jobs.observe import metrics
 from jobs.settings import Settings
+from jobs.work import loops
 from tests.conftest import ROOT, free_port
 from tests.faultproxy import FaultProxy
 from tests.helpers import (

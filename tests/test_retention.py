@@ -13,12 +13,12 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from jobs import retention
-from jobs.keys import Keys
-from jobs.records import EventState
+from jobs.delivery.signing import generate_secret
+from jobs.domain.records import EventState
 from jobs.services import Services
 from jobs.settings import ModelLimit, Settings, hash_api_key
-from jobs.webhooks import generate_secret
+from jobs.storage.keys import Keys
+from jobs.work import retention
 from tests.helpers import (
     Receiver,
     SimServer,

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import redis
 
-from jobs.cli import redis_server_cmd
-from jobs.keys import Keys
+from jobs.cli.main import redis_server_cmd
 from jobs.settings import ModelLimit, Settings
+from jobs.storage.keys import Keys
 from tests.conftest import free_port
 from tests.helpers import SimServer, job_body, running_worker, wait_terminal, wait_until
 

@@ -20,7 +20,7 @@ from google.genai._gaos.types.interactions.interaction import Interaction
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 
-from jobs.simulator import (
+from jobs.dev.simulator.app import (
     OUTCOMES,
     OUTPUTS,
     PNG_B64,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from jobs.keys import Keys
+from jobs.delivery.signing import generate_secret
 from jobs.settings import Settings
-from jobs.webhooks import generate_secret
+from jobs.storage.keys import Keys
 from tests.helpers import Receiver, SimServer, job_body, running_worker, wait_terminal, wait_until
 
 SECRET = generate_secret()

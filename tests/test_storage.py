@@ -14,8 +14,8 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from jobs.results import ResultNotFound, ResultStore
 from jobs.settings import Settings
+from jobs.storage.results import ResultNotFound, ResultStore
 from tests.conftest import free_port
 from tests.helpers import job_body, running_worker, wait_terminal
 

@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from jobs import outcomes, purge
-from jobs.dispatch import Dispatcher, lane_of
-from jobs.keys import Keys
-from jobs.models import JobStatus
-from jobs.records import Event, EventState, Job
+from jobs.domain import lifecycle as outcomes
+from jobs.domain.records import Event, EventState, Job
+from jobs.domain.statuses import JobStatus
 from jobs.services import Services
 from jobs.settings import Settings
+from jobs.storage import purge
+from jobs.storage.keys import Keys
+from jobs.work.dispatch import Dispatcher, lane_of
 
-LUA = resources.files("jobs").joinpath("lua")
+LUA = resources.files("jobs.storage").joinpath("lua")
 
 
 @pytest.fixture()

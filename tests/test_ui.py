@@ -27,8 +27,8 @@ import httpx
 import pytest
 import uvicorn
 
+from jobs.delivery.signing import generate_secret
 from jobs.settings import Settings, hash_api_key
-from jobs.webhooks import generate_secret
 from tests.helpers import Receiver, running_worker, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

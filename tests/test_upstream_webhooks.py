@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 from pydantic import SecretStr
 
+from jobs.delivery.signing import generate_secret
 from jobs.settings import Settings
-from jobs.webhooks import generate_secret
 from tests.conftest import free_port
 from tests.helpers import AppServer, SimServer, job_body, running_worker, wait_terminal
 

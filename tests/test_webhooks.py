@@ -14,9 +14,10 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from jobs import webhooks
+from jobs.delivery import url_safety
+from jobs.delivery.signing import generate_secret, headers_for
+from jobs.delivery.url_safety import Policy, UnsafeURL
 from jobs.settings import Settings
-from jobs.webhooks import Policy, UnsafeURL, generate_secret, headers_for
 from tests.helpers import Receiver, job_body, running_worker, wait_terminal, wait_until
 
 
@@ -59,18 +60,18 @@ def test_rotation_signs_with_both_secrets() -> None:
 )
 async def test_private_destinations_are_refused(url: str) -> None:
     with pytest.raises(UnsafeURL):
-        await webhooks.resolve(url, Policy())
+        await url_safety.resolve(url, Policy())
 
 
 async def test_public_and_allowlisted_destinations_pass() -> None:
     import ipaddress
 
-    assert str(await webhooks.resolve("https://93.184.216.34/x", Policy())) == "93.184.216.34"
+    assert str(await url_safety.resolve("https://93.184.216.34/x", Policy())) == "93.184.216.34"
     allowed = Policy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
-    assert str(await webhooks.resolve("http://127.0.0.1:1/x", allowed)) == "127.0.0.1"
+    assert str(await url_safety.resolve("http://127.0.0.1:1/x", allowed)) == "127.0.0.1"
     for bad in ("ftp://example.com/x", "http://user:pw@example.com/", "not a url"):
         with pytest.raises(UnsafeURL):
-            await webhooks.resolve(bad, Policy())
+            await url_safety.resolve(bad, Policy())
 
 
 async def test_api_refuses_unsafe_webhook_url(settings: Settings) -> None:

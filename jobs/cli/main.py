@@ -1,0 +1,568 @@
+"""``interq``: run the service and talk to it.
+
+interq up          Redis (if none answers) + simulator (if no GEMINI_API_KEY)
+                   + API + worker, supervised; Ctrl-C stops them all
+interq api         the HTTP API (uvicorn)
+interq worker      one arq worker
+interq simulator   the local Interactions API
+interq receiver    a webhook receiver that verifies signatures and prints events
+interq hash-key    the form of an API key to put in INTERQ_API_KEYS
+
+Talking to a running API (--url / INTERQ_API_URL, --api-key / INTERQ_API_KEY):
+
+interq submit      submit an NDJSON file as a batch (--watch: live progress)
+interq results     a batch's results as NDJSON
+interq status      a batch's counts, a job, or the recent jobs
+interq cancel      cancel a batch (or a job)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from jobs.observe.logs import setup as setup_logs
+from jobs.observe.metrics import JOB_STATUSES, TERMINAL_STATUSES
+from jobs.settings import get_settings, hash_api_key
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+SIM_PORT = 8090
+API_PORT = 8000
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+def redis_server_cmd(
+    port: int, data_dir: str, *, aof: bool, fsync_always: bool = False
+) -> list[str]:
+    """A loopback-only redis-server command line (no RDB snapshots; append-only
+    file as asked). Used by `interq up`, the tests, benchmarks and chaos."""
+    cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port)]
+    cmd += ["--bind", "127.0.0.1", "--dir", data_dir, "--save", ""]
+    cmd += ["--appendonly", "yes" if aof else "no"]
+    if fsync_always:
+        cmd += ["--appendfsync", "always"]
+    return cmd
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _banner(msg: str) -> None:
+    line = "=" * max(len(x) for x in msg.splitlines())
+    typer.secho(f"{line}\n{msg}\n{line}", fg=typer.colors.YELLOW, bold=True, err=True)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="API port")] = API_PORT,
+    sim_port: Annotated[int, typer.Option(help="simulator port")] = SIM_PORT,
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+) -> None:
+    """Start everything a local service needs; Ctrl-C stops it all cleanly."""
+    env = dict(os.environ)
+    children: list[tuple[str, list[str], subprocess.Popen[bytes]]] = []
+
+    def spawn(name: str, cmd: list[str]) -> None:
+        typer.secho(f"starting {name}: {' '.join(cmd)}", fg=typer.colors.GREEN, err=True)
+        children.append((name, cmd, subprocess.Popen(cmd, env=env)))
+
+    if not env.get("INTERQ_REDIS_URL"):
+        if _answers("127.0.0.1", 6379):
+            typer.echo("using the Redis already answering on localhost:6379", err=True)
+        else:
+            if shutil.which("redis-server") is None:
+                typer.secho(
+                    "no Redis on localhost:6379 and no redis-server binary "
+                    "(apt-get install redis-server)",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
+                raise typer.Exit(1)
+            data = Path("data/redis").resolve()
+            data.mkdir(parents=True, exist_ok=True)
+            spawn("redis", redis_server_cmd(6379, str(data), aof=True))
+            for _ in range(100):
+                if _answers("127.0.0.1", 6379):
+                    break
+                time.sleep(0.1)
+        env["INTERQ_REDIS_URL"] = "redis://127.0.0.1:6379/0"
+
+    if not env.get("GEMINI_API_KEY"):
+        _banner(
+            "NO GEMINI_API_KEY: running against the built-in SIMULATOR, not the real API.\n"
+            f"Upstream = http://127.0.0.1:{sim_port}; webhooks to localhost are allowed."
+        )
+        env["INTERQ_UPSTREAM_URL"] = f"http://127.0.0.1:{sim_port}"
+        env.setdefault("INTERQ_WEBHOOK_ALLOW_PRIVATE", "true")
+        spawn("simulator", [sys.executable, "-m", "jobs.cli", "simulator", "--port", str(sim_port)])
+    spawn("api", [sys.executable, "-m", "jobs.cli", "api", "--port", str(port)])
+    for i in range(workers):
+        env_i = {**env, "INTERQ_WORKER_METRICS_PORT": str(9101 + i)}
+        typer.secho(f"starting worker {i}", fg=typer.colors.GREEN, err=True)
+        cmd = [sys.executable, "-m", "jobs.cli", "worker"]
+        children.append((f"worker-{i}", cmd, subprocess.Popen(cmd, env=env_i)))
+    typer.secho(
+        f"interq is up: http://127.0.0.1:{port}/docs  (Ctrl-C to stop)",
+        fg=typer.colors.GREEN,
+        bold=True,
+        err=True,
+    )
+    _supervise(children, env)
+
+
+def _supervise(
+    children: list[tuple[str, list[str], subprocess.Popen[bytes]]], env: dict[str, str]
+) -> None:
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not stopping:
+        for i, (name, cmd, proc) in enumerate(children):
+            if proc.poll() is not None and not stopping:
+                typer.secho(
+                    f"{name} exited ({proc.returncode}); restarting", fg=typer.colors.RED, err=True
+                )
+                children[i] = (name, cmd, subprocess.Popen(cmd, env=env))
+        time.sleep(0.5)
+    typer.echo("stopping...", err=True)
+    for _name, _cmd, proc in reversed(children):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=70)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    typer.echo("stopped", err=True)
+
+
+@app.command()
+def api(port: int = API_PORT, host: str = "127.0.0.1") -> None:
+    """Run the HTTP API."""
+    import uvicorn
+
+    cfg = get_settings()
+    setup_logs(cfg.log_level, cfg.log_format)
+    uvicorn.run("api:app", host=host, port=port, log_config=None)
+
+
+@app.command()
+def worker() -> None:
+    """Run one worker: drains on SIGTERM; never exits on Redis trouble."""
+    import asyncio
+
+    from worker import run_worker_forever
+
+    cfg = get_settings()
+    setup_logs(cfg.log_level, cfg.log_format)
+    asyncio.run(run_worker_forever(cfg))
+
+
+@app.command()
+def simulator(port: int = SIM_PORT, host: str = "127.0.0.1") -> None:
+    """Run the local Interactions API simulator."""
+    from jobs.dev.simulator.app import config_from_env, serve
+
+    serve(host=host, port=port, config=config_from_env())
+
+
+@app.command("hash-key")
+def hash_key(key: str) -> None:
+    """Print the sha256 form of an API key, for INTERQ_API_KEYS."""
+    typer.echo(hash_api_key(key))
+
+
+@app.command()
+def receiver(
+    secret: Annotated[str, typer.Option(help="the job's webhook secret, whsec_...")],
+    port: int = 9000,
+) -> None:
+    """A webhook receiver on localhost that verifies each delivery and prints it."""
+    from jobs.delivery.signing import verify
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("content-length", "0")))
+            ok = verify(secret, dict(self.headers.items()), raw)
+            self.send_response(204 if ok else 400)
+            self.end_headers()
+            mark = "verified" if ok else "BAD SIGNATURE"
+            typer.echo(f"[{mark}] webhook-id={self.headers.get('webhook-id')}")
+            typer.echo(json.dumps(json.loads(raw), indent=2))
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    typer.echo(f"listening on http://127.0.0.1:{port}/hook", err=True)
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+# --------------------------------------------------------------------------- batches
+# Talking to a running API: submit / results / status / cancel.
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="INTERQ_API_URL", help="interq API base URL")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="INTERQ_API_KEY", help="API key", show_default=False),
+]
+COUNT_KEYS = JOB_STATUSES
+FINAL_KEYS = TERMINAL_STATUSES
+WATCH_GIVE_UP_S = 60.0  # --watch tolerates an unreachable API this long
+
+
+def _fail(msg: str) -> NoReturn:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _talking_to(url: str) -> Iterator[None]:
+    """Errors from the API or the network as one line and exit code 1."""
+    import httpx
+
+    from jobs.client import InterqError
+
+    try:
+        yield
+    except InterqError as e:
+        _fail(f"{e.message} ({e.code}, HTTP {e.status})")
+    except httpx.ConnectError as e:
+        _fail(f"cannot reach interq at {url} ({e or 'connection failed'})")
+    except httpx.TimeoutException:
+        _fail(f"interq at {url} did not answer in time")
+    except httpx.InvalidURL as e:
+        _fail(f"bad --url {url!r}: {e}")
+    except httpx.HTTPError as e:
+        _fail(f"talking to {url}: {type(e).__name__}: {e}")
+
+
+def _counts_line(view: dict[str, Any], keys: tuple[str, ...] = COUNT_KEYS) -> str:
+    counts = view.get("counts") or {}
+    return " · ".join(f"{k} {counts.get(k, 0)}" for k in keys)
+
+
+def _usage_line(view: dict[str, Any]) -> str:
+    usage = view.get("usage") or {}
+    return f"tokens: {usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out"
+
+
+def _ago(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return "-"
+    s = max(0.0, time.time() - ts)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    if s < 172800:
+        return f"{s / 3600:.0f}h ago"
+    return f"{s / 86400:.0f}d ago"
+
+
+def _print_batch(view: dict[str, Any]) -> None:
+    typer.echo(
+        f"{view.get('id')}  {view.get('status')}  {view.get('done', 0)}/{view.get('total', 0)} done"
+        f"  (created {_ago(view.get('created_at'))})"
+    )
+    typer.echo(f"  {_counts_line(view)}")
+    typer.echo(f"  {_usage_line(view)}")
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    typer.echo(
+        f"{job.get('id')}  {job.get('status')}  custom_id={job.get('custom_id') or '-'}"
+        f"  batch={job.get('batch_id') or '-'}  (created {_ago(job.get('created_at'))})"
+    )
+    if job.get("error"):
+        err = job["error"]
+        typer.echo(f"  error: {err.get('code')}: {err.get('message')}")
+    if job.get("output_text"):
+        text = " ".join(str(job["output_text"]).split())
+        typer.echo(f"  output: {text[:200]}{'…' if len(text) > 200 else ''}")
+
+
+def _batch_description(view: dict[str, Any], note: str = "") -> str:
+    c = view.get("counts") or {}
+    failed = sum(int(c.get(k, 0)) for k in ("failed", "incomplete", "expired"))
+    parts = [
+        f"running {c.get('running', 0)}",
+        f"queued {c.get('queued', 0)}",
+        f"[red]failed {failed}[/]" if failed else "failed 0",
+    ]
+    if c.get("requires_action"):
+        parts.append(f"[yellow]action {c['requires_action']}[/]")
+    if c.get("cancelled"):
+        parts.append(f"cancelled {c['cancelled']}")
+    if note:
+        parts.append(f"[yellow]{note}[/]")
+    return " · ".join(parts)
+
+
+def _watch(client: Any, batch_id: str, interval: float) -> dict[str, Any]:
+    """A live progress bar (on stderr) until every job of the batch is done."""
+    import httpx
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    from jobs.client import InterqError, batch_finished
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} jobs/s" if speed else "- jobs/s", style="progress.data.speed")
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        refresh_per_second=4,
+    )
+    failing_since: float | None = None
+    with progress:
+        task = progress.add_task("starting", total=None)
+        while True:
+            try:
+                view: dict[str, Any] = client.batch(batch_id)
+            except (httpx.TransportError, InterqError) as e:
+                transient = not isinstance(e, InterqError) or e.status in (502, 503, 504)
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if not transient or now - failing_since > WATCH_GIVE_UP_S:
+                    raise
+                progress.update(task, description=f"[yellow]API unreachable, retrying ({e})[/]")
+                time.sleep(interval)
+                continue
+            failing_since = None
+            progress.update(
+                task,
+                total=view.get("total") or 0,
+                completed=view.get("done", 0),
+                description=_batch_description(view),
+            )
+            if batch_finished(view):
+                return view
+            time.sleep(interval)
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="an NDJSON file, one job per line")],
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="show live progress until the batch is done")
+    ] = False,
+    webhook_url: Annotated[
+        str | None, typer.Option(help="a webhook for every job of the batch", show_default=False)
+    ] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(help="its secret, whsec_... (generated if absent)", show_default=False),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="seconds between polls", min=0.1)] = 1.0,
+    url: UrlOpt = DEFAULT_API_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Submit FILE (NDJSON: custom_id, interaction, ...) as a batch; print its id."""
+    from jobs.client import Client, InterqError
+
+    if not file.is_file():
+        _fail(f"{file}: no such file" if not file.exists() else f"{file}: not a regular file")
+    webhook = None
+    if webhook_url:
+        webhook = {"url": webhook_url, **({"secret": webhook_secret} if webhook_secret else {})}
+    elif webhook_secret:
+        _fail("--webhook-secret needs --webhook-url")
+    with _talking_to(url), Client(url, api_key=api_key) as client:
+        try:
+            view = client.submit_batch(file, webhook=webhook)
+        except InterqError as e:
+            if not e.lines:
+                raise
+            typer.secho(
+                f"error: batch refused: {e.message}",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            for item in e.lines:
+                typer.echo(f"  {file}:{item.get('line')}: {item.get('error')}", err=True)
+            raise typer.Exit(1) from None
+        batch_id = str(view["id"])
+        typer.echo(batch_id)
+        typer.echo(f"accepted {view.get('total')} jobs as batch {batch_id}", err=True)
+        if view.get("webhook_secret"):
+            typer.echo(f"webhook secret (shown only now): {view['webhook_secret']}", err=True)
+        if not watch:
+            return
+        started = time.monotonic()
+        try:
+            final = _watch(client, batch_id, interval)
+        except KeyboardInterrupt:
+            typer.echo(f"stopped watching; the batch goes on (interq status {batch_id})", err=True)
+            raise typer.Exit(130) from None
+        typer.echo(
+            f"batch {batch_id} {final.get('status')} in {time.monotonic() - started:.1f} s:"
+            f" {final.get('done')}/{final.get('total')} done"
+        )
+        typer.echo(f"  {_counts_line(final, FINAL_KEYS)}")
+        typer.echo(f"  {_usage_line(final)}")
+
+
+@app.command()
+def results(
+    batch_id: Annotated[str, typer.Argument(help="bat_...")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="write here instead of stdout", show_default=False),
+    ] = None,
+    url: UrlOpt = DEFAULT_API_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Write a batch's results as NDJSON, one line per job in input order."""
+    from jobs.client import Client
+
+    with _talking_to(url), Client(url, api_key=api_key) as client:
+        view = client.batch(batch_id)
+        if view.get("done", 0) < view.get("total", 0):
+            typer.echo(
+                f"note: batch is {view.get('status')} ({view.get('done')}/{view.get('total')}"
+                " done); unfinished jobs are listed with their current status",
+                err=True,
+            )
+        lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in client.iter_results(batch_id))
+        if output is None:
+            try:
+                for line in lines:
+                    sys.stdout.write(line)
+                sys.stdout.flush()
+            except BrokenPipeError:  # `interq results ... | head`
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        part = output.with_name(output.name + ".part")
+        n = 0
+        try:
+            with part.open("w", encoding="utf-8") as f:
+                for line in lines:
+                    f.write(line)
+                    n += 1
+            part.replace(output)
+        except OSError as e:
+            _fail(f"cannot write {output}: {e.strerror or e}")
+        finally:
+            part.unlink(missing_ok=True)
+        typer.echo(f"wrote {n} results to {output}", err=True)
+
+
+@app.command()
+def status(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="ID", help="bat_... or job_...; none: the recent jobs", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="how many recent jobs", min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON")] = False,
+    url: UrlOpt = DEFAULT_API_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """A batch's counts (or a job's status); with no id, the recent jobs."""
+    from jobs.client import Client
+
+    with _talking_to(url), Client(url, api_key=api_key) as client:
+        if target is None:
+            page = client.jobs(limit=limit)
+            if as_json:
+                typer.echo(json.dumps(page, indent=2))
+            else:
+                _print_jobs(page.get("data") or [])
+        elif target.startswith("job_"):
+            job = client.get(target)
+            if as_json:
+                typer.echo(json.dumps(job, indent=2))
+            else:
+                _print_job(job)
+        else:
+            view = client.batch(target)
+            if as_json:
+                typer.echo(json.dumps(view, indent=2))
+            else:
+                _print_batch(view)
+
+
+def _print_jobs(jobs: list[dict[str, Any]]) -> None:
+    from collections import Counter
+
+    if not jobs:
+        typer.echo("no jobs")
+        return
+    for j in jobs:
+        typer.echo(
+            f"{j.get('id')!s:<36}  {j.get('status')!s:<15}  {_ago(j.get('created_at')):>8}"
+            f"  {j.get('custom_id') or '-'}  {j.get('batch_id') or ''}".rstrip()
+        )
+    by_status = Counter(str(j.get("status")) for j in jobs)
+    typer.echo(f"{len(jobs)} most recent: " + ", ".join(f"{k} {v}" for k, v in by_status.items()))
+
+
+@app.command()
+def cancel(
+    target: Annotated[str, typer.Argument(metavar="ID", help="bat_... (or a single job_...)")],
+    url: UrlOpt = DEFAULT_API_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Cancel a batch: its queued jobs are never sent, running ones are cancelled."""
+    from jobs.client import Client
+
+    with _talking_to(url), Client(url, api_key=api_key) as client:
+        if target.startswith("job_"):
+            job = client.cancel(target)
+            typer.echo(f"{target}: {job.get('status')}")
+            return
+        view = client.cancel_batch(target)
+        typer.echo(f"cancel requested for {target}")
+        _print_batch(view)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

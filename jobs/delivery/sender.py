@@ -1,0 +1,53 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from jobs.delivery.signing import headers_for
+from jobs.delivery.url_safety import Policy, UnsafeURL, resolve
+
+
+@dataclass
+class AttemptResult:
+    outcome: str  # delivered | gone | failed
+    status_code: int | None
+    error: str | None
+    duration_s: float
+
+
+async def post(
+    client: httpx.AsyncClient,
+    url: str,
+    secrets_: list[str],
+    msg_id: str,
+    body: bytes,
+    policy: Policy,
+) -> AttemptResult:
+    """One signed delivery attempt to the checked address. Redirects are not
+    followed (a 3xx is a failure)."""
+    start = time.perf_counter()
+    try:
+        ip = await resolve(url, policy)
+    except UnsafeURL as e:
+        return AttemptResult("failed", None, str(e), 0.0)
+    target = httpx.URL(url)
+    host_header = target.host if target.port is None else f"{target.host}:{target.port}"
+    headers = headers_for(secrets_, msg_id, body)
+    headers["host"] = host_header
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    try:
+        resp = await client.post(
+            target.copy_with(host=str(ip)), content=body, headers=headers, extensions=extensions
+        )
+    except httpx.HTTPError as e:
+        return AttemptResult("failed", None, type(e).__name__, time.perf_counter() - start)
+    took = time.perf_counter() - start
+    if 200 <= resp.status_code < 300:
+        return AttemptResult("delivered", resp.status_code, None, took)
+    if resp.status_code == 410:
+        return AttemptResult("gone", resp.status_code, "410 Gone", took)
+    return AttemptResult("failed", resp.status_code, f"HTTP {resp.status_code}", took)

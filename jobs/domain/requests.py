@@ -1,0 +1,120 @@
+"""Jobs, their statuses and the state machine, and the request/response shapes.
+
+    queued -> running -> (requires_action <-> running)
+           -> completed | failed | cancelled | incomplete | expired
+
+The upstream status is an open enum: values this code does not know are kept in
+``upstream_status`` and treated as still pending.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+
+
+class WebhookSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: AnyHttpUrl
+    secret: str | None = Field(
+        default=None, description="Standard Webhooks secret, `whsec_` + base64; generated if absent"
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith("whsec_"):
+            raise ValueError("webhook secret must start with 'whsec_'")
+        try:
+            key = base64.b64decode(v.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            raise ValueError("webhook secret must be 'whsec_' followed by base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError("webhook secret must decode to 24..64 bytes")
+        return v
+
+
+MAX_METADATA_BYTES = 16_384
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+    interaction: dict[str, Any] = Field(
+        description="An Interactions API create body (`model` or `agent`, `input`, ...)"
+    )
+    webhook: WebhookSpec | None = None
+    metadata: Any = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    custom_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("interaction")
+    @classmethod
+    def _check_interaction(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_interaction_body(v)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, v: Any) -> Any:
+        if len(json.dumps(v)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
+        return v
+
+
+def check_interaction_body(v: dict[str, Any], *, need_input: bool = True) -> dict[str, Any]:
+    model, agent = v.get("model"), v.get("agent")
+    if (model is None) == (agent is None):
+        raise ValueError("interaction needs exactly one of 'model' or 'agent'")
+    name = model if model is not None else agent
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("'model' / 'agent' must be a non-empty string")
+    if model is not None and "agent_config" in v:
+        raise ValueError("'agent_config' goes with 'agent', not 'model'")
+    if agent is not None and "generation_config" in v:
+        raise ValueError("'generation_config' goes with 'model', not 'agent'")
+    if v.get("store") is False:
+        raise ValueError("interq runs interactions in the background, which needs store=true")
+    if v.get("background") is False:
+        raise ValueError("interq always sets background=true; do not send background=false")
+    if v.get("stream"):
+        raise ValueError("stream is not supported; interq polls the interaction")
+    if need_input and v.get("input") in (None, "", []):
+        raise ValueError("interaction needs an 'input'")
+    return v
+
+
+class ContinueBody(BaseModel):
+    """Body of ``POST /v1/jobs/{id}/continue``: answers to the pending calls."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: list[dict[str, Any]] = Field(
+        min_length=1,
+        description='`[{"type": "function_result", "call_id": ..., "name": ..., "result": ...}]`',
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _check_results(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, item in enumerate(v):
+            if item.get("type") != "function_result":
+                raise ValueError(f"input[{i}] must have type 'function_result'")
+            if not isinstance(item.get("call_id"), str) or not item["call_id"]:
+                raise ValueError(f"input[{i}] needs the 'call_id' of a pending function_call")
+            if "result" not in item:
+                raise ValueError(f"input[{i}] needs a 'result'")
+        return v
+
+
+class BatchCreate(BaseModel):
+    """JSON body of ``POST /v1/batches`` (or send NDJSON, one job per line)."""
+
+    model_config = ConfigDict(extra="forbid")
+    jobs: list[Any] = Field(description="job objects: custom_id, interaction, metadata, ...")
+    webhook: WebhookSpec | None = None
+    metadata: Any = None

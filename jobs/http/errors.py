@@ -1,0 +1,143 @@
+"""The API's answers when something other than the caller is at fault: 503 JSON
+while Redis refuses (read-only, out of memory, loading, unreachable), 500 JSON
+with a request id for anything unexpected, and the readiness probe that says
+which Redis trouble it is.
+
+``install(app)`` registers the handlers: one for ``RedisError`` raised by a
+route (Starlette's ExceptionMiddleware), and one for ``Exception``, which
+Starlette makes ServerErrorMiddleware's handler, outermost, so that an error
+from any middleware is JSON too. ServerErrorMiddleware re-raises after
+answering: uvicorn then logs the traceback again and closes the connection, and
+``httpx.ASGITransport`` raises it unless ``raise_app_exceptions=False``. So
+``CatchAll``, the outermost middleware of our own, answers the same JSON and
+does not re-raise; the handler is the backstop for middleware added outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jobs.observe.metrics import redis_error_kind
+
+log = logging.getLogger("interq.api")
+
+
+def api_error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+UNAVAILABLE = {  # kind -> (message, Retry-After seconds)
+    "readonly": ("Redis is read-only (a failover in progress?); retry shortly", 2),
+    "oom": ("Redis is out of memory and refuses writes; retry later", 10),
+    "loading": ("Redis is loading its data after a restart; retry shortly", 5),
+    "connection": ("Redis is unreachable; retry shortly", 2),
+    "timeout": ("Redis is unreachable (timed out); retry shortly", 2),
+    "other": ("Redis refused the request; retry shortly", 5),
+}
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def unavailable(exc: BaseException, **extra: Any) -> JSONResponse:
+    """503 ``unavailable`` naming the kind of Redis trouble, with Retry-After."""
+    kind = redis_error_kind(exc)
+    message, retry_after = UNAVAILABLE[kind]
+    resp = api_error(503, "unavailable", message, **extra)
+    resp.headers["Retry-After"] = str(retry_after)
+    return resp
+
+
+def request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+async def redis_trouble(request: Request, exc: Exception) -> JSONResponse:
+    kind = redis_error_kind(exc)
+    log.warning(
+        "%s %s: redis %s (%s), answered 503",
+        request.method,
+        request.url.path,
+        kind,
+        type(exc).__name__,
+        exc_info=exc if kind == "other" else None,  # a refusal nobody expects: show where
+        extra={"error_kind": kind},
+    )
+    return unavailable(exc)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Anything that escaped the routes and middleware: a JSON 500 (503 for
+    Redis trouble met in middleware). The traceback stays in the log."""
+    if isinstance(exc, RedisError):
+        return await redis_trouble(request, exc)
+    rid = request_id(request)
+    log.error(
+        "%s %s: unexpected %s (request %s)",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        rid,
+        exc_info=exc,
+        extra={"request_id": rid},
+    )
+    resp = api_error(
+        500, "internal", "internal error; quote the request id if you report it", request_id=rid
+    )
+    resp.headers["X-Request-Id"] = rid
+    return resp
+
+
+class CatchAll:
+    """ASGI middleware: an exception that escapes before the response started
+    is answered by ``internal_error`` and not re-raised (see the module doc)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            response = await internal_error(Request(scope), exc)
+            await response(scope, receive, send)
+
+
+def install(app: FastAPI) -> None:
+    """The handlers; add ``CatchAll`` as the last (outermost) middleware too."""
+    app.add_exception_handler(RedisError, redis_trouble)
+    app.add_exception_handler(Exception, internal_error)
+
+
+async def readiness(probe: Redis, key: str) -> JSONResponse | dict[str, str]:
+    """Ready when Redis answers PING and takes a write (a short-lived key):
+    a read-only, full or loading Redis answers PING but cannot take a job."""
+    try:
+        await probe.ping()
+        await probe.set(key, str(time.time()), px=10_000)
+    except (RedisError, OSError) as e:
+        kind = redis_error_kind(e)
+        log.warning("readyz: redis %s (%s)", kind, type(e).__name__)
+        return unavailable(e, detail=kind)
+    return {"status": "ready"}

@@ -1,0 +1,75 @@
+"""What the API returns: the job view and the error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from jobs.domain.records import Job
+from jobs.domain.statuses import JobStatus
+
+
+class JobView(BaseModel):
+    """What the API returns for a job (never the webhook secret)."""
+
+    id: str
+    status: JobStatus
+    upstream_status: str | None = None
+    custom_id: str | None = None
+    batch_id: str | None = None
+    metadata: Any = None
+    model: str | None = None
+    created_at: float
+    updated_at: float
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    deadline: float | None = None
+    interaction_id: str | None = None
+    interaction_ids: list[str] = Field(default_factory=list)
+    possible_duplicate: bool = False
+    poll_count: int = 0
+    error: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    output_text: str | None = None
+    pending_calls: list[dict[str, Any]] | None = None
+    result_url: str | None = None
+    webhook_url: str | None = None
+    note: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def job_view(job: Job) -> JobView:
+    return JobView(
+        id=job.id,
+        status=job.status,
+        upstream_status=job.upstream_status or None,
+        custom_id=job.custom_id or None,
+        batch_id=job.batch_id or None,
+        metadata=job.metadata,
+        model=job.model or None,
+        created_at=job.created_at,
+        updated_at=job.updated_at or job.created_at,
+        submitted_at=job.submitted_at,
+        finished_at=job.finished_at,
+        deadline=job.deadline or None,
+        interaction_id=job.interaction_id or None,
+        interaction_ids=job.interaction_ids,
+        possible_duplicate=job.possible_duplicate,
+        poll_count=job.poll_count,
+        error=job.error,
+        usage=job.usage,
+        output_text=job.output_text,
+        pending_calls=job.pending_calls,
+        result_url=f"/v1/jobs/{job.id}/result" if job.result_key else None,
+        webhook_url=job.webhook_url or None,
+        note=job.note or None,
+    )

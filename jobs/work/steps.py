@@ -1,0 +1,286 @@
+"""The arq steps: ``submit`` (and ``batch_done`` in batches.py). Each is
+short and idempotent. Polls and webhook deliveries are not arq jobs: the poll
+engine (``poller.py``) and the delivery engine (``delivery.py``) work them
+from due-time indexes.
+
+``submit(job_id)`` sends the create once, then records the interaction id and
+puts the job in the poll index in one atomic step. A re-run that finds the job
+no longer ``queued`` does nothing. A re-run that finds ``create_inflight`` set
+knows an earlier create may have reached the upstream with its answer lost: it
+re-sends and flags the job ``possible_duplicate``.
+
+Errors are counted as errors: a budget wait or a retried 429 is not a fault.
+An unexpected exception counts in the job's ``submit_faults`` (consecutive,
+reset when the create is recorded); after ``STEP_GUARD_MAX_TRIES`` the job
+fails as ``internal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from arq import Retry
+
+from jobs.domain.lifecycle import finish
+from jobs.domain.records import Job, JobUpdate
+from jobs.domain.statuses import JobStatus
+from jobs.observe import logs, metrics
+from jobs.services import Services
+from jobs.upstream.client import Rejected, Retryable, UpstreamError
+
+log = logging.getLogger("interq.steps")
+
+STEP_GUARD_MAX_TRIES = 25  # unexpected errors in one step before it gives up
+STEP_BUDGET_SHARE = 0.8  # of INTERQ_STEP_TIMEOUT_S: a step times itself out before arq does
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def poll_interval(svc: Services, polls_done: int) -> float:
+    s = svc.settings
+    base = min(s.poll_max_s, s.poll_initial_s * s.poll_multiplier ** max(polls_done, 0))
+    return float(max(0.05, base * (1 + random.uniform(-s.poll_jitter, s.poll_jitter))))
+
+
+def retry_delay(svc: Services, err: Retryable, tries: int) -> float:
+    """The server's hint when it gave one, else capped exponential backoff."""
+    s = svc.settings
+    if err.delay_s is not None:
+        return err.delay_s * (1 + random.uniform(0.0, 0.1))
+    base = min(s.retry_max_s, s.retry_initial_s * 2.0 ** max(tries - 1, 0))
+    return base * random.uniform(0.5, 1.0)
+
+
+def fault_delay(svc: Services, faults: int) -> float:
+    """Backoff after the n-th unexpected error in a row (a bug, Redis trouble)."""
+    s = svc.settings
+    return float(min(s.retry_max_s, s.retry_initial_s * 2.0 ** max(faults - 1, 0)))
+
+
+# --------------------------------------------------------------------------- guard
+
+
+StepFn = Callable[..., Coroutine[Any, Any, None]]
+# How a guarded step counts its consecutive unexpected errors: (svc, args) -> count
+FaultCounter = Callable[[Services, tuple[str, ...]], Coroutine[Any, Any, int]]
+
+
+async def submit_faults(svc: Services, args: tuple[str, ...]) -> int:
+    """One more unexpected error of this job's submit (reset when the create
+    is recorded): the count lives on the job record, not in arq's tries,
+    which also count every budget wait and every retried 429."""
+    key = svc.store.keys.job(args[0])
+    if not await svc.redis.exists(key):
+        return 0
+    return int(await svc.redis.hincrby(key, "submit_faults", 1))  # type: ignore[misc]
+
+
+def guarded(name: str, count_fault: FaultCounter) -> Callable[[StepFn], StepFn]:
+    """An unexpected exception in a step is logged and retried with backoff,
+    never left to kill the job: after too many in a row, the job fails visibly."""
+
+    def wrap(fn: StepFn) -> StepFn:
+        @functools.wraps(fn)
+        async def inner(ctx: dict[str, Any], *args: str) -> None:
+            logs.clear()
+            logs.bind(job_id=args[0])
+            svc: Services = ctx["svc"]
+            budget = svc.settings.step_timeout_s * STEP_BUDGET_SHARE
+            try:
+                async with asyncio.timeout(budget):
+                    await fn(ctx, *args)
+            except Retry:
+                raise
+            except Exception as e:
+                # a step that runs long (Redis down, a slow upstream) retries
+                # too: arq treats its own timeout as final and drops the job
+                metrics.STEP_ERRORS.labels(step=name).inc()
+                what = f"ran past {budget:.1f} s" if isinstance(e, TimeoutError) else "failed"
+                log.warning(
+                    "step %s%s %s", name, args, what, exc_info=not isinstance(e, TimeoutError)
+                )
+                try:
+                    faults = await count_fault(svc, args)
+                except Exception:  # Redis is down too: back off and try again
+                    raise Retry(defer=5.0) from None
+                if faults < STEP_GUARD_MAX_TRIES:
+                    raise Retry(defer=fault_delay(svc, faults)) from None
+                await give_up(svc, args, f"{type(e).__name__}: {e}")
+
+        return inner
+
+    return wrap
+
+
+async def give_up(svc: Services, args: tuple[str, ...], reason: str) -> None:
+    job = await svc.store.get_job(args[0])
+    if job is not None:
+        await finish(svc, job, JobStatus.failed, error={"code": "internal", "message": reason})
+
+
+# --------------------------------------------------------------------------- submit
+
+BACKPRESSURE_LAG_S = 1.0  # the poll engine this late on average: hold new creates
+BACKPRESSURE_MAX_S = 10.0  # at most this long per submit
+BACKPRESSURE_CHECK_S = 0.05
+
+
+async def wait_for_polls(ctx: dict[str, Any]) -> None:
+    """Admission control: while this worker's poll engine is behind, a new
+    create waits (in its slot, so arq takes no more), because every
+    interaction started now is polled by the same engine. Running
+    interactions' polls come first; a burst of creates cannot make them late."""
+    engine = ctx.get("poller")
+    if engine is None:
+        return
+    waited = 0.0
+    while engine.lag_avg > BACKPRESSURE_LAG_S and waited < BACKPRESSURE_MAX_S:
+        await asyncio.sleep(BACKPRESSURE_CHECK_S)
+        waited += BACKPRESSURE_CHECK_S
+
+
+def create_body(job: Job, body: dict[str, Any], public_url: str | None) -> dict[str, Any]:
+    """The create as sent: background on, store left at its default (true),
+    and the job id as a label so an orphaned interaction can be matched."""
+    body["background"] = True
+    body.pop("store", None)
+    labels = dict(body.get("labels") or {})
+    labels["interq_job"] = job.id
+    body["labels"] = labels
+    if public_url:  # the upstream tells interq when the interaction ends
+        config = dict(body.get("webhook_config") or {})
+        config["uris"] = [*(config.get("uris") or []), public_url + "/v1/upstream/webhook"]
+        config["user_metadata"] = {**(config.get("user_metadata") or {}), "interq_job": job.id}
+        body["webhook_config"] = config
+    return body
+
+
+@guarded("submit", submit_faults)
+async def submit(ctx: dict[str, Any], job_id: str) -> None:
+    svc: Services = ctx["svc"]
+    job = await svc.store.get_job(job_id)
+    if job is None:
+        return
+    logs.bind(tenant=job.tenant or None, batch_id=job.batch_id or None)
+    if job.status == JobStatus.queued:
+        body = create_body(job, job.body(), svc.settings.public_url)
+    elif job.status == JobStatus.running and job.pending_create:
+        body = create_body(job, job.body(job.pending_create), svc.settings.public_url)
+    else:
+        return  # already submitted, or ended
+    state, same = job.status, job.interaction_id
+    if time.time() > job.deadline:
+        late = {"code": "deadline", "message": "job timed out before it was sent"}
+        await finish(svc, job, JobStatus.expired, error=late)
+        return
+    await wait_for_polls(ctx)
+    wait = await svc.budgets.take_create(job.model, job_id)
+    if wait > 0:
+        raise Retry(defer=wait)
+    flags: JobUpdate = {"create_inflight": True}
+    if job.create_inflight:
+        flags["possible_duplicate"] = True
+        metrics.POSSIBLE_DUPLICATES.inc()
+        log.warning("job %s: re-sending a create whose answer may have been lost", job_id)
+    marked = await svc.store.set_flags(
+        job_id, state, flags, interaction_id=same, incr={"submit_attempts": 1}
+    )
+    if not marked.ok:
+        return
+    attempts = job.submit_attempts + 1
+    try:
+        inter = await svc.upstream.create(body)
+    except Retryable as e:
+        if e.status_code == 429:
+            await svc.budgets.cut(job.model)
+        if not e.maybe_sent:
+            await svc.store.set_flags(
+                job_id, state, {"create_inflight": False}, interaction_id=same
+            )
+        if attempts >= svc.settings.max_submit_attempts:
+            await finish(
+                svc,
+                job,
+                JobStatus.failed,
+                error={"code": "upstream_unavailable", "message": e.message},
+            )
+            return
+        raise Retry(defer=retry_delay(svc, e, attempts)) from None
+    except Rejected as e:
+        error: dict[str, Any] = {
+            "code": "upstream_rejected",
+            "status": e.status_code,
+            "message": e.message,
+        }
+        await finish(svc, job, JobStatus.failed, error=error)
+        return
+    await record_interaction(svc, job, inter)
+
+
+async def record_interaction(svc: Services, job: Job, inter: dict[str, Any]) -> None:
+    """Persist a new interaction id and schedule its first poll, atomically."""
+    iid = str(inter["id"])
+    now = time.time()
+    chain = [*job.interaction_ids, iid]
+    out = await svc.store.start(
+        job,
+        {
+            "interaction_id": iid,
+            "interaction_ids": chain,
+            "upstream_status": str(inter.get("status", "")),
+            "create_inflight": False,
+            "pending_create": "",
+            "submit_attempts": 0,
+            "submit_faults": 0,
+            "poll_errors": 0,
+            "submitted_at": now,
+        },
+        poll_at=now + poll_interval(svc, 0),
+    )
+    if out.ok:
+        log.info("job %s: interaction %s created", job.id, iid)
+        if job.status == JobStatus.queued:
+            metrics.QUEUE_WAIT.observe(now - job.created_at)
+        if svc.settings.public_url:
+            ttl = int(job.deadline - now) + 86_400
+            await svc.store.remember_interaction(iid, job.id, ttl)
+        return
+    # Cancelled while the create was in flight: keep the id, cancel it upstream too.
+    log.info("job %s was %s during create; cancelling %s upstream", job.id, out.previous, iid)
+    await svc.store.set_fields(job.id, {"interaction_id": iid, "interaction_ids": chain})
+    try:
+        await svc.upstream.cancel(iid)
+    except UpstreamError as e:
+        log.warning("job %s: upstream cancel of %s failed: %s", job.id, iid, e.message)
+
+
+# --------------------------------------------------------------------------- old steps
+
+
+async def poll(ctx: dict[str, Any], job_id: str, interaction_id: str) -> None:
+    """An arq ``poll`` step queued by a version before the poll engine: the
+    job joins the poll index, due now (the engine takes it from there)."""
+    await ctx["svc"].store.poke_or_add(job_id)
+
+
+async def deliver(ctx: dict[str, Any], event_id: str) -> None:
+    """An arq ``deliver`` step queued before the delivery engine: the event
+    joins the delivery index, due now."""
+    await ctx["svc"].store.deliver_now(event_id)
+
+
+async def cancel_paused(svc: Services, job: Job) -> None:
+    """Cancel a job waiting in ``requires_action``: nothing runs upstream, so it
+    ends at once (the upstream cancel is best effort)."""
+    try:
+        await svc.upstream.cancel(job.interaction_id)
+    except UpstreamError as e:
+        log.info("job %s: upstream cancel of a paused interaction: %s", job.id, e.message)
+    await finish(svc, job, JobStatus.cancelled, expect=JobStatus.requires_action)
