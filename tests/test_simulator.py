@@ -812,7 +812,7 @@ async def test_webhook_lifespan_shutdown_cancels_pending() -> None:
         await create(c, "later [sim duration=30]", **hooked(dead))
         await create(c, "now [sim duration=0]", **hooked(dead))
         await until(lambda: len(sim.webhook_log) == 1, "the first failed attempt")
-        tasks = set(sim._tasks)
+        tasks = set(sim.webhooks._tasks)
         assert sim.pending() == 2 and len(tasks) == 1  # one timer, one sleeping retry
     # running(lifespan="on") leaves the clean-up to the app's shutdown handler
     assert sim.pending() == 0 and all(t.cancelled() for t in tasks)
