@@ -1,0 +1,79 @@
+"""Wire shapes the simulator shares: the outcome and output vocabularies,
+google.rpc-style errors with RetryInfo, timestamps and fresh ids."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+JSON = dict[str, Any]
+
+OUTCOMES = (
+    "completed failed cancelled incomplete budget_exceeded requires_action requires_continuation"
+    " cancel404 never unknown not_found_first queued idle"
+).split()
+OUTPUTS = ("text", "json", "image", "audio")
+TERMINAL = {"completed", "failed", "cancelled", "incomplete", "budget_exceeded"}
+PENDING = {"queued", "in_progress", "idle", "paused_for_review"}
+CONTENT_TYPES = {"text", "image", "audio", "video", "document"}
+# 1x1 RGB PNG and an 8-sample 16-bit mono WAV, both valid files.
+PNG_B64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+)
+WAV_B64 = "UklGRjQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YRAAAAAAAAAAAAAAAAAAAAAAAAAA"
+ERR_URI = "https://generativelanguage.googleapis.com/errors/internal"
+QUOTA_FAILURE = {
+    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+    "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_requests"}],
+}
+GRPC = {
+    400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status or GRPC[code]
+
+
+def error_body(
+    code: int, message: str, status: str | None = None, details: list[JSON] | None = None
+) -> JSON:
+    err: JSON = {"code": code, "message": message, "status": status or GRPC[code]}
+    if details is not None:
+        err["details"] = details
+    return {"error": err}
+
+
+def retry_delay_str(seconds: float) -> str:
+    """Format like google.protobuf.Duration JSON (``"1.5s"``)."""
+    return f"{max(seconds, 0.0):.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def retry_info(seconds: float) -> JSON:
+    return {
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": retry_delay_str(seconds),
+    }
+
+
+def iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_http_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def new_id(prefix: str, nbytes: int = 18) -> str:
+    """A fresh id, drawn at random, never from the seed: ids never repeat
+    across restarts."""
+    return prefix + base64.urlsafe_b64encode(secrets.token_bytes(nbytes)).decode().rstrip("=")
