@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint format lock bench clean
+.PHONY: run test test-deps lint format lock bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The Debian tools the tests run (redis-server, prometheus, chromium,
+# docker-compose), apt-get installed when missing; silent when all are there.
+test-deps:
+	@scripts/test-deps
+
+test: test-deps lint
 	$(BIN)/python -m pytest
 
 format: $(STAMP)
