@@ -1,14 +1,11 @@
-"""Test harness: a real redis-server on a free port, the simulator and webhook
-receivers as real loopback HTTP servers, the API through ASGITransport."""
+"""Test fixtures: a real redis-server on a free port (``jobs.dev.harness``), the
+simulator and webhook receivers as real loopback HTTP servers, the API through
+ASGITransport, and ``stack`` for worker/API processes."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,51 +13,24 @@ import httpx
 import pytest
 import redis
 
-from jobs.cli.main import redis_server_cmd
+from jobs.dev.harness import ROOT, Stack, free_port
 from jobs.settings import Settings
-from tests.helpers import Receiver, SimServer, running_worker
+from tests.helpers import Receiver, SimServer, running_worker, worker_env
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ROOT", "free_port"]
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server owned by this test session (or INTERQ_TEST_REDIS_URL)."""
     given = os.environ.get("INTERQ_TEST_REDIS_URL")
     if given:
         yield given
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    tmp = tempfile.mkdtemp(prefix="interq-redis-")
-    proc = subprocess.Popen(
-        redis_server_cmd(port, tmp, aof=False),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with Stack(tmp_path_factory.mktemp("redis")) as st:
+        yield st.start_redis()
 
 
 @pytest.fixture()
@@ -81,10 +51,8 @@ def sim() -> Iterator[SimServer]:
 
 @pytest.fixture()
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.start()
-    yield r
-    r.stop()
+    with Receiver() as r:
+        yield r
 
 
 @pytest.fixture()
@@ -123,3 +91,11 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 async def worker(settings: Settings) -> AsyncIterator[None]:
     async with running_worker(settings):
         yield
+
+
+@pytest.fixture()
+def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    """Processes (``interq worker``, ``interq api``...) with the test settings;
+    logs in ``tmp_path/stack/logs``; all stopped at the end."""
+    with Stack(tmp_path / "stack", base=worker_env(settings)) as st:
+        yield st

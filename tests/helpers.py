@@ -1,23 +1,24 @@
-"""Loopback servers and waiting helpers shared by the tests."""
+"""Loopback servers and waiting helpers shared by the tests. The webhook
+receiver is ``jobs.dev.receiver.Receiver``; processes run under
+``jobs.dev.harness.Stack`` (the ``stack`` fixture)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import uvicorn
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from jobs.dev.envs import env_for
+from jobs.dev.receiver import Delivery, Receiver
 from jobs.dev.simulator.app import SimConfig, create_app
 from jobs.settings import Settings
+
+__all__ = ["Delivery", "Receiver"]  # the one webhook receiver, jobs.dev.receiver
 
 TERMINAL = {"completed", "failed", "cancelled", "incomplete", "expired"}
 
@@ -59,78 +60,6 @@ class SimServer(AppServer):
     @property
     def state(self) -> Any:
         return self.app.state.sim
-
-
-@dataclass
-class Delivery:
-    msg_id: str
-    verified: bool
-    body: dict[str, Any]
-    headers: dict[str, str]
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver on loopback that verifies every delivery with the
-    ``standardwebhooks`` library, unchanged."""
-
-    secret: str | None = None
-    fail_first: int = 0  # answer 503 to the first N requests
-    deliveries: list[Delivery] = field(default_factory=list)
-    requests: int = 0
-
-    def __post_init__(self) -> None:
-        self.lock = threading.Lock()
-        self.secrets: dict[str, str] = {}  # job id -> secret, when not one shared secret
-        recv = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                with recv.lock:
-                    recv.requests += 1
-                    if recv.requests <= recv.fail_first:
-                        self.send_response(503)
-                        self.end_headers()
-                        return
-                body = json.loads(raw)
-                job_id = body.get("data", {}).get("id", "")
-                secret = recv.secrets.get(job_id) or recv.secret
-                verified = False
-                if secret:
-                    try:
-                        Webhook(secret).verify(raw, headers)
-                        verified = True
-                    except WebhookVerificationError:
-                        verified = False
-                with recv.lock:
-                    recv.deliveries.append(
-                        Delivery(headers.get("webhook-id", ""), verified, body, headers)
-                    )
-                self.send_response(204 if verified else 400)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def snapshot(self) -> list[Delivery]:
-        with self.lock:
-            return list(self.deliveries)
 
 
 async def wait_until(
@@ -219,24 +148,12 @@ def job_body(text: str = "Say hello", webhook: str | None = None, **extra: Any) 
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment for a worker (or API) process with these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INTERQ_", "GEMINI_"))}
-    env.update(
-        {
-            "INTERQ_REDIS_URL": settings.effective_redis_url,
-            "INTERQ_UPSTREAM_URL": settings.upstream_url,
-            "INTERQ_RESULTS_URL": settings.results_url,
-            "INTERQ_POLL_INITIAL_S": str(settings.poll_initial_s),
-            "INTERQ_POLL_MAX_S": str(settings.poll_max_s),
-            "INTERQ_RETRY_INITIAL_S": str(settings.retry_initial_s),
-            "INTERQ_RETRY_MAX_S": str(settings.retry_max_s),
-            "INTERQ_WORKER_POLL_DELAY_S": str(settings.worker_poll_delay_s),
-            "INTERQ_WORKER_METRICS_PORT": "0",
-            "INTERQ_WEBHOOK_ALLOW_PRIVATE": "true",
-            "INTERQ_WEBHOOK_SCHEDULE_S": ",".join(str(x) for x in settings.webhook_schedule_s),
-            # a short step timeout makes arq's in-progress lock (timeout + 10 s) short
-            "INTERQ_STEP_TIMEOUT_S": "5",
-            **extra,
-        }
-    )
-    return env
+    """The environment for a worker (or API) process with these settings
+    (``jobs.dev.envs.env_for``, plus the tests' own defaults)."""
+    defaults = {
+        "INTERQ_WORKER_METRICS_PORT": "0",
+        "INTERQ_WEBHOOK_ALLOW_PRIVATE": "true",
+        # a short step timeout makes arq's in-progress lock (timeout + 10 s) short
+        "INTERQ_STEP_TIMEOUT_S": "5",
+    }
+    return env_for(settings, **{**defaults, **extra})

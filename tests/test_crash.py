@@ -2,57 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import redis
 
 from jobs.delivery.signing import generate_secret
+from jobs.dev.harness import Stack
 from jobs.settings import Settings
 from jobs.storage.keys import Keys
-from tests.conftest import ROOT
-from tests.helpers import (
-    Receiver,
-    SimServer,
-    job_body,
-    wait_terminal,
-    wait_until,
-    worker_env,
-)
+from tests.helpers import Receiver, SimServer, job_body, wait_terminal, wait_until
 
 N_JOBS = 200
 
 
-@contextmanager
-def worker_process(settings: Settings, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "worker"],
-        cwd=ROOT,
-        env=worker_env(settings, **extra),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-async def test_sigkill_mid_flight_loses_nothing(
-    api: httpx.AsyncClient, settings: Settings, sim: SimServer, receiver: Receiver
-) -> None:
+async def submit_hooked(api: httpx.AsyncClient, receiver: Receiver) -> list[str]:
+    """N_JOBS jobs of 1-4 s, each with a webhook to ``receiver`` (signed)."""
     secret = generate_secret()
     receiver.secret = secret
     ids: list[str] = []
@@ -62,36 +32,15 @@ async def test_sigkill_mid_flight_loses_nothing(
         r = await api.post("/v1/jobs", json=body)
         assert r.status_code == 202
         ids.append(r.json()["id"])
+    return ids
 
-    with worker_process(settings) as first:
 
-        async def half_running() -> bool:
-            running = (
-                await api.get("/v1/jobs", params={"status": "running", "limit": 1000})
-            ).json()
-            return len(running["data"]) >= N_JOBS // 4
-
-        await wait_until(half_running, timeout=60, what="jobs in flight")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-    in_flight = [
-        j
-        for j in (await api.get("/v1/jobs", params={"limit": 1000})).json()["data"]
-        if j["status"] not in ("completed", "failed")
-    ]
-    assert in_flight, "the kill should land while jobs are still in flight"
-
-    with worker_process(settings):
-        done = await wait_terminal(api, ids, timeout=240)
-        await wait_until(
-            lambda: {d.body["data"]["id"] for d in receiver.snapshot()} >= set(ids),
-            timeout=120,
-            what="a webhook for every job",
-        )
-
-    assert {j["status"] for j in done.values()} == {"completed"}
-
-    # exactly one event per job, and deliveries carry only that event's id
+def check_once_each(
+    settings: Settings, sim: SimServer, receiver: Receiver, done: dict[str, dict[str, Any]]
+) -> None:
+    """Exactly one event per job, deliveries carry only that event's id, and no
+    job was created upstream twice unless flagged."""
+    ids = list(done)
     r = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
     webhook_ids: dict[str, set[str]] = defaultdict(set)
     for d in receiver.snapshot():
@@ -101,8 +50,6 @@ async def test_sigkill_mid_flight_loses_nothing(
         events = r.lrange(Keys().job_events(jid), 0, -1)
         assert len(events) == 1, (jid, events)
         assert webhook_ids[jid] == {events[0]}, (jid, webhook_ids[jid], events)
-
-    # no job created upstream twice unless flagged
     creates = sim.state.creates_by_label("interq_job")
     assert set(creates) == set(ids)
     for jid, n in creates.items():
@@ -113,8 +60,39 @@ async def test_sigkill_mid_flight_loses_nothing(
     r.close()
 
 
+async def test_sigkill_mid_flight_loses_nothing(
+    api: httpx.AsyncClient, settings: Settings, sim: SimServer, receiver: Receiver, stack: Stack
+) -> None:
+    ids = await submit_hooked(api, receiver)
+    stack.start_worker("first")
+
+    async def half_running() -> bool:
+        running = (await api.get("/v1/jobs", params={"status": "running", "limit": 1000})).json()
+        return len(running["data"]) >= N_JOBS // 4
+
+    await wait_until(half_running, timeout=60, what="jobs in flight")
+    stack.kill("first", signal.SIGKILL)
+    in_flight = [
+        j
+        for j in (await api.get("/v1/jobs", params={"limit": 1000})).json()["data"]
+        if j["status"] not in ("completed", "failed")
+    ]
+    assert in_flight, "the kill should land while jobs are still in flight"
+
+    stack.start_worker("second")
+    done = await wait_terminal(api, ids, timeout=240)
+    await asyncio.to_thread(
+        receiver.wait_for,
+        lambda ds: {d.body["data"]["id"] for d in ds} >= set(ids),
+        120,
+        "a webhook for every job",
+    )
+    assert {j["status"] for j in done.values()} == {"completed"}
+    check_once_each(settings, sim, receiver, done)
+
+
 async def test_killed_workers_claimed_polls_come_back_within_the_lease(
-    api: httpx.AsyncClient, settings: Settings, sim: SimServer
+    api: httpx.AsyncClient, settings: Settings, sim: SimServer, stack: Stack
 ) -> None:
     """A worker SIGKILLed while its poll engine holds claims (every GET hangs):
     the claims are due again within the lease, and another worker ends the jobs."""
@@ -126,23 +104,22 @@ async def test_killed_workers_claimed_polls_come_back_within_the_lease(
     sim.state.config.fault_ops = {"get"}
     sim.state.config.slow_s = 600.0
     r = redis.Redis.from_url(settings.effective_redis_url, decode_responses=True)
-    with worker_process(settings, INTERQ_POLL_LEASE_S=str(lease_s)) as first:
+    stack.start_worker("first", INTERQ_POLL_LEASE_S=str(lease_s))
 
-        def claimed() -> bool:
-            now_ms = time.time() * 1000
-            scores = [s for _, s in r.zrange(Keys().polls, 0, -1, withscores=True)]
-            return len(scores) == len(ids) and all(s > now_ms + 1000 for s in scores)
+    def claimed() -> bool:
+        now_ms = time.time() * 1000
+        scores = [s for _, s in r.zrange(Keys().polls, 0, -1, withscores=True)]
+        return len(scores) == len(ids) and all(s > now_ms + 1000 for s in scores)
 
-        sim.state.config.fault_timeout = 1.0  # from now on every GET hangs
-        await wait_until(claimed, timeout=60, what="every poll claimed and hanging")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        killed_ms = time.time() * 1000
+    sim.state.config.fault_timeout = 1.0  # from now on every GET hangs
+    await wait_until(claimed, timeout=60, what="every poll claimed and hanging")
+    stack.kill("first", signal.SIGKILL)
+    killed_ms = time.time() * 1000
     scores = [s for _, s in r.zrange(Keys().polls, 0, -1, withscores=True)]
     assert len(scores) == len(ids)
     assert max(scores) <= killed_ms + lease_s * 1000  # due again within the lease
     sim.state.config.fault_timeout = 0.0
-    with worker_process(settings, INTERQ_POLL_LEASE_S=str(lease_s)):
-        done = await wait_terminal(api, ids, timeout=120)
+    stack.start_worker("second", INTERQ_POLL_LEASE_S=str(lease_s))
+    done = await wait_terminal(api, ids, timeout=120)
     assert {j["status"] for j in done.values()} == {"completed"}
     r.close()

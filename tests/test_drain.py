@@ -5,52 +5,30 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 
+from jobs.dev.harness import Stack
 from jobs.settings import Settings
-from tests.conftest import ROOT
-from tests.helpers import (
-    SimServer,
-    job_body,
-    running_worker,
-    wait_terminal,
-    wait_until,
-    worker_env,
-)
+from tests.helpers import SimServer, job_body, running_worker, wait_terminal, wait_until
 
 
 async def test_sigterm_drains_and_exits_zero(
-    api: httpx.AsyncClient, settings: Settings, sim: SimServer, tmp_path: Path
+    api: httpx.AsyncClient, settings: Settings, sim: SimServer, stack: Stack
 ) -> None:
     ids = [
         (await api.post("/v1/jobs", json=job_body(f"j{i} [sim duration=2]"))).json()["id"]
         for i in range(30)
     ]
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "worker"],
-            cwd=ROOT,
-            env=worker_env(settings, INTERQ_LOG_FORMAT="json"),
-            stdout=log,
-            stderr=log,
-        )
-        try:
+    proc = stack.start_worker("worker", INTERQ_LOG_FORMAT="json")
 
-            async def some_running() -> bool:
-                r = (await api.get("/v1/jobs", params={"status": "running"})).json()
-                return len(r["data"]) >= 5
+    async def some_running() -> bool:
+        r = (await api.get("/v1/jobs", params={"status": "running"})).json()
+        return len(r["data"]) >= 5
 
-            await wait_until(some_running, timeout=60, what="jobs running")
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    await wait_until(some_running, timeout=60, what="jobs running")
+    code = stack.kill("worker", signal.SIGTERM)
+    log_path = proc.logs[-1]
     assert code == 0
     lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
     assert lines, "the worker writes JSON log lines"

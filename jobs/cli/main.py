@@ -20,204 +20,32 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from jobs.observe.logs import setup as setup_logs
+from jobs.cli import serve
+from jobs.cli.up import up
+from jobs.dev.harness import redis_server_cmd
 from jobs.observe.metrics import JOB_STATUSES, TERMINAL_STATUSES
-from jobs.settings import get_settings, hash_api_key
+
+__all__ = ["app", "main", "redis_server_cmd"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
-SIM_PORT = 8090
-API_PORT = 8000
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
-
-def redis_server_cmd(
-    port: int, data_dir: str, *, aof: bool, fsync_always: bool = False
-) -> list[str]:
-    """A loopback-only redis-server command line (no RDB snapshots; append-only
-    file as asked). Used by `interq up`, the tests, benchmarks and chaos."""
-    cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port)]
-    cmd += ["--bind", "127.0.0.1", "--dir", data_dir, "--save", ""]
-    cmd += ["--appendonly", "yes" if aof else "no"]
-    if fsync_always:
-        cmd += ["--appendfsync", "always"]
-    return cmd
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _banner(msg: str) -> None:
-    line = "=" * max(len(x) for x in msg.splitlines())
-    typer.secho(f"{line}\n{msg}\n{line}", fg=typer.colors.YELLOW, bold=True, err=True)
-
-
-@app.command()
-def up(
-    port: Annotated[int, typer.Option(help="API port")] = API_PORT,
-    sim_port: Annotated[int, typer.Option(help="simulator port")] = SIM_PORT,
-    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
-) -> None:
-    """Start everything a local service needs; Ctrl-C stops it all cleanly."""
-    env = dict(os.environ)
-    children: list[tuple[str, list[str], subprocess.Popen[bytes]]] = []
-
-    def spawn(name: str, cmd: list[str]) -> None:
-        typer.secho(f"starting {name}: {' '.join(cmd)}", fg=typer.colors.GREEN, err=True)
-        children.append((name, cmd, subprocess.Popen(cmd, env=env)))
-
-    if not env.get("INTERQ_REDIS_URL"):
-        if _answers("127.0.0.1", 6379):
-            typer.echo("using the Redis already answering on localhost:6379", err=True)
-        else:
-            if shutil.which("redis-server") is None:
-                typer.secho(
-                    "no Redis on localhost:6379 and no redis-server binary "
-                    "(apt-get install redis-server)",
-                    fg=typer.colors.RED,
-                    err=True,
-                )
-                raise typer.Exit(1)
-            data = Path("data/redis").resolve()
-            data.mkdir(parents=True, exist_ok=True)
-            spawn("redis", redis_server_cmd(6379, str(data), aof=True))
-            for _ in range(100):
-                if _answers("127.0.0.1", 6379):
-                    break
-                time.sleep(0.1)
-        env["INTERQ_REDIS_URL"] = "redis://127.0.0.1:6379/0"
-
-    if not env.get("GEMINI_API_KEY"):
-        _banner(
-            "NO GEMINI_API_KEY: running against the built-in SIMULATOR, not the real API.\n"
-            f"Upstream = http://127.0.0.1:{sim_port}; webhooks to localhost are allowed."
-        )
-        env["INTERQ_UPSTREAM_URL"] = f"http://127.0.0.1:{sim_port}"
-        env.setdefault("INTERQ_WEBHOOK_ALLOW_PRIVATE", "true")
-        spawn("simulator", [sys.executable, "-m", "jobs.cli", "simulator", "--port", str(sim_port)])
-    spawn("api", [sys.executable, "-m", "jobs.cli", "api", "--port", str(port)])
-    for i in range(workers):
-        env_i = {**env, "INTERQ_WORKER_METRICS_PORT": str(9101 + i)}
-        typer.secho(f"starting worker {i}", fg=typer.colors.GREEN, err=True)
-        cmd = [sys.executable, "-m", "jobs.cli", "worker"]
-        children.append((f"worker-{i}", cmd, subprocess.Popen(cmd, env=env_i)))
-    typer.secho(
-        f"interq is up: http://127.0.0.1:{port}/docs  (Ctrl-C to stop)",
-        fg=typer.colors.GREEN,
-        bold=True,
-        err=True,
-    )
-    _supervise(children, env)
-
-
-def _supervise(
-    children: list[tuple[str, list[str], subprocess.Popen[bytes]]], env: dict[str, str]
-) -> None:
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping:
-        for i, (name, cmd, proc) in enumerate(children):
-            if proc.poll() is not None and not stopping:
-                typer.secho(
-                    f"{name} exited ({proc.returncode}); restarting", fg=typer.colors.RED, err=True
-                )
-                children[i] = (name, cmd, subprocess.Popen(cmd, env=env))
-        time.sleep(0.5)
-    typer.echo("stopping...", err=True)
-    for _name, _cmd, proc in reversed(children):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=70)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    typer.echo("stopped", err=True)
-
-
-@app.command()
-def api(port: int = API_PORT, host: str = "127.0.0.1") -> None:
-    """Run the HTTP API."""
-    import uvicorn
-
-    cfg = get_settings()
-    setup_logs(cfg.log_level, cfg.log_format)
-    uvicorn.run("api:app", host=host, port=port, log_config=None)
-
-
-@app.command()
-def worker() -> None:
-    """Run one worker: drains on SIGTERM; never exits on Redis trouble."""
-    import asyncio
-
-    from worker import run_worker_forever
-
-    cfg = get_settings()
-    setup_logs(cfg.log_level, cfg.log_format)
-    asyncio.run(run_worker_forever(cfg))
-
-
-@app.command()
-def simulator(port: int = SIM_PORT, host: str = "127.0.0.1") -> None:
-    """Run the local Interactions API simulator."""
-    from jobs.dev.simulator.app import config_from_env, serve
-
-    serve(host=host, port=port, config=config_from_env())
-
-
-@app.command("hash-key")
-def hash_key(key: str) -> None:
-    """Print the sha256 form of an API key, for INTERQ_API_KEYS."""
-    typer.echo(hash_api_key(key))
-
-
-@app.command()
-def receiver(
-    secret: Annotated[str, typer.Option(help="the job's webhook secret, whsec_...")],
-    port: int = 9000,
-) -> None:
-    """A webhook receiver on localhost that verifies each delivery and prints it."""
-    from jobs.delivery.signing import verify
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-            ok = verify(secret, dict(self.headers.items()), raw)
-            self.send_response(204 if ok else 400)
-            self.end_headers()
-            mark = "verified" if ok else "BAD SIGNATURE"
-            typer.echo(f"[{mark}] webhook-id={self.headers.get('webhook-id')}")
-            typer.echo(json.dumps(json.loads(raw), indent=2))
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    typer.echo(f"listening on http://127.0.0.1:{port}/hook", err=True)
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+app.command()(up)
+app.command()(serve.api)
+app.command()(serve.worker)
+app.command()(serve.simulator)
+app.command("hash-key")(serve.hash_key)
+app.command()(serve.receiver)
 
 
 # --------------------------------------------------------------------------- batches
