@@ -29,6 +29,7 @@ from tests.test_simulator import (
 SECRET = "whsec_" + base64.b64encode(b"interq-simulator-test-secret-32b").decode()
 
 
+@pytest.mark.asyncio
 async def test_quota_rpm() -> None:
     app = create_app(SimConfig(duration_s=D, quota_rpm=2, quota_window_s=0.3))
     async with client_for(app) as c:
