@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from jobs.client import AsyncClient, Client, InterqError
+from jobs.dev.receiver import Delivery, Receiver
 from jobs.settings import Settings
 from tests.conftest import ROOT, free_port
 from tests.helpers import wait_until
@@ -329,3 +330,28 @@ async def test_async_client_over_asgi_transport(settings: Settings, worker: None
             with pytest.raises(InterqError) as exc:
                 await c.batch("bat_nope")
             assert exc.value.status == 404
+
+
+async def test_submit_webhook_url_reaches_every_job_and_the_batch(
+    live_api: str, worker: None, client: Client, receiver: Receiver
+) -> None:
+    receiver.secret = "whsec_" + "A" * 43 + "="
+    run = await interq(
+        live_api, "submit", str(EXAMPLE), "--webhook-url", receiver.url,
+        "--webhook-secret", receiver.secret,
+    )  # fmt: skip
+    assert run.rc == 0, run.err
+    batch_id = run.out.strip()
+    n = len(custom_ids(EXAMPLE))
+
+    def all_in(ds: list[Delivery]) -> bool:
+        return sum(d.type == "job.completed" for d in ds) == n and any(
+            d.type == "batch.completed" for d in ds
+        )
+
+    await asyncio.to_thread(receiver.wait_for, all_in, 60, "every job's event and the batch's")
+    got = receiver.snapshot()
+    assert all(d.verified for d in got)
+    jobs = {d.data["custom_id"] for d in got if d.type == "job.completed"}
+    assert jobs == set(custom_ids(EXAMPLE))
+    assert [d.data["id"] for d in got if d.type == "batch.completed"] == [batch_id]

@@ -23,14 +23,17 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from jobs.cli import serve
+from jobs.cli.batchfile import with_job_webhooks
+from jobs.cli.output import counts_line, print_batch, print_job, print_jobs, usage_line
 from jobs.cli.up import up
+from jobs.delivery.signing import generate_secret
 from jobs.dev.harness import redis_server_cmd
 from jobs.observe.metrics import JOB_STATUSES, TERMINAL_STATUSES
 
@@ -85,51 +88,6 @@ def _talking_to(url: str) -> Iterator[None]:
         _fail(f"bad --url {url!r}: {e}")
     except httpx.HTTPError as e:
         _fail(f"talking to {url}: {type(e).__name__}: {e}")
-
-
-def _counts_line(view: dict[str, Any], keys: tuple[str, ...] = COUNT_KEYS) -> str:
-    counts = view.get("counts") or {}
-    return " · ".join(f"{k} {counts.get(k, 0)}" for k in keys)
-
-
-def _usage_line(view: dict[str, Any]) -> str:
-    usage = view.get("usage") or {}
-    return f"tokens: {usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out"
-
-
-def _ago(ts: Any) -> str:
-    if not isinstance(ts, int | float):
-        return "-"
-    s = max(0.0, time.time() - ts)
-    if s < 120:
-        return f"{s:.0f}s ago"
-    if s < 7200:
-        return f"{s / 60:.0f}m ago"
-    if s < 172800:
-        return f"{s / 3600:.0f}h ago"
-    return f"{s / 86400:.0f}d ago"
-
-
-def _print_batch(view: dict[str, Any]) -> None:
-    typer.echo(
-        f"{view.get('id')}  {view.get('status')}  {view.get('done', 0)}/{view.get('total', 0)} done"
-        f"  (created {_ago(view.get('created_at'))})"
-    )
-    typer.echo(f"  {_counts_line(view)}")
-    typer.echo(f"  {_usage_line(view)}")
-
-
-def _print_job(job: dict[str, Any]) -> None:
-    typer.echo(
-        f"{job.get('id')}  {job.get('status')}  custom_id={job.get('custom_id') or '-'}"
-        f"  batch={job.get('batch_id') or '-'}  (created {_ago(job.get('created_at'))})"
-    )
-    if job.get("error"):
-        err = job["error"]
-        typer.echo(f"  error: {err.get('code')}: {err.get('message')}")
-    if job.get("output_text"):
-        text = " ".join(str(job["output_text"]).split())
-        typer.echo(f"  output: {text[:200]}{'…' if len(text) > 200 else ''}")
 
 
 def _batch_description(view: dict[str, Any], note: str = "") -> str:
@@ -210,6 +168,22 @@ def _watch(client: Any, batch_id: str, interval: float) -> dict[str, Any]:
             time.sleep(interval)
 
 
+def _send_batch(client: Any, file: Path, shown: Path, webhook: dict[str, Any] | None) -> Any:
+    """Submit the batch; a refusal with line errors is printed per line (as
+    ``shown:line: error``) and exits 1."""
+    from jobs.client import InterqError
+
+    try:
+        return client.submit_batch(file, webhook=webhook)
+    except InterqError as e:
+        if not e.lines:
+            raise
+        typer.secho(f"error: batch refused: {e.message}", fg=typer.colors.RED, err=True)
+        for item in e.lines:
+            typer.echo(f"  {shown}:{item.get('line')}: {item.get('error')}", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def submit(
     file: Annotated[Path, typer.Argument(help="an NDJSON file, one job per line")],
@@ -217,7 +191,11 @@ def submit(
         bool, typer.Option("--watch", "-w", help="show live progress until the batch is done")
     ] = False,
     webhook_url: Annotated[
-        str | None, typer.Option(help="a webhook for every job of the batch", show_default=False)
+        str | None,
+        typer.Option(
+            help="a webhook for every job of the batch (lines without their own) and for the batch",
+            show_default=False,
+        ),
     ] = None,
     webhook_secret: Annotated[
         str | None,
@@ -228,34 +206,23 @@ def submit(
     api_key: KeyOpt = None,
 ) -> None:
     """Submit FILE (NDJSON: custom_id, interaction, ...) as a batch; print its id."""
-    from jobs.client import Client, InterqError
+    from jobs.client import Client
 
     if not file.is_file():
         _fail(f"{file}: no such file" if not file.exists() else f"{file}: not a regular file")
-    webhook = None
-    if webhook_url:
-        webhook = {"url": webhook_url, **({"secret": webhook_secret} if webhook_secret else {})}
-    elif webhook_secret:
+    if webhook_secret and not webhook_url:
         _fail("--webhook-secret needs --webhook-url")
-    with _talking_to(url), Client(url, api_key=api_key) as client:
-        try:
-            view = client.submit_batch(file, webhook=webhook)
-        except InterqError as e:
-            if not e.lines:
-                raise
-            typer.secho(
-                f"error: batch refused: {e.message}",
-                fg=typer.colors.RED,
-                err=True,
-            )
-            for item in e.lines:
-                typer.echo(f"  {file}:{item.get('line')}: {item.get('error')}", err=True)
-            raise typer.Exit(1) from None
+    webhook = {"url": webhook_url, "secret": webhook_secret or generate_secret()}
+    shown = file
+    with _talking_to(url), Client(url, api_key=api_key) as client, ExitStack() as stack:
+        if webhook_url:
+            file = stack.enter_context(with_job_webhooks(file, webhook))
+        view = _send_batch(client, file, shown, webhook if webhook_url else None)
         batch_id = str(view["id"])
         typer.echo(batch_id)
         typer.echo(f"accepted {view.get('total')} jobs as batch {batch_id}", err=True)
-        if view.get("webhook_secret"):
-            typer.echo(f"webhook secret (shown only now): {view['webhook_secret']}", err=True)
+        if webhook_url and not webhook_secret:
+            typer.echo(f"webhook secret (shown only now): {webhook['secret']}", err=True)
         if not watch:
             return
         started = time.monotonic()
@@ -268,8 +235,8 @@ def submit(
             f"batch {batch_id} {final.get('status')} in {time.monotonic() - started:.1f} s:"
             f" {final.get('done')}/{final.get('total')} done"
         )
-        typer.echo(f"  {_counts_line(final, FINAL_KEYS)}")
-        typer.echo(f"  {_usage_line(final)}")
+        typer.echo(f"  {counts_line(final, FINAL_KEYS)}")
+        typer.echo(f"  {usage_line(final)}")
 
 
 @app.command()
@@ -339,34 +306,19 @@ def status(
             if as_json:
                 typer.echo(json.dumps(page, indent=2))
             else:
-                _print_jobs(page.get("data") or [])
+                print_jobs(page.get("data") or [])
         elif target.startswith("job_"):
             job = client.get(target)
             if as_json:
                 typer.echo(json.dumps(job, indent=2))
             else:
-                _print_job(job)
+                print_job(job)
         else:
             view = client.batch(target)
             if as_json:
                 typer.echo(json.dumps(view, indent=2))
             else:
-                _print_batch(view)
-
-
-def _print_jobs(jobs: list[dict[str, Any]]) -> None:
-    from collections import Counter
-
-    if not jobs:
-        typer.echo("no jobs")
-        return
-    for j in jobs:
-        typer.echo(
-            f"{j.get('id')!s:<36}  {j.get('status')!s:<15}  {_ago(j.get('created_at')):>8}"
-            f"  {j.get('custom_id') or '-'}  {j.get('batch_id') or ''}".rstrip()
-        )
-    by_status = Counter(str(j.get("status")) for j in jobs)
-    typer.echo(f"{len(jobs)} most recent: " + ", ".join(f"{k} {v}" for k, v in by_status.items()))
+                print_batch(view)
 
 
 @app.command()
@@ -385,7 +337,7 @@ def cancel(
             return
         view = client.cancel_batch(target)
         typer.echo(f"cancel requested for {target}")
-        _print_batch(view)
+        print_batch(view)
 
 
 def main() -> None:
