@@ -138,8 +138,13 @@ def machine() -> dict[str, Any]:
 
 
 def save(name: str, data: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """Write a run's figures to ``bench/results/NAME.json``; a ``--quick`` run
+    (``data["args"]["quick"]``) goes to ``bench/results/quick/`` (not committed),
+    so that a smoke run never overwrites the committed results."""
+    quick = bool((data.get("args") or {}).get("quick"))
+    folder = RESULTS / "quick" if quick else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
     return path
 

@@ -40,7 +40,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,22 @@ class Options:
 
     def schedule_s(self) -> float:
         return sum(float(x) for x in self.webhook_schedule.split(",") if x.strip())
+
+
+# The suite's short run (tests/test_chaos.py), also ``python -m chaos.run --quick``.
+QUICK = Options(
+    jobs=100,
+    workers=2,
+    kill_every=2.0,
+    min_kills=3,
+    max_kills=3,
+    min_duration=1.0,
+    max_duration=4.0,
+    receiver_down_s=4.0,
+    ballast_keys=20_000,  # the full run loads 300,000
+    timeout_s=420.0,
+    stall_s=90.0,
+)
 
 
 # --------------------------------------------------------------------------- receiver
@@ -1366,7 +1382,10 @@ def parse(argv: list[str] | None) -> Options:
     )
     p.add_argument("--keep-logs", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quick", action="store_true", help="the suite's short run (100 jobs)")
     a = p.parse_args(argv)
+    if a.quick:
+        return replace(QUICK, seed=a.seed, keep_logs=a.keep_logs, quiet=a.quiet)
     return Options(
         jobs=a.jobs,
         workers=a.workers,

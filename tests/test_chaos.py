@@ -8,29 +8,16 @@ the disruptions are triggered by progress and the run waits (bounded) for the en
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from chaos.run import Options, evidence_text, report, run
+from chaos.run import QUICK, evidence_text, report, run
 
 
 @pytest.mark.timeout(600)
 def test_short_chaos_run_loses_nothing() -> None:
-    summary = run(
-        Options(
-            jobs=100,
-            workers=2,
-            kill_every=2.0,
-            min_kills=3,
-            max_kills=3,
-            min_duration=1.0,
-            max_duration=4.0,
-            receiver_down_s=4.0,
-            ballast_keys=20_000,  # the full run loads 300,000
-            timeout_s=420.0,
-            stall_s=90.0,
-            quiet=True,
-        )
-    )
+    summary = run(replace(QUICK, quiet=True))  # what `python -m chaos.run --quick` runs
     if not summary["ok"]:
         pytest.fail(
             (report(summary) if "jobs" in summary else "; ".join(summary["failures"]))
