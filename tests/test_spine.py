@@ -69,20 +69,26 @@ async def test_failed_interaction_reports_upstream_error(
 async def test_waiting_holds_no_worker_slot(
     api: httpx.AsyncClient, settings: Settings, sim: SimServer
 ) -> None:
-    """40 jobs of 3 s each with max_jobs=2: a design that slept inside a job
-    would hold both slots per job; deferred polls finish them all."""
-    ids = []
-    for i in range(40):
-        r = await api.post("/v1/jobs", json=job_body(f"job {i} [sim duration=3]"))
-        assert r.status_code == 202
-        ids.append(r.json()["id"])
-    async with running_worker(settings, max_jobs=2) as w:
-        assert w.max_jobs == 2
-        done = await wait_terminal(api, ids, timeout=240)
-    assert {j["status"] for j in done.values()} == {"completed"}
-    # every interaction was running upstream at the same time as others:
-    stats = sim.state.creates_by_label("interq_job")
-    assert sorted(stats) == sorted(ids) and set(stats.values()) == {1}
+    """One worker slot (max_jobs=1). A long interaction is sent first and keeps
+    running upstream; a short job sent after it still completes while the long
+    one runs. A design whose step waits inside its slot for the interaction to
+    end would give the short job no slot until the long one ended."""
+    long = (await api.post("/v1/jobs", json=job_body("long [sim duration=20]"))).json()["id"]
+    # a step timeout past the long run, so that arq's own timeout cannot free the slot
+    patient = settings.model_copy(update={"step_timeout_s": 120.0})
+    async with running_worker(patient, max_jobs=1) as w:
+        assert w.max_jobs == 1
+        await wait_until(lambda: _status(api, long, "running"), timeout=60)
+        short = (await api.post("/v1/jobs", json=job_body("short [sim duration=0.2]"))).json()
+        done = await wait_terminal(api, [short["id"]], timeout=60)
+        assert done[short["id"]]["status"] == "completed"
+        still = (await api.get(f"/v1/jobs/{long}")).json()
+        assert still["status"] == "running" and still["upstream_status"] == "in_progress"
+        await api.post(f"/v1/jobs/{long}/cancel")
+
+
+async def _status(api: httpx.AsyncClient, job_id: str, status: str) -> bool:
+    return bool((await api.get(f"/v1/jobs/{job_id}")).json()["status"] == status)
 
 
 async def test_idempotency_key(api: httpx.AsyncClient) -> None:
