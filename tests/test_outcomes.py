@@ -169,7 +169,9 @@ async def test_429_waits_the_delay_from_the_body(
     ]
     done = await wait_terminal(api, jobs)
     assert {j["status"] for j in done.values()} == {"completed"}
-    assert_retry_delays_honoured(sim.state.requests)
+    hinted = [e for e in sim.state.requests if e["status"] == 429 and e.get("retry_delay_s")]
+    assert hinted, "the quota refused no create: nothing to check"
+    assert assert_retry_delays_honoured(sim.state.requests) == len(hinted)
     assert any(e["fault"] == "quota" for e in sim.state.requests)
 
 
