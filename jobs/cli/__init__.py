@@ -1,9 +1,13 @@
-"""The ``interq`` command line (typer).
+"""The ``interq`` command line (console script ``interq = jobs.cli.main:main``,
+also ``python -m jobs.cli``).
 
-- ``main.py``: the app and the batch commands (submit, results, status, cancel)
-- ``up.py``: ``interq up``, what to start (from the environment and ``.env``) and
-  the harness (``jobs/dev/harness.py``) that supervises it
-- ``serve.py``: one part each: api, worker, simulator, receiver, hash-key
-- ``batchfile.py``: a batch file with ``--webhook-url`` on every job line
-- ``output.py``: what the batch commands print
+- ``main``: the typer app; wires the commands below and holds the ``--help`` text.
+- ``up``: ``interq up``, Redis + simulator (when no GEMINI_API_KEY, in the
+  environment or ``.env``) + API + workers under the ``jobs.dev.harness``
+  supervisor; ``plan_up`` is its decision, testable on its own.
+- ``serve``: one part each in the foreground: ``api``, ``worker``,
+  ``simulator``, ``receiver`` (``jobs.dev.receiver``), ``hash-key``.
+- ``batches``: ``submit`` / ``results`` / ``status`` / ``cancel`` against a
+  running API through ``jobs.client``.
+- ``output``: how those print (one-line errors with exit code 1, counts, jobs).
 """

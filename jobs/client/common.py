@@ -1,0 +1,198 @@
+"""What the sync and async clients share: errors, request bodies, parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+JSON = dict[str, Any]
+DEFAULT_URL = "http://127.0.0.1:8000"
+JOB_TERMINAL = frozenset({"completed", "failed", "cancelled", "incomplete", "expired"})
+NDJSON = "application/x-ndjson"
+_CHUNK = 65_536
+
+Webhook = str | Mapping[str, Any]
+"""A webhook: a URL, or ``{"url": ..., "secret": "whsec_..."}``."""
+BatchJobs = Iterable[Mapping[str, Any]] | str | os.PathLike[str]
+"""Batch input: job objects (``custom_id``, ``interaction``, ...) or the path of
+an NDJSON file holding one per line."""
+
+
+class InterqError(Exception):
+    """An error response from the API (``{"error": {"code", "message"}}``).
+
+    ``lines`` holds the per-line errors of a refused batch,
+    ``[{"line": 17, "error": "..."}]`` (1-based); ``body`` the whole error object.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        lines: list[JSON] | None = None,
+        body: JSON | None = None,
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.lines = lines
+        self.body = body or {}
+
+
+def batch_finished(batch: Mapping[str, Any]) -> bool:
+    """True once a batch has ended (``completed`` or ``cancelled``). Its status
+    changes just after its last job ends, so ``done == total`` may be seen a
+    moment earlier; the final usage and ``finished_at`` come with the status."""
+    return bool(batch.get("status", "in_progress") != "in_progress")
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    h = {"User-Agent": "interq-client/0.1", "Accept": "application/json"}
+    if api_key:
+        h["Authorization"] = f"Bearer {api_key}"
+    return h
+
+
+def _error_from(resp: httpx.Response, raw: bytes) -> InterqError:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        err: JSON = doc["error"]
+        lines = err.get("lines")
+        return InterqError(
+            resp.status_code,
+            str(err.get("code") or "error"),
+            str(err.get("message") or resp.reason_phrase),
+            lines=lines if isinstance(lines, list) else None,
+            body=err,
+        )
+    text = raw.decode("utf-8", "replace").strip()
+    message = text[:200] if text else resp.reason_phrase or "no message"
+    return InterqError(resp.status_code, f"http_{resp.status_code}", message)
+
+
+def _json_body(resp: httpx.Response) -> JSON:
+    if resp.is_error:
+        raise _error_from(resp, resp.content)
+    try:
+        doc = resp.json()
+    except ValueError:
+        raise InterqError(
+            resp.status_code, "bad_response", f"expected JSON from {resp.request.url}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise InterqError(resp.status_code, "bad_response", "expected a JSON object")
+    return doc
+
+
+def _with_secret(resp: httpx.Response, view: JSON) -> JSON:
+    """interq returns a generated webhook secret once, in a header; keep it."""
+    secret = resp.headers.get("X-Webhook-Secret")
+    if secret:
+        view = {**view, "webhook_secret": secret}
+    return view
+
+
+def _webhook_obj(webhook: Webhook | None) -> JSON | None:
+    if webhook is None:
+        return None
+    if isinstance(webhook, str):
+        return {"url": webhook}
+    return dict(webhook)
+
+
+def _job_body(
+    interaction: Mapping[str, Any],
+    webhook: Webhook | None,
+    metadata: Any,
+    custom_id: str | None,
+    timeout_s: float | None,
+) -> JSON:
+    body: JSON = {"interaction": dict(interaction)}
+    hook = _webhook_obj(webhook)
+    if hook is not None:
+        body["webhook"] = hook
+    if metadata is not None:
+        body["metadata"] = metadata
+    if custom_id is not None:
+        body["custom_id"] = custom_id
+    if timeout_s is not None:
+        body["timeout_s"] = timeout_s
+    return body
+
+
+def _batch_headers(webhook: Webhook | None) -> dict[str, str]:
+    hook = _webhook_obj(webhook)
+    headers = {"Content-Type": NDJSON}
+    if hook is not None:
+        headers["X-Webhook-Url"] = str(hook["url"])
+        if hook.get("secret"):
+            headers["X-Webhook-Secret"] = str(hook["secret"])
+    return headers
+
+
+def _ndjson_lines(jobs: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:
+    for job in jobs:
+        yield json.dumps(job, separators=(",", ":")).encode() + b"\n"
+
+
+def _read_jobs_file(path: Path) -> list[JSON]:
+    """An NDJSON file as a list (only for a JSON-body batch, i.e. with metadata)."""
+    out: list[JSON] = []
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                out.append(json.loads(raw))
+            except ValueError as e:
+                raise ValueError(f"{path}, line {n}: not JSON ({e})") from None
+    return out
+
+
+def _json_batch(jobs: BatchJobs, webhook: Webhook | None, metadata: Any) -> JSON:
+    if isinstance(jobs, str | os.PathLike):
+        items = _read_jobs_file(Path(jobs))
+    else:
+        items = [dict(j) for j in jobs]
+    body: JSON = {"jobs": items, "metadata": metadata}
+    hook = _webhook_obj(webhook)
+    if hook is not None:
+        body["webhook"] = hook
+    return body
+
+
+def _result_line(raw: str) -> JSON | None:
+    if not raw.strip():
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise InterqError(
+            200, "bad_response", f"a results line is not JSON: {raw[:80]!r}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise InterqError(200, "bad_response", "a results line is not a JSON object")
+    return doc
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _check_deadline(deadline: float | None, what: str, timeout: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError(f"{what} after {timeout} s")

@@ -1,0 +1,182 @@
+"""The synchronous :class:`Client`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from jobs.client.common import (
+    DEFAULT_URL,
+    JOB_TERMINAL,
+    JSON,
+    BatchJobs,
+    Webhook,
+    _batch_headers,
+    _check_deadline,
+    _deadline,
+    _error_from,
+    _headers,
+    _job_body,
+    _json_batch,
+    _json_body,
+    _ndjson_lines,
+    _result_line,
+    _with_secret,
+    batch_finished,
+)
+
+# --------------------------------------------------------------------------- sync
+
+
+class Client:
+    """Synchronous client. ``transport`` is passed to ``httpx.Client`` (tests:
+    ``httpx.MockTransport`` or ``httpx.WSGITransport``); use :class:`AsyncClient`
+    with ``httpx.ASGITransport``."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        timeout: float = 30,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=_headers(api_key), timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- jobs
+
+    def submit(
+        self,
+        interaction: Mapping[str, Any],
+        *,
+        webhook: Webhook | None = None,
+        metadata: Any = None,
+        custom_id: str | None = None,
+        timeout_s: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSON:
+        """Submit one job; returns the job (plus ``webhook_secret`` if interq made one)."""
+        body = _job_body(interaction, webhook, metadata, custom_id, timeout_s)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        resp = self._http.post("/v1/jobs", json=body, headers=headers)
+        return _with_secret(resp, _json_body(resp))
+
+    def get(self, job_id: str) -> JSON:
+        return _json_body(self._http.get(f"/v1/jobs/{job_id}"))
+
+    def jobs(
+        self, *, status: str | None = None, limit: int = 100, cursor: int | None = None
+    ) -> JSON:
+        """One page of the tenant's jobs, newest first: ``{"data": [...], "next_cursor"}``."""
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor is not None:
+            params["cursor"] = cursor
+        return _json_body(self._http.get("/v1/jobs", params=params))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        stop_on_action: bool = True,
+    ) -> JSON:
+        """Poll until the job is terminal (or ``requires_action``, unless
+        ``stop_on_action=False``); raises ``TimeoutError`` after ``timeout`` s."""
+        deadline = _deadline(timeout)
+        while True:
+            job = self.get(job_id)
+            status = job.get("status")
+            if status in JOB_TERMINAL or (stop_on_action and status == "requires_action"):
+                return job
+            _check_deadline(deadline, f"job {job_id} still {status}", timeout)
+            time.sleep(poll_interval)
+
+    def result(self, job_id: str) -> JSON:
+        """The stored Interaction of a finished job."""
+        return _json_body(self._http.get(f"/v1/jobs/{job_id}/result"))
+
+    def cancel(self, job_id: str) -> JSON:
+        return _json_body(self._http.post(f"/v1/jobs/{job_id}/cancel"))
+
+    def continue_job(self, job_id: str, results: list[Mapping[str, Any]]) -> JSON:
+        """Answer a ``requires_action`` job with ``function_result`` items."""
+        body = {"input": [dict(r) for r in results]}
+        return _json_body(self._http.post(f"/v1/jobs/{job_id}/continue", json=body))
+
+    # ----------------------------------------------------------------- batches
+
+    def submit_batch(
+        self, jobs: BatchJobs, *, webhook: Webhook | None = None, metadata: Any = None
+    ) -> JSON:
+        """Submit a batch as NDJSON: a file path is streamed as is (its line numbers
+        are the ones a 422 reports); job dicts are encoded one per line. With
+        ``metadata`` the batch goes as one JSON body instead (NDJSON has no place
+        for it): a file is then read whole, blank lines skipped, and a 422's
+        ``lines`` count jobs rather than file lines."""
+        if metadata is not None:
+            body = _json_batch(jobs, webhook, metadata)
+            resp = self._http.post("/v1/batches", json=body)
+        elif isinstance(jobs, str | os.PathLike):
+            with Path(jobs).open("rb") as f:  # httpx sends it with its Content-Length
+                resp = self._http.post("/v1/batches", content=f, headers=_batch_headers(webhook))
+        else:
+            lines = _ndjson_lines(jobs)
+            resp = self._http.post("/v1/batches", content=lines, headers=_batch_headers(webhook))
+        return _with_secret(resp, _json_body(resp))
+
+    def batch(self, batch_id: str) -> JSON:
+        return _json_body(self._http.get(f"/v1/batches/{batch_id}"))
+
+    def wait_batch(
+        self,
+        batch_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        on_update: Callable[[JSON], None] | None = None,
+    ) -> JSON:
+        """Poll until the batch has ended; ``on_update`` sees each view."""
+        deadline = _deadline(timeout)
+        while True:
+            view = self.batch(batch_id)
+            if on_update is not None:
+                on_update(view)
+            if batch_finished(view):
+                return view
+            _check_deadline(
+                deadline, f"batch {batch_id} at {view.get('done')}/{view.get('total')}", timeout
+            )
+            time.sleep(poll_interval)
+
+    def iter_results(self, batch_id: str) -> Iterator[JSON]:
+        """The batch's results, one dict per job in input order, streamed."""
+        with self._http.stream("GET", f"/v1/batches/{batch_id}/results") as resp:
+            if resp.is_error:
+                raise _error_from(resp, resp.read())
+            for raw in resp.iter_lines():
+                line = _result_line(raw)
+                if line is not None:
+                    yield line
+
+    def cancel_batch(self, batch_id: str) -> JSON:
+        return _json_body(self._http.post(f"/v1/batches/{batch_id}/cancel"))
