@@ -35,7 +35,6 @@ KNOWN_LONG_FUNCTIONS = {
     "chaos/run.py run",
     "chaos/run.py parse",
     "api.py routes",
-    "worker.py worker_options",
 }
 
 
