@@ -94,7 +94,14 @@ def event_for(job: Job) -> Event:
 
 
 async def test_a_job_through_every_transition(svc: Services) -> None:
-    k, store = svc.store.keys, svc.store
+    job = await created_and_dispatched(svc)
+    job = await started(svc, job)
+    job, ev = await paused_and_resumed(svc, job)
+    await finished_and_purged(svc, job, ev)
+
+
+async def created_and_dispatched(svc: Services) -> Job:
+    k = svc.store.keys
     job = await new_job(svc)
     assert await counts(svc) == {"queued": 1}
     assert await zscore(svc, k.tenant_status("t1", "queued"), job.id) is not None
@@ -104,7 +111,11 @@ async def test_a_job_through_every_transition(svc: Services) -> None:
     assert await svc.redis.exists(k.arq_job(f"submit:{job.id}"))
     assert await zscore(svc, k.inflight("sim-model"), job.id) is not None
     assert not await svc.redis.exists(k.lanes)
+    return job
 
+
+async def started(svc: Services, job: Job) -> Job:
+    k, store = svc.store.keys, svc.store
     started = await store.start(
         job, {"interaction_id": "i1", "interaction_ids": ["i1"]}, poll_at=2.0
     )
@@ -118,7 +129,11 @@ async def test_a_job_through_every_transition(svc: Services) -> None:
         Job.from_redis({**job.to_redis(), "interaction_id": ""}), {}, poll_at=3.0
     )
     assert not again.ok and again.previous == "running"
+    return job
 
+
+async def paused_and_resumed(svc: Services, job: Job) -> tuple[Job, Event]:
+    k, store = svc.store.keys, svc.store
     ev = event_for(job)
     assert (await store.pause(job, {"pending_calls": [{"id": "c"}]}, ev, poll_at=9.0)).ok
     job = await store.get_job(job.id) or job
@@ -136,7 +151,11 @@ async def test_a_job_through_every_transition(svc: Services) -> None:
     assert await zscore(svc, k.inflight("sim-model"), job.id) is not None  # in flight again
     assert await zscore(svc, k.polls, job.id) is None
     assert await svc.redis.exists(k.arq_job(f"submit:{job.id}:1"))
+    return job, ev
 
+
+async def finished_and_purged(svc: Services, job: Job, ev: Event) -> None:
+    k, store = svc.store.keys, svc.store
     wrong = await store.finish(
         job,
         JobStatus.completed,
