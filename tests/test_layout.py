@@ -18,7 +18,6 @@ KNOWN_LONG_MODULES = {
     "chaos/run.py",
 }
 KNOWN_LONG_FUNCTIONS = {
-    "tests/test_ui.py test_ops_page_in_chromium",
     "bench/inflight.py main",
     "bench/intake.py main",
     "bench/pipeline.py run_interq",

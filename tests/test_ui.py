@@ -19,7 +19,7 @@ import shutil
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -171,114 +171,137 @@ def serve(settings: Settings) -> Iterator[str]:
 
 async def test_ops_page_in_chromium(settings: Settings, receiver: Receiver, tmp_path: Path) -> None:
     exe = browser()
-    from playwright.async_api import async_playwright, expect
-
     cfg = keyed(settings)
-    secret = generate_secret()
-    receiver.secret = secret
+    receiver.secret = generate_secret()
     receiver.fail_first = 10**6  # down until the button is clicked
-    hook = {"url": receiver.url, "secret": secret}
     with serve(cfg) as base:
         async with (
             httpx.AsyncClient(base_url=base, headers=AUTH, trust_env=False) as http,
             running_worker(cfg),
         ):
-
-            async def submit(body: dict[str, Any]) -> str:
-                r = await http.post("/v1/jobs", json=body)
-                assert r.status_code == 202, r.text
-                return str(r.json()["id"])
-
-            hooked = await submit(
-                sim_job("hook me [sim duration=0.1]", custom_id="hooked", webhook=hook)
+            ids = await seed(http, {"url": receiver.url, "secret": receiver.secret})
+            [ev] = await wait_until(
+                lambda: dead_letters(http), timeout=20, interval=0.2, what="a dead letter"
             )
-            failed = await submit(sim_job("x [sim duration=0.1 outcome=failed]", custom_id=XSS))
-            slow = await submit(sim_job("slow [sim duration=60]", custom_id="slow"))
-            r = await http.post(
-                "/v1/batches",
-                json={
-                    "jobs": [
-                        sim_job(f"line {i} [sim duration=0.2]", custom_id=f"line-{i}")
-                        for i in range(4)
-                    ]
-                },
-            )
-            bid = r.json()["id"]
+            assert ev["owner"] == f"job:{ids['hooked']}" and ev["attempts"] == 4
+            async with chromium(exe, tmp_path) as page:
+                problems = watch_problems(page)
+                await sign_in(page, base)
+                await check_lists(page, ids)
+                await check_redeliver(page, ev, receiver, ids["hooked"])
+                assert await page.evaluate("document.body.dataset.pwned") is None
+                assert problems == []
 
-            async def dead() -> list[dict[str, Any]]:
-                r = await http.get("/v1/webhooks/dead-letters")
-                data: list[dict[str, Any]] = r.json()["data"]
-                return data
 
-            [ev] = await wait_until(dead, timeout=20, interval=0.2, what="a dead letter")
-            assert ev["owner"] == f"job:{hooked}" and ev["attempts"] == 4
+async def seed(http: httpx.AsyncClient, hook: dict[str, Any]) -> dict[str, str]:
+    """A hooked job (its receiver down), a failed one named with XSS, a slow one
+    and a 4-line batch."""
 
-            async with async_playwright() as pw:
-                ctx = await pw.chromium.launch_persistent_context(
-                    str(tmp_path / "chromium-profile"),  # a fresh --user-data-dir
-                    executable_path=exe,
-                    headless=True,
-                    args=CHROMIUM_FLAGS,
-                    viewport={"width": 1280, "height": 900},
-                )
-                try:
-                    page = ctx.pages[0] if ctx.pages else await ctx.new_page()
-                    problems: list[str] = []
-                    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-                    page.on(
-                        "console",
-                        lambda m: (
-                            problems.append(f"console: {m.text}")
-                            if m.type == "error" and "401" not in m.text
-                            else None
-                        ),
-                    )
-                    expect.set_options(timeout=15_000)
-                    await page.goto(base + "/ui")
-                    status = page.locator("#status")
-                    await expect(status).to_contain_text("Unauthorized")  # keys are configured
-                    await page.fill("#key", KEY)
-                    await page.click("#savekey")
-                    await expect(status).to_contain_text("updated")
+    async def submit(body: dict[str, Any]) -> str:
+        r = await http.post("/v1/jobs", json=body)
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
 
-                    jobs = page.locator("#jobs")
-                    for jid in (hooked, failed, slow):
-                        await expect(jobs.locator(f'tr[data-key="{jid}"]')).to_be_visible()
-                    xss_row = jobs.locator(f'tr[data-key="{failed}"]')
-                    await expect(xss_row.locator("td").nth(1)).to_have_text("failed")
-                    await expect(xss_row.locator("td").nth(2)).to_have_text(XSS)
-                    assert await jobs.locator("img, b").count() == 0
-                    batch = page.locator(f'#batches [data-key="{bid}"]')
-                    await expect(batch).to_contain_text("4 / 4 · completed")
-                    await expect(page.locator("#inflight")).to_have_text("1")  # the slow one
-                    await expect(page.locator("#queue")).to_have_text("0")
+    ids = {
+        "hooked": await submit(
+            sim_job("hook me [sim duration=0.1]", custom_id="hooked", webhook=hook)
+        ),
+        "failed": await submit(sim_job("x [sim duration=0.1 outcome=failed]", custom_id=XSS)),
+        "slow": await submit(sim_job("slow [sim duration=60]", custom_id="slow")),
+    }
+    lines = [sim_job(f"line {i} [sim duration=0.2]", custom_id=f"line-{i}") for i in range(4)]
+    r = await http.post("/v1/batches", json={"jobs": lines})
+    ids["batch"] = r.json()["id"]
+    return ids
 
-                    await page.select_option("#filter", "failed")
-                    await expect(jobs.locator("tr")).to_have_count(1)
-                    await expect(jobs.locator("tr")).to_have_attribute("data-key", failed)
-                    await page.select_option("#filter", "")
-                    await expect(jobs.locator("tr")).to_have_count(7)
 
-                    row = page.locator(f'#dead tr[data-key="{ev["id"]}"]')
-                    await expect(row).to_contain_text("job.completed")
-                    ARTIFACTS.mkdir(exist_ok=True)
-                    await page.screenshot(
-                        path=str(ARTIFACTS / "ui-dead-letter.png"), full_page=True
-                    )
-                    receiver.fail_first = 0  # the receiver is back
-                    await row.get_by_role("button", name="Redeliver").click()
-                    tracked = page.locator(f'#redelivered tr[data-key="{ev["id"]}"]')
-                    await expect(tracked.locator("td").nth(2)).to_have_text("delivered")
-                    await expect(row).to_have_count(0)
-                    await expect(page.locator("#dead-empty")).to_be_visible()
+async def dead_letters(http: httpx.AsyncClient) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = (await http.get("/v1/webhooks/dead-letters")).json()["data"]
+    return data
 
-                    got = [d for d in receiver.snapshot() if d.msg_id == ev["id"]]
-                    assert len(got) == 1 and got[0].verified
-                    assert got[0].body["data"]["id"] == hooked
 
-                    await expect(status).to_contain_text("updated")
-                    await page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
-                    assert await page.evaluate("document.body.dataset.pwned") is None
-                    assert problems == []
-                finally:
-                    await ctx.close()
+@asynccontextmanager
+async def chromium(exe: str, tmp_path: Path) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=15_000)
+    async with async_playwright() as pw:
+        ctx = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),  # a fresh --user-data-dir
+            executable_path=exe,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            yield ctx.pages[0] if ctx.pages else await ctx.new_page()
+        finally:
+            await ctx.close()
+
+
+def watch_problems(page: Any) -> list[str]:
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(f"console: {m.text}")
+            if m.type == "error" and "401" not in m.text
+            else None
+        ),
+    )
+    return problems
+
+
+async def sign_in(page: Any, base: str) -> None:
+    from playwright.async_api import expect
+
+    await page.goto(base + "/ui")
+    status = page.locator("#status")
+    await expect(status).to_contain_text("Unauthorized")  # keys are configured
+    await page.fill("#key", KEY)
+    await page.click("#savekey")
+    await expect(status).to_contain_text("updated")
+
+
+async def check_lists(page: Any, ids: dict[str, str]) -> None:
+    from playwright.async_api import expect
+
+    jobs = page.locator("#jobs")
+    for jid in (ids["hooked"], ids["failed"], ids["slow"]):
+        await expect(jobs.locator(f'tr[data-key="{jid}"]')).to_be_visible()
+    xss_row = jobs.locator(f'tr[data-key="{ids["failed"]}"]')
+    await expect(xss_row.locator("td").nth(1)).to_have_text("failed")
+    await expect(xss_row.locator("td").nth(2)).to_have_text(XSS)
+    assert await jobs.locator("img, b").count() == 0
+    batch = page.locator(f'#batches [data-key="{ids["batch"]}"]')
+    await expect(batch).to_contain_text("4 / 4 · completed")
+    await expect(page.locator("#inflight")).to_have_text("1")  # the slow one
+    await expect(page.locator("#queue")).to_have_text("0")
+
+    await page.select_option("#filter", "failed")
+    await expect(jobs.locator("tr")).to_have_count(1)
+    await expect(jobs.locator("tr")).to_have_attribute("data-key", ids["failed"])
+    await page.select_option("#filter", "")
+    await expect(jobs.locator("tr")).to_have_count(7)
+
+
+async def check_redeliver(page: Any, ev: dict[str, Any], receiver: Receiver, hooked: str) -> None:
+    from playwright.async_api import expect
+
+    row = page.locator(f'#dead tr[data-key="{ev["id"]}"]')
+    await expect(row).to_contain_text("job.completed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "ui-dead-letter.png"), full_page=True)
+    receiver.fail_first = 0  # the receiver is back
+    await row.get_by_role("button", name="Redeliver").click()
+    tracked = page.locator(f'#redelivered tr[data-key="{ev["id"]}"]')
+    await expect(tracked.locator("td").nth(2)).to_have_text("delivered")
+    await expect(row).to_have_count(0)
+    await expect(page.locator("#dead-empty")).to_be_visible()
+
+    got = [d for d in receiver.snapshot() if d.msg_id == ev["id"]]
+    assert len(got) == 1 and got[0].verified
+    assert got[0].body["data"]["id"] == hooked
+    await expect(page.locator("#status")).to_contain_text("updated")
+    await page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
