@@ -13,12 +13,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import typer
 
 from jobs.cli.main import redis_server_cmd
 
@@ -348,3 +349,28 @@ def run_arq_worker(
         on_shutdown=on_shutdown,
         max_burst_jobs=-1,
     ).run()
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+def cli_app(command: Callable[..., Any], prog: str, doc: str | None) -> Callable[..., int]:
+    """A typer command line for one function: ``app(argv)`` parses ``argv`` (default
+    ``sys.argv[1:]``), runs ``command`` and returns the exit code."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    app.command(help=(doc or "").replace("\n\n", "\n\n\b\n"))(command)
+
+    def main(argv: list[str] | None = None) -> int:
+        try:
+            app(args=argv, prog_name=prog)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return 0
+
+    return main
+
+
+def explicit(ctx: typer.Context) -> set[str]:
+    """The options given on the command line (not left at their default)."""
+    given = ("COMMANDLINE", "ENVIRONMENT")
+    return {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") in given}

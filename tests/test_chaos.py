@@ -12,12 +12,13 @@ from dataclasses import replace
 
 import pytest
 
-from chaos.run import QUICK, evidence_text, report, run
+from chaos.config import Options
+from chaos.run import evidence_text, report, run
 
 
 @pytest.mark.timeout(600)
 def test_short_chaos_run_loses_nothing() -> None:
-    summary = run(replace(QUICK, quiet=True))  # what `python -m chaos.run --quick` runs
+    summary = run(replace(Options().quick(), quiet=True))  # `python -m chaos.run --quick`
     if not summary["ok"]:
         pytest.fail(
             (report(summary) if "jobs" in summary else "; ".join(summary["failures"]))

@@ -15,7 +15,6 @@ MAX_FUNCTION_LINES = 60
 KNOWN_LONG_MODULES = {
     "bench/inflight.py",
     "bench/storage.py",
-    "chaos/run.py",
 }
 KNOWN_LONG_FUNCTIONS = {
     "bench/inflight.py main",
@@ -24,10 +23,6 @@ KNOWN_LONG_FUNCTIONS = {
     "bench/pipeline.py main",
     "bench/polling.py run",
     "bench/polling.py main",
-    "chaos/run.py drive",
-    "chaos/run.py verdict",
-    "chaos/run.py run",
-    "chaos/run.py parse",
     "api.py routes",
 }
 
