@@ -16,11 +16,17 @@ from jobs.settings import Settings
 from tests.helpers import job_body, wait_terminal, wait_until
 
 
-async def deliveries(api: httpx.AsyncClient, jid: str) -> list[dict[str, Any]]:
-    r = await api.get(f"/v1/jobs/{jid}/deliveries")
-    assert r.status_code == 200
-    data = r.json()
-    return list(data["data"] if isinstance(data, dict) else data)
+async def settled_event(api: httpx.AsyncClient, jid: str) -> dict[str, Any]:
+    """The job's one webhook event, once it is no longer pending."""
+
+    async def settled() -> list[dict[str, Any]] | None:
+        r = await api.get(f"/v1/jobs/{jid}/deliveries")
+        assert r.status_code == 200
+        evs: list[dict[str, Any]] = r.json()["data"]
+        return evs if evs and evs[0]["state"] != "pending" else None
+
+    [ev] = await wait_until(settled, what="the event settled")
+    return ev
 
 
 async def test_a_410_gone_stops_the_retries(
@@ -31,11 +37,7 @@ async def test_a_410_gone_stops_the_retries(
     body["webhook"] = {"url": receiver.url, "secret": generate_secret()}
     jid = (await api.post("/v1/jobs", json=body)).json()["id"]
 
-    async def settled() -> list[dict[str, Any]] | None:
-        evs = await deliveries(api, jid)
-        return evs if evs and evs[0]["state"] != "pending" else None
-
-    [ev] = await wait_until(settled, what="the event settled")
+    ev = await settled_event(api, jid)
     assert ev["state"] == "gone" and ev["attempts"] == 1
     assert receiver.requests == 1  # no retry on the schedule (0.2 s, 0.5 s, ...)
     dead = (await api.get("/v1/webhooks/dead-letters")).json()
@@ -54,11 +56,7 @@ async def test_delete_webhook_endpoint_stops_default_deliveries(
     jid = (await api.post("/v1/jobs", json=job_body("x [sim duration=0.1]"))).json()["id"]
     await wait_terminal(api, [jid])
 
-    async def settled() -> list[dict[str, Any]] | None:
-        evs = await deliveries(api, jid)
-        return evs if evs and evs[0]["state"] != "pending" else None
-
-    [ev] = await wait_until(settled, what="the event settled")
+    ev = await settled_event(api, jid)
     assert ev["state"] == "no_endpoint" and receiver.requests == 0
 
 
