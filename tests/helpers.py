@@ -98,6 +98,19 @@ async def wait_terminal(
     return done
 
 
+async def settled_event(api: httpx.AsyncClient, jid: str) -> dict[str, Any]:
+    """The job's one webhook event, once it is no longer pending."""
+
+    async def settled() -> list[dict[str, Any]] | None:
+        r = await api.get(f"/v1/jobs/{jid}/deliveries")
+        assert r.status_code == 200
+        evs: list[dict[str, Any]] = r.json()["data"]
+        return evs if evs and evs[0]["state"] != "pending" else None
+
+    [ev] = await wait_until(settled, what="the event settled")
+    return ev
+
+
 @asynccontextmanager
 async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[Any]:
     """An arq worker running in this event loop until the block ends."""

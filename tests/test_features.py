@@ -4,7 +4,6 @@ tenant's webhook endpoint, cancelling a paused job, and the size caps."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 import pytest
@@ -13,20 +12,7 @@ from jobs.delivery.signing import generate_secret
 from jobs.dev.receiver import Receiver
 from jobs.domain.requests import MAX_METADATA_BYTES
 from jobs.settings import Settings
-from tests.helpers import job_body, wait_terminal, wait_until
-
-
-async def settled_event(api: httpx.AsyncClient, jid: str) -> dict[str, Any]:
-    """The job's one webhook event, once it is no longer pending."""
-
-    async def settled() -> list[dict[str, Any]] | None:
-        r = await api.get(f"/v1/jobs/{jid}/deliveries")
-        assert r.status_code == 200
-        evs: list[dict[str, Any]] = r.json()["data"]
-        return evs if evs and evs[0]["state"] != "pending" else None
-
-    [ev] = await wait_until(settled, what="the event settled")
-    return ev
+from tests.helpers import job_body, settled_event, wait_terminal, wait_until
 
 
 async def test_a_410_gone_stops_the_retries(

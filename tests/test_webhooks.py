@@ -18,7 +18,14 @@ from jobs.delivery import url_safety
 from jobs.delivery.signing import generate_secret, headers_for
 from jobs.delivery.url_safety import Policy, UnsafeURL
 from jobs.settings import Settings
-from tests.helpers import Receiver, job_body, running_worker, wait_terminal, wait_until
+from tests.helpers import (
+    Receiver,
+    job_body,
+    running_worker,
+    settled_event,
+    wait_terminal,
+    wait_until,
+)
 
 
 def test_library_rejects_tampered_body_and_stale_timestamp() -> None:
@@ -144,7 +151,8 @@ async def test_receiver_down_then_up_same_id_then_dead_letter_and_redeliver(
         jid = (await api.post("/v1/jobs", json=body)).json()["id"]
         [d] = await wait_until(receiver.snapshot, what="third attempt delivered")
         assert receiver.requests == 3 and d.verified
-        log = (await api.get(f"/v1/jobs/{jid}/deliveries")).json()["data"][0]
+        # the attempt log is written before the event's state: wait for the state
+        log = await settled_event(api, jid)
         assert [a["outcome"] for a in log["attempt_log"]] == ["failed", "failed", "delivered"]
         assert log["id"] == d.msg_id and log["state"] == "delivered"
 
