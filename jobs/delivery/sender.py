@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""One webhook attempt: POST the signed body to the checked address, no redirects,
+within the per-attempt timeout, and say what came of it (delivered, gone on a 410,
+or failed with the status code or error)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""Webhook URLs that may only reach the public internet.
+
+A URL is checked for syntax at intake and resolved again before every attempt:
+every address it resolves to must be public (``is_public``), unless it falls in
+``INTERQ_WEBHOOK_ALLOWED_NETWORKS``. The sender then connects to the checked
+address (the name kept in the Host header and SNI), so a DNS answer that
+changes between check and connect cannot redirect it.
+"""
 
 from __future__ import annotations
 

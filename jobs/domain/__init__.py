@@ -1,1 +1,14 @@
-"""TODO."""
+"""The domain: what a job is and what may happen to it.
+
+- ``statuses``: every job status and event type, in one place.
+- ``records``: the typed ``Job``/``Event``/``Batch`` records at the store boundary.
+- ``requests``: the shapes callers send (``JobCreate``, ``BatchCreate``, ...).
+- ``lifecycle``: applying an upstream answer to a job (end, pause, resume),
+  its webhook events and stored result.
+- ``batches``: accepting, counting, streaming and cancelling batches.
+
+``statuses``, ``records`` and ``requests`` import nothing outside the domain; the
+use cases (``lifecycle``, ``batches``) also use storage, delivery (endpoints,
+URL safety), upstream's pure answer readers and ``jobs.services``. Nothing
+here imports ``jobs.http``, ``jobs.ui`` or ``jobs.cli``.
+"""

@@ -203,3 +203,8 @@ class Keys:
     @staticmethod
     def arq_retry(step_id: str) -> str:
         return retry_key_prefix + step_id
+
+
+def lane_of(tenant: str, batch_id: str | None) -> str:
+    """The dispatch lane of a job: one FIFO per tenant and batch."""
+    return f"{tenant}|{batch_id or '-'}"

@@ -20,9 +20,8 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from jobs.services import Services
-from jobs.storage.keys import Keys
+from jobs.storage.keys import Keys, lane_of
 from jobs.storage.scripts import register
-from jobs.work.dispatch import lane_of
 
 MAX_TRIES = 10  # reads of one record that kept changing before a purge gives up
 JOB_FIELDS = ("status", "tenant", "model", "idem_key", "interaction_ids")

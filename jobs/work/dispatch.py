@@ -23,16 +23,13 @@ from redis.asyncio import Redis
 
 from jobs.domain.lifecycle import submit_step
 from jobs.services import Services
+from jobs.storage.keys import lane_of as lane_of  # re-exported: where callers looked for it
 from jobs.storage.scripts import register
 from jobs.work.loops import supervised
 
 LEASE_MS = 5_000
 QUANTUM = 50  # jobs one lane may move per pass: fair, and few round trips per job
 IDLE_S = 0.05
-
-
-def lane_of(tenant: str, batch_id: str | None) -> str:
-    return f"{tenant}|{batch_id or '-'}"
 
 
 class Dispatcher:
