@@ -66,12 +66,12 @@ def limits_storage_uri(settings: Settings) -> str:
         url = urlparse(settings.effective_redis_url)
         auth = f":{url.password}@" if url.password else ""
         return f"async+redis+sentinel://{auth}{hosts}/{settings.redis_sentinel_master}"
-    url = settings.effective_redis_url
-    if url.startswith("rediss://") and settings.redis_tls_ca_file:
+    dsn = settings.effective_redis_url
+    if dsn.startswith("rediss://") and settings.redis_tls_ca_file:
         # redis-py's from_url passes unknown query arguments on as keywords
-        sep = "&" if urlparse(url).query else "?"
-        url += f"{sep}ssl_ca_certs={quote(settings.redis_tls_ca_file, safe='')}"
-    return "async+" + url
+        sep = "&" if urlparse(dsn).query else "?"
+        dsn += f"{sep}ssl_ca_certs={quote(settings.redis_tls_ca_file, safe='')}"
+    return "async+" + dsn
 
 
 @dataclass
