@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import httpx
 from redis.asyncio import Redis
@@ -60,13 +60,18 @@ def redis_client(
 
 
 def limits_storage_uri(settings: Settings) -> str:
-    """The same Redis for the ``limits`` library's storage."""
+    """The same Redis for the ``limits`` library's storage (with the TLS CA file)."""
     if settings.redis_sentinels:
         hosts = ",".join(settings.redis_sentinels)
         url = urlparse(settings.effective_redis_url)
         auth = f":{url.password}@" if url.password else ""
         return f"async+redis+sentinel://{auth}{hosts}/{settings.redis_sentinel_master}"
-    return "async+" + settings.effective_redis_url
+    dsn = settings.effective_redis_url
+    if dsn.startswith("rediss://") and settings.redis_tls_ca_file:
+        # redis-py's from_url passes unknown query arguments on as keywords
+        sep = "&" if urlparse(dsn).query else "?"
+        dsn += f"{sep}ssl_ca_certs={quote(settings.redis_tls_ca_file, safe='')}"
+    return "async+" + dsn
 
 
 @dataclass
