@@ -1,8 +1,11 @@
 """Pure functions over Interaction JSON: what interq reads out of a result.
 
-These follow the google-genai SDK: the answer is built from the ``model_output``
-steps after the last ``user_input`` step (the SDK's ``output_text``); pending
-function calls are ``function_call`` steps with no matching ``function_result``.
+These follow the google-genai SDK (3.6.1). ``output_text`` is a port of
+``_output_properties_from_steps`` in ``google/genai/_gaos/google_genai.py``
+(the same walk as ``Interaction._populate_output_helpers``): the last unbroken
+run of text parts in the trailing ``model_output`` steps after the last
+``user_input``. Pending function calls are ``function_call`` steps with no
+matching ``function_result`` (the reference, section 4; the SDK has no helper).
 """
 
 from __future__ import annotations
@@ -29,13 +32,62 @@ def trailing_model_outputs(interaction: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in steps[last_input + 1 :] if s.get("type") == "model_output"]
 
 
+# The legacy Lyria models answer with ``outputs`` instead of ``steps``; the SDK
+# reads them as one model_output step (``_normalize_interaction_shape``).
+LEGACY_LYRIA_MODELS = frozenset({"lyria-3-pro-preview", "lyria-3-clip-preview"})
+
+
+def _answer_steps(interaction: dict[str, Any]) -> list[Any]:
+    steps = interaction.get("steps")
+    if isinstance(steps, list):
+        return steps
+    outputs = interaction.get("outputs")
+    if interaction.get("model") in LEGACY_LYRIA_MODELS and isinstance(outputs, list) and outputs:
+        return [{"type": "model_output", "content": outputs}]
+    return []
+
+
+def _get(value: Any, name: str) -> Any:
+    return value.get(name) if isinstance(value, dict) else None
+
+
 def output_text(interaction: dict[str, Any]) -> str | None:
+    """The SDK's ``output_text``, or None where the SDK has "" (no text).
+
+    Port of ``_output_properties_from_steps`` (google/genai/_gaos/google_genai.py):
+    walk back from the end, stop at ``user_input``, skip ``thought`` steps; once
+    a text part is collected, any other step (a tool call) or any non-text part
+    (an image) ends the run. So "Before tool call. " then a function call, then
+    "Final." gives "Final.", and [text X, image] then "Y" gives "Y".
+    """
     parts: list[str] = []
-    for step in trailing_model_outputs(interaction):
-        for c in step.get("content") or []:
-            if isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str):
-                parts.append(c["text"])
-    return "".join(parts) if parts else None
+    collecting = False
+    for step in reversed(_answer_steps(interaction)):
+        kind = _get(step, "type")
+        if kind == "user_input":
+            break
+        if kind == "thought":
+            continue
+        if kind != "model_output":
+            if collecting:
+                break
+            continue
+        content = _get(step, "content")
+        if not isinstance(content, list):
+            continue
+        stop = False
+        for item in reversed(content):
+            if _get(item, "type") != "text":
+                if collecting:
+                    stop = True
+                    break
+                continue
+            collecting = True
+            text = _get(item, "text")
+            parts.append(text if isinstance(text, str) else "")
+        if stop:
+            break
+    return "".join(reversed(parts)) or None
 
 
 def pending_calls(interaction: dict[str, Any]) -> list[dict[str, Any]]:
