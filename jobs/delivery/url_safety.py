@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Webhook URL safety: a URL is sent to only if it resolves to public addresses
+(no loopback, private, link-local, CGNAT...), else ``UnsafeURL`` (jobs/errors.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from jobs.errors import UnsafeURL
 
-class UnsafeURL(ValueError):
-    pass
+__all__ = ["Policy", "UnsafeURL", "is_public", "resolve"]
 
 
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
