@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import httpx
 
 from jobs.delivery.signing import headers_for
-from jobs.delivery.url_safety import Policy, UnsafeURL, resolve
+from jobs.delivery.url_safety import Policy, resolve
+from jobs.errors import UnsafeURL
 
 
 @dataclass

@@ -4,7 +4,8 @@ A URL is checked for syntax at intake and resolved again before every attempt:
 every address it resolves to must be public (``is_public``), unless it falls in
 ``INTERQ_WEBHOOK_ALLOWED_NETWORKS``. The sender then connects to the checked
 address (the name kept in the Host header and SNI), so a DNS answer that
-changes between check and connect cannot redirect it.
+changes between check and connect cannot redirect it. A refused URL raises
+``UnsafeURL`` (``jobs/errors.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from jobs.errors import UnsafeURL
 
-class UnsafeURL(ValueError):
-    pass
+__all__ = ["Policy", "UnsafeURL", "is_public", "resolve"]
 
 
 CGNAT = ipaddress.ip_network("100.64.0.0/10")

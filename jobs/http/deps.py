@@ -1,18 +1,30 @@
-"""Pieces of the HTTP intake that are not routes: error bodies, the body size
-limit, and the job view the API returns."""
+"""The routes' dependencies: the services (``Svc``), the caller's tenant
+(``Tenant``: bearer auth and the per-tenant request limit), and the lookups
+that answer 404 for another tenant's job or batch (``own_job``, ``own_batch``).
+
+``bearer`` is FastAPI's ``HTTPBearer`` without its own check: it puts the
+bearer security scheme in the OpenAPI schema; ``tenant`` does the checking."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItemPerSecond
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.domain.records import Job
+from jobs.domain import batches
+from jobs.domain.records import Batch, Job
+from jobs.errors import NotFound, RateLimited, Unauthorized
 from jobs.services import Services
+from jobs.settings import Settings
 
 DEFAULT_TENANT = "default"
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key of INTERQ_API_KEYS; none configured: no auth (one tenant).",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 def svc(request: Request) -> Services:
@@ -20,30 +32,37 @@ def svc(request: Request) -> Services:
     return s
 
 
-async def tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+def settings(request: Request) -> Settings:
+    s: Services = request.app.state.svc
+    return s.settings
+
+
+async def tenant(request: Request, _: Credentials) -> str:
     """The caller's tenant from its bearer key (401 if unknown), within its
     request rate (429 with Retry-After past ``INTERQ_TENANT_REQUESTS_PER_S``)."""
     s: Services = request.app.state.svc
     cfg = s.settings
+    authorization = request.headers.get("authorization")
     if not cfg.api_keys:
         t = DEFAULT_TENANT
     else:
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise StarletteHTTPException(401, "missing 'Authorization: Bearer <key>'")
+            raise Unauthorized("missing 'Authorization: Bearer <key>'")
         found = cfg.tenant_for_key(authorization[7:].strip())
         if found is None:
-            raise StarletteHTTPException(401, "unknown API key")
+            raise Unauthorized("unknown API key")
         t = found
     if cfg.tenant_requests_per_s:
         item = RateLimitItemPerSecond(cfg.tenant_requests_per_s, 1)
         if not await s.budgets.limiter.hit(item, "tenant", t):
-            raise StarletteHTTPException(
-                429, "too many requests for this tenant", headers={"Retry-After": "1"}
-            )
+            raise RateLimited("too many requests for this tenant", headers={"Retry-After": "1"})
     return t
 
 
 Svc = Annotated[Services, Depends(svc)]
+
+
+Cfg = Annotated[Settings, Depends(settings)]
 
 
 Tenant = Annotated[str, Depends(tenant)]
@@ -54,5 +73,13 @@ async def own_job(s: Services, t: str, job_id: str) -> Job:
     tenant's job does not exist for this caller)."""
     job = await s.store.get_job(job_id) if len(job_id) <= 64 else None
     if job is None or job.tenant != t:
-        raise StarletteHTTPException(404, f"no job {job_id!r}")
+        raise NotFound(f"no job {job_id!r}")
     return job
+
+
+async def own_batch(s: Services, t: str, batch_id: str) -> Batch:
+    """The batch if it exists and belongs to tenant ``t``; 404 otherwise."""
+    batch = await batches.get_batch(s, t, batch_id)
+    if batch is None:
+        raise NotFound(f"no batch {batch_id!r}")
+    return batch

@@ -1,9 +1,20 @@
-"""The API's answers when something other than the caller is at fault: 503 JSON
-while Redis refuses (read-only, out of memory, loading, unreachable), 500 JSON
-with a request id for anything unexpected, and the readiness probe that says
-which Redis trouble it is.
+"""The HTTP rendering of errors: every error answer is JSON,
+``{"error": {"code", "message", ...extra}}``.
 
-``install(app)`` registers the handlers: one for ``RedisError`` raised by a
+- an ``ApiError`` (``jobs/errors.py``) raised by a route or dependency: its
+  ``http_status``, ``code``, message, extra fields and headers (one handler
+  for the whole class tree);
+- a request that does not validate: 422 ``invalid_request`` with ``details``;
+- Starlette's own errors (unknown path, wrong method): 404 ``not_found``,
+  405 ``method_not_allowed``;
+- Redis refusing (read-only, out of memory, loading, unreachable): 503
+  ``unavailable`` naming the kind, with Retry-After;
+- anything unexpected: 500 ``internal`` with a request id;
+
+and the readiness probe that says which Redis trouble it is.
+
+``install(app)`` registers the handlers: those for ``ApiError``, validation
+and Starlette errors, one for ``RedisError`` raised by a
 route (Starlette's ExceptionMiddleware), and one for ``Exception``, which
 Starlette makes ServerErrorMiddleware's handler, outermost, so that an error
 from any middleware is JSON too. ServerErrorMiddleware re-raises after
@@ -22,18 +33,58 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs.errors import ApiError
 from jobs.observe.metrics import redis_error_kind
 
 log = logging.getLogger("interq.api")
 
 
 def api_error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    """The error body as a response, for code outside the routes (middleware,
+    the handlers below); a route raises an ``ApiError`` instead."""
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+def render(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers or None)
+
+
+STARLETTE_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    401: "unauthorized",
+    429: "rate_limited",
+}
+
+
+async def api_exception(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return render(exc)
+
+
+async def invalid(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]
+    msg = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
+    return api_error(422, "invalid_request", msg or "invalid request", details=details)
+
+
+async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = STARLETTE_CODES.get(exc.status_code, "error")
+    resp = api_error(exc.status_code, code, str(exc.detail))
+    resp.headers.update(exc.headers or {})
+    return resp
 
 
 UNAVAILABLE = {  # kind -> (message, Retry-After seconds)
@@ -126,6 +177,9 @@ class CatchAll:
 
 def install(app: FastAPI) -> None:
     """The handlers; add ``CatchAll`` as the last (outermost) middleware too."""
+    app.add_exception_handler(ApiError, api_exception)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RedisError, redis_trouble)
     app.add_exception_handler(Exception, internal_error)
 

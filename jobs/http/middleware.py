@@ -1,14 +1,20 @@
-"""TODO docstring."""
+"""ASGI middleware of the intake: ``BodyLimit``, the request body size limit.
+
+It runs before routing, so it answers the 413 ``body_too_large`` itself (the
+JSON error body of ``jobs/http/errors.py``); routes never see an oversized
+body. The limit is ``INTERQ_MAX_BODY_BYTES``, with a larger one for a path
+prefix (``/v1/batches``: ``INTERQ_MAX_BATCH_BYTES``). A body without a
+Content-Length (chunked) is counted as it is read: past the limit the read
+raises ``BodyTooLarge`` (``jobs/errors.py``), caught here and answered 413 if
+no response has started.
+"""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobs.http.errors import api_error
-
-
-class _TooLarge(Exception):
-    pass
+from jobs.errors import BodyTooLarge, TooLarge
+from jobs.http.errors import render
 
 
 class BodyLimit:
@@ -47,7 +53,7 @@ class BodyLimit:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge
+                    raise BodyTooLarge
             return msg
 
         async def tracking_send(msg: Message) -> None:
@@ -58,11 +64,11 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
+        except BodyTooLarge:
             if not started:
                 await self._refuse(send, limit)
 
     async def _refuse(self, send: Send, limit: int) -> None:
-        resp = api_error(413, "body_too_large", f"request body is larger than {limit} bytes")
+        resp = render(TooLarge(f"request body is larger than {limit} bytes"))
         await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
         await send({"type": "http.response.body", "body": resp.body})

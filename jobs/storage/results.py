@@ -19,12 +19,12 @@ from urllib.parse import urlparse
 import obstore
 from obstore.store import LocalStore, from_url
 
+from jobs.errors import ResultNotFound
+
+__all__ = ["ResultNotFound", "ResultStore"]
+
 if TYPE_CHECKING:
     from obstore.store import ClientConfig
-
-
-class ResultNotFound(Exception):
-    pass
 
 
 class ResultStore:

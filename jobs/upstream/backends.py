@@ -21,18 +21,9 @@ from typing import Any, Protocol
 import aiohttp
 import httpx
 
+from jobs.errors import SendFailed
+
 CONNECT_TIMEOUT_S = 10.0
-
-
-class SendFailed(Exception):
-    """No answer: ``kind`` is connect_error (surely not sent), timeout or
-    transport_error (``maybe_sent``)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.maybe_sent = kind != "connect_error"
 
 
 @dataclass

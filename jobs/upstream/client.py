@@ -1,14 +1,6 @@
-"""httpx client for the Gemini Interactions API, and its error classes.
-
-    UpstreamError                 anything that went wrong talking upstream
-     ├── Retryable                408, 429, 5xx, timeouts, connection errors
-     │     .delay_s               the server's hint (Retry-After, retry-after-ms,
-     │                            error.details[].retryDelay), or None
-     │     .maybe_sent            the request may have reached the server and
-     │                            only the response was lost (read timeout,
-     │                            dropped connection): a create may have run
-     └── Rejected                 any other 4xx: do not retry
-           └── NotFound           404
+"""httpx client for the Gemini Interactions API. Its errors (``UpstreamError``,
+``Retryable``, ``Rejected``, ``NotFound``) are defined in ``jobs/errors.py`` and
+re-exported here, the names the worker steps catch.
 
 No call here retries by itself: the worker steps decide, because a create must
 not be re-sent blindly (the API has no idempotency key).
@@ -26,41 +18,15 @@ from urllib.parse import quote
 
 import httpx
 
+from jobs.errors import Rejected, Retryable, SendFailed, UpstreamError
+from jobs.errors import UpstreamNotFound as NotFound
 from jobs.observe import metrics
 from jobs.settings import Settings
-from jobs.upstream.backends import AiohttpBackend, Answer, Backend, HttpxBackend, SendFailed
+from jobs.upstream.backends import AiohttpBackend, Answer, Backend, HttpxBackend
 
 API_REVISION = "2026-05-20"
 RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
-
-
-class UpstreamError(Exception):
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-
-
-class Retryable(UpstreamError):
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        delay_s: float | None = None,
-        maybe_sent: bool = False,
-    ) -> None:
-        super().__init__(message, status_code=status_code)
-        self.delay_s = delay_s
-        self.maybe_sent = maybe_sent
-
-
-class Rejected(UpstreamError):
-    pass
-
-
-class NotFound(Rejected):
-    pass
+__all__ = ["NotFound", "Rejected", "Retryable", "UpstreamClient", "UpstreamError"]
 
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)s\s*$")
