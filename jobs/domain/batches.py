@@ -30,9 +30,9 @@ from jobs.domain.requests import WebhookSpec, check_interaction_body
 from jobs.domain.statuses import TERMINAL, JobStatus
 from jobs.observe import metrics
 from jobs.services import Services
+from jobs.storage.keys import lane_of
 from jobs.storage.store import Page
 from jobs.upstream import answers as interactions
-from jobs.work.dispatch import lane_of
 
 MAX_REPORTED_ERRORS = 100
 CHUNK = 500
