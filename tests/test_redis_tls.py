@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from jobs.dev.harness import Proc, Stack, free_port
+from jobs.dev.harness import Proc, Stack, free_port, redis_ready
 from jobs.services import redis_client
 from jobs.settings import ModelLimit, Settings
 from tests.helpers import SimServer, job_body, running_worker, wait_terminal
@@ -120,20 +120,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 def _tls_ready(ca: Path) -> Callable[[Proc], bool]:
     def ready(p: Proc) -> bool:
-        client = redis.Redis(
-            host="127.0.0.1",
-            port=p.port,
-            ssl=True,
-            ssl_ca_certs=str(ca),
-            socket_connect_timeout=1,
-            socket_timeout=2,
-        )
-        try:
-            return bool(client.ping())
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-            return False
-        finally:
-            client.close()
+        return redis_ready(p, host="127.0.0.1", ssl=True, ssl_ca_certs=str(ca))
 
     return ready
 

@@ -196,7 +196,7 @@ class Stack:
         data.mkdir(parents=True, exist_ok=True)
         cmd = redis_server_cmd(port, str(data), aof=aof, fsync_always=fsync_always)
         url = f"redis://127.0.0.1:{port}/0"
-        self.add(name, cmd, base_env(), ready=_redis_ready, url=url, port=port)
+        self.add(name, cmd, base_env(), ready=redis_ready, url=url, port=port)
         self.env["INTERQ_REDIS_URL"] = url
         return url
 
@@ -345,10 +345,11 @@ class Stack:
             time.sleep(0.05)  # polling a readiness probe, not synchronising on a guess
 
 
-def _redis_ready(p: Proc) -> bool:
+def redis_ready(p: Proc, **conn: Any) -> bool:
+    """A PING answered (``conn``: more client options, e.g. TLS ones)."""
     import redis
 
-    client = redis.Redis(port=p.port, socket_connect_timeout=1, socket_timeout=2)
+    client = redis.Redis(port=p.port, socket_connect_timeout=1, socket_timeout=2, **conn)
     try:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
