@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +27,7 @@ from jobs.domain.records import Event, EventState, EventUpdate, event_fields
 from jobs.observe import logs, metrics
 from jobs.services import Services
 from jobs.storage.scripts import lua
+from jobs.work.clock import SYSTEM, Clock
 from jobs.work.engine import DueEngine, Write
 from jobs.work.steps import STEP_GUARD_MAX_TRIES, fault_delay
 
@@ -38,7 +38,7 @@ DURATION_SMOOTHING = 0.3
 
 
 class DeliveryEngine(DueEngine):
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, clock: Clock = SYSTEM) -> None:
         cfg = svc.settings
         super().__init__(
             redis=svc.redis,
@@ -49,6 +49,7 @@ class DeliveryEngine(DueEngine):
             idle_s=cfg.worker_poll_delay_s,
             task_timeout_s=cfg.webhook_timeout_s + 5.0,
             name="delivery",
+            clock=clock,
         )
         self.svc = svc
         self._write = svc.redis.register_script(lua("reschedule_delivery"))
@@ -108,7 +109,7 @@ class DeliveryEngine(DueEngine):
         metrics.WEBHOOK_LATENCY.observe(res.duration_s)
         attempt = ev.attempts + 1
         in_round = ev.round_attempts + 1
-        now = time.time()
+        now = self.clock.time()
         entry = {
             "attempt": attempt,
             "at": now,
@@ -146,14 +147,14 @@ class DeliveryEngine(DueEngine):
         return self._settle(event_id, ev, {"state": EventState.dead, "last_error": error}, True)
 
     def _again(self, event_id: str, delay_s: float, fields: EventUpdate) -> Write:
-        due = str(int((time.time() + delay_s) * 1000))
+        due = str(int((self.clock.time() + delay_s) * 1000))
         return self._w(event_id, "", due, "", fields)
 
     def _settle(
         self, event_id: str, ev: Event | None, fields: EventUpdate, dead: bool = False
     ) -> Write:
         tenant = ev.tenant if ev is not None else ""
-        return self._w(event_id, tenant, "", f"{time.time():.3f}" if dead else "", fields)
+        return self._w(event_id, tenant, "", f"{self.clock.time():.3f}" if dead else "", fields)
 
     def _w(self, event_id: str, tenant: str, due: str, dead_at: str, fields: EventUpdate) -> Write:
         keys = self.svc.store.keys

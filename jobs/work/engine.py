@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 
 from jobs.storage.scripts import lua
+from jobs.work.clock import SYSTEM, Clock
 
 log = logging.getLogger("interq.engine")
 
@@ -60,6 +60,7 @@ class DueEngine:
     idle_s: float  # longest sleep when nothing is due
     task_timeout_s: float  # one entry's work, at most (then it counts as a fault)
     name: str = "engine"
+    clock: Clock = SYSTEM  # due times, lag, leases (a test passes its own)
     active: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)  # member -> monotonic start
     writes: list[Write] = field(default_factory=list)
@@ -95,7 +96,7 @@ class DueEngine:
         if free <= 0:
             await self._wait_for_change(self.idle_s)
             return 0.0
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock.time() * 1000)
         raw = await self._claim(
             keys=[self.index], args=[now_ms, int(self.lease_s * 1000), min(free, self.batch)]
         )
@@ -109,7 +110,7 @@ class DueEngine:
             (m, lag) for (m, _), lag in zip(claimed, lags, strict=True) if m not in self.active
         ]
         records = await self.prefetch([m for m, _ in fresh])
-        started = time.monotonic()
+        started = self.clock.monotonic()
         for (member, lag), record in zip(fresh, records, strict=True):
             self.active[member] = asyncio.create_task(self._run(member, lag, record))
             self.started[member] = started
@@ -139,10 +140,10 @@ class DueEngine:
     async def _renew(self) -> None:
         """Extend the lease of entries still in progress here past half of it,
         so that a slow answer is not claimed a second time by another worker."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         old = [m for m, t in self.started.items() if now - t > self.lease_s / 2]
         if old:
-            until = int((time.time() + self.lease_s) * 1000)
+            until = int((self.clock.time() + self.lease_s) * 1000)
             await self.redis.zadd(self.index, dict.fromkeys(old, until), xx=True, gt=True)
             for m in old:
                 self.started[m] = now
@@ -185,7 +186,7 @@ class DueEngine:
         mean = sum(lags) / len(lags) if lags else 0.0
         self.lag_avg += LAG_SMOOTHING * (mean - self.lag_avg)
         self.overloaded = self.lag_avg > OVERLOAD_LAG_S
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.overloaded and now - self._last_overload_log > OVERLOAD_LOG_EVERY_S:
             self._last_overload_log = now
             log.warning(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +38,7 @@ from jobs.services import Services
 from jobs.storage.scripts import lua
 from jobs.upstream import answers as interactions
 from jobs.upstream.client import NotFound, Rejected, Retryable, UpstreamError
+from jobs.work.clock import SYSTEM, Clock
 from jobs.work.engine import DueEngine, Write
 from jobs.work.steps import STEP_GUARD_MAX_TRIES, fault_delay, poll_interval, retry_delay
 
@@ -65,7 +65,7 @@ DROP = Next(-1.0, {})  # the entry is stale: leave the index if the job ended
 
 
 class PollEngine(DueEngine):
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, clock: Clock = SYSTEM) -> None:
         cfg = svc.settings
         super().__init__(
             redis=svc.redis,
@@ -76,6 +76,7 @@ class PollEngine(DueEngine):
             idle_s=min(cfg.worker_poll_delay_s, IDLE_MAX_S),
             task_timeout_s=cfg.step_timeout_s * 0.8,
             name="poller",
+            clock=clock,
         )
         self.svc = svc
         self._write = svc.redis.register_script(lua("reschedule_poll"))
@@ -101,7 +102,7 @@ class PollEngine(DueEngine):
         logs.bind(job_id=member, interaction_id=job.interaction_id)
         logs.bind(tenant=job.tenant, batch_id=job.batch_id)
         try:
-            nxt = await poll_job(self.svc, job)
+            nxt = await poll_job(self.svc, job, self.clock)
         except Exception as e:
             nxt = await self._fault(job, e)
         if nxt is None:
@@ -113,7 +114,9 @@ class PollEngine(DueEngine):
         return self._write_for(member, job.interaction_id, nxt)
 
     def _write_for(self, job_id: str, iid: str, nxt: Next) -> Write:
-        due = "" if nxt is DROP else str(int(((nxt.base or time.time()) + nxt.delay_s) * 1000))
+        due = (
+            "" if nxt is DROP else str(int(((nxt.base or self.clock.time()) + nxt.delay_s) * 1000))
+        )
         flat: list[str | int | float] = [job_id, iid, due]
         for k, v in job_fields(nxt.fields).items():
             flat += [k, v]
@@ -133,11 +136,11 @@ class PollEngine(DueEngine):
 # --------------------------------------------------------------------------- one poll
 
 
-async def poll_job(svc: Services, job: Job) -> Next | None:
+async def poll_job(svc: Services, job: Job, clock: Clock = SYSTEM) -> Next | None:
     """Poll one job once. Returns where its entry goes next, or None when a
     transition (end, pause, chain) has already moved it."""
     status, iid = job.status, job.interaction_id
-    now = time.time()
+    now = clock.time()
     deadline = job.deadline
     if status == JobStatus.requires_action:
         if now > deadline:
@@ -153,7 +156,7 @@ async def poll_job(svc: Services, job: Job) -> Next | None:
     elif now > deadline:
         await expire(svc, job)
         return None
-    sent = time.time()
+    sent = clock.time()
     try:
         inter = await svc.upstream.get(iid)
     except Retryable as e:

@@ -21,7 +21,6 @@ import asyncio
 import functools
 import logging
 import random
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -33,6 +32,7 @@ from jobs.domain.statuses import JobStatus
 from jobs.observe import logs, metrics
 from jobs.services import Services
 from jobs.upstream.client import Rejected, Retryable, UpstreamError
+from jobs.work.clock import SYSTEM, Clock
 
 log = logging.getLogger("interq.steps")
 
@@ -165,6 +165,7 @@ def create_body(job: Job, body: dict[str, Any], public_url: str | None) -> dict[
 @guarded("submit", submit_faults)
 async def submit(ctx: dict[str, Any], job_id: str) -> None:
     svc: Services = ctx["svc"]
+    clock: Clock = ctx.get("clock", SYSTEM)
     job = await svc.store.get_job(job_id)
     if job is None:
         return
@@ -176,7 +177,7 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
     else:
         return  # already submitted, or ended
     state, same = job.status, job.interaction_id
-    if time.time() > job.deadline:
+    if clock.time() > job.deadline:
         late = {"code": "deadline", "message": "job timed out before it was sent"}
         await finish(svc, job, JobStatus.expired, error=late)
         return
@@ -221,13 +222,15 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
         }
         await finish(svc, job, JobStatus.failed, error=error)
         return
-    await record_interaction(svc, job, inter)
+    await record_interaction(svc, job, inter, clock)
 
 
-async def record_interaction(svc: Services, job: Job, inter: dict[str, Any]) -> None:
+async def record_interaction(
+    svc: Services, job: Job, inter: dict[str, Any], clock: Clock = SYSTEM
+) -> None:
     """Persist a new interaction id and schedule its first poll, atomically."""
     iid = str(inter["id"])
-    now = time.time()
+    now = clock.time()
     chain = [*job.interaction_ids, iid]
     out = await svc.store.start(
         job,
