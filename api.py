@@ -12,8 +12,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,11 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobs.delivery import signing, url_safety
 from jobs.domain import batches
 from jobs.domain import lifecycle as outcomes
-from jobs.domain.records import Batch, Job
+from jobs.domain.records import Job
 from jobs.domain.requests import BatchCreate, ContinueBody, JobCreate, WebhookSpec
 from jobs.domain.statuses import TERMINAL, JobStatus
 from jobs.http import errors as http_errors
-from jobs.http.deps import DEFAULT_TENANT, Svc, Tenant, own_job
+from jobs.http.deps import DEFAULT_TENANT, Svc, Tenant, own_batch, own_job
 from jobs.http.errors import api_error
 from jobs.http.middleware import BodyLimit
 from jobs.http.routes import retention as retention_routes
@@ -73,37 +72,12 @@ def create_app(
         BodyLimit, max_bytes=cfg.max_body_bytes, large=("/v1/batches", cfg.max_batch_bytes)
     )
     app.add_middleware(http_errors.CatchAll)  # outermost of ours: errors become JSON
-    install_error_handlers(app)
+    http_errors.install(app)  # every error answer is JSON (jobs/http/errors.py)
     app.include_router(routes(cfg))
     app.include_router(webhook_routes.router)
     app.include_router(retention_routes.router)
     app.include_router(ui.router)
     return app
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-            for e in exc.errors()
-        ]
-        msg = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
-        return api_error(422, "invalid_request", msg or "invalid request", details=details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {
-            404: "not_found",
-            405: "method_not_allowed",
-            401: "unauthorized",
-            429: "rate_limited",
-        }.get(exc.status_code, "error")
-        resp = api_error(exc.status_code, code, str(exc.detail))
-        resp.headers.update(exc.headers or {})
-        return resp
-
-    http_errors.install(app)  # Redis trouble: 503 JSON; anything unexpected: 500 JSON
 
 
 def routes(cfg: Settings) -> APIRouter:
@@ -301,17 +275,9 @@ def routes(cfg: Settings) -> APIRouter:
             batch_id = await batches.create_batch(s, t, lines, hook, metadata)
         except ValidationError as e:
             return api_error(422, "invalid_request", batches._explain(e))
-        except batches.BatchError as e:
-            return api_error(422, "invalid_batch", e.message, lines=e.lines)
         batch = await batches.get_batch(s, t, batch_id)
         assert batch is not None
         return await batches.batch_view(s, batch)
-
-    async def own_batch(s: Services, t: str, batch_id: str) -> Batch:
-        batch = await batches.get_batch(s, t, batch_id)
-        if batch is None:
-            raise StarletteHTTPException(404, f"no batch {batch_id!r}")
-        return batch
 
     @r.get("/v1/batches/{batch_id}")
     async def get_batch(batch_id: str, s: Svc, t: Tenant) -> Any:

@@ -28,6 +28,7 @@ from jobs.domain import lifecycle as outcomes
 from jobs.domain.records import Batch, Job
 from jobs.domain.requests import WebhookSpec, check_interaction_body
 from jobs.domain.statuses import TERMINAL, JobStatus
+from jobs.errors import BatchError
 from jobs.observe import metrics
 from jobs.services import Services
 from jobs.storage.keys import lane_of
@@ -57,13 +58,6 @@ class BatchLine(BaseModel):
         if v is not None and v.secret is None:
             raise ValueError("a per-line webhook needs its own 'secret'")
         return v
-
-
-class BatchError(Exception):
-    def __init__(self, message: str, lines: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.lines = lines or []
 
 
 def ndjson_items(body: bytes) -> list[tuple[int, Any]]:

@@ -17,7 +17,6 @@ from jobs.domain import batches
 from jobs.domain.records import Batch, Job
 from jobs.errors import NotFound, RateLimited, Unauthorized
 from jobs.services import Services
-from jobs.settings import Settings
 
 DEFAULT_TENANT = "default"
 bearer = HTTPBearer(
@@ -30,11 +29,6 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 def svc(request: Request) -> Services:
     s: Services = request.app.state.svc
     return s
-
-
-def settings(request: Request) -> Settings:
-    s: Services = request.app.state.svc
-    return s.settings
 
 
 async def tenant(request: Request, _: Credentials) -> str:
@@ -60,9 +54,6 @@ async def tenant(request: Request, _: Credentials) -> str:
 
 
 Svc = Annotated[Services, Depends(svc)]
-
-
-Cfg = Annotated[Settings, Depends(settings)]
 
 
 Tenant = Annotated[str, Depends(tenant)]
