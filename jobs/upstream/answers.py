@@ -10,6 +10,7 @@ matching ``function_result`` (the reference, section 4; the SDK has no helper).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 USAGE_KINDS = {
@@ -61,33 +62,32 @@ def output_text(interaction: dict[str, Any]) -> str | None:
     "Final." gives "Final.", and [text X, image] then "Y" gives "Y".
     """
     parts: list[str] = []
-    collecting = False
+    for text in _parts_backwards(interaction):
+        if text is not None:
+            parts.append(text)
+        elif parts:
+            break  # a tool step or a non-text part ends the run
+    return "".join(reversed(parts)) or None
+
+
+def _parts_backwards(interaction: dict[str, Any]) -> Iterator[str | None]:
+    """From the end back to the last ``user_input``: each text part's text, or
+    None for a non-text part or a step that is not model output (``thought``
+    steps skipped)."""
     for step in reversed(_answer_steps(interaction)):
         kind = _get(step, "type")
         if kind == "user_input":
-            break
+            return
         if kind == "thought":
             continue
         if kind != "model_output":
-            if collecting:
-                break
+            yield None
             continue
         content = _get(step, "content")
-        if not isinstance(content, list):
-            continue
-        stop = False
-        for item in reversed(content):
-            if _get(item, "type") != "text":
-                if collecting:
-                    stop = True
-                    break
-                continue
-            collecting = True
+        for item in reversed(content if isinstance(content, list) else []):
             text = _get(item, "text")
-            parts.append(text if isinstance(text, str) else "")
-        if stop:
-            break
-    return "".join(reversed(parts)) or None
+            is_text = _get(item, "type") == "text"
+            yield (text if isinstance(text, str) else "") if is_text else None
 
 
 def pending_calls(interaction: dict[str, Any]) -> list[dict[str, Any]]:
