@@ -13,6 +13,8 @@ thing: what a *caller* of the API catches).
      │     │     ├── BatchError   422 invalid_batch, .lines: the invalid lines
      │     │     ├── UnknownCallId  422 unknown_call_id
      │     │     └── IdempotencyKeyReused  422 idempotency_key_reused
+     │     ├── InvalidWebhook     400 invalid_webhook: a bad signature or body on
+     │     │                      POST /v1/upstream/webhook
      │     ├── Unauthorized       401 unauthorized
      │     ├── NotFound           404 not_found
      │     │     └── NoResult     404 no_result
@@ -87,6 +89,11 @@ class UnknownCallId(InvalidRequest):
 
 class IdempotencyKeyReused(InvalidRequest):
     code = "idempotency_key_reused"
+
+
+class InvalidWebhook(ApiError):
+    http_status = 400
+    code = "invalid_webhook"
 
 
 class Unauthorized(ApiError):

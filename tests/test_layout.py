@@ -23,7 +23,6 @@ KNOWN_LONG_FUNCTIONS = {
     "bench/pipeline.py main",
     "bench/polling.py run",
     "bench/polling.py main",
-    "api.py routes",
 }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.delivery import url_safety
+from jobs.domain import cancel
 from jobs.domain import lifecycle as outcomes
 from jobs.domain.records import Batch, Job
 from jobs.domain.requests import WebhookSpec, check_interaction_body
@@ -73,7 +74,7 @@ def ndjson_items(body: bytes) -> list[tuple[int, Any]]:
     return out
 
 
-def _explain(e: ValidationError) -> str:
+def explain(e: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'line'}: {err['msg']}" for err in e.errors()
     )
@@ -95,7 +96,7 @@ def validate_lines(items: Iterable[tuple[int, Any]], max_jobs: int) -> list[Batc
         try:
             line = BatchLine.model_validate(item)
         except ValidationError as e:
-            errors.append({"line": n, "error": _explain(e)})
+            errors.append({"line": n, "error": explain(e)})
             continue
         if line.custom_id in seen:
             errors.append(
@@ -283,23 +284,7 @@ async def cancel_batch(svc: Services, batch: Batch) -> None:
 
 
 async def cancel_one(svc: Services, job: Job) -> None:
-    status = job.status
-    if status == JobStatus.queued:
-        note = "batch cancelled before the job was sent"
-        if await outcomes.finish(svc, job, JobStatus.cancelled, expect=status, note=note):
-            return
-        fresh = await svc.store.get_job(job.id)
-        if fresh is None:
-            return
-        job, status = fresh, fresh.status
-    if status == JobStatus.running:
-        out = await svc.store.set_flags(job.id, status, {"cancel_requested": True})
-        if out.ok:
-            await svc.store.poke(job.id)
-    elif status == JobStatus.requires_action:
-        from jobs.work.steps import cancel_paused
-
-        await cancel_paused(svc, job)
+    await cancel.request(svc, job, "batch cancelled before the job was sent")
 
 
 async def total_usage(svc: Services, batch_id: str) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""What the API returns: the job view and the error body."""
+"""What the API returns: the job view, the error body, and the error answers
+each route declares in the OpenAPI schema (``errors``)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,21 @@ def job_view(job: Job) -> JobView:
         webhook_url=job.webhook_url or None,
         note=job.note or None,
     )
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Not a valid request for this route",
+    401: "Missing or unknown API key",
+    404: "No such object for this tenant",
+    409: "Not possible in the object's current status",
+    413: "Request body over the size limit",
+    422: "Invalid request (the error says which field and why)",
+    429: "Too many requests for this tenant; see Retry-After",
+    503: "Redis is unavailable or refuses writes; see Retry-After",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entries for these error statuses, each with
+    the ``{"error": {...}}`` body."""
+    return {c: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[c]} for c in codes}

@@ -40,15 +40,13 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from jobs.domain import batches
-from jobs.domain.lifecycle import finish
+from jobs.domain import batches, cancel
 from jobs.domain.records import Batch, Job
-from jobs.domain.statuses import TERMINAL, JobStatus
+from jobs.domain.statuses import TERMINAL
 from jobs.observe import metrics
 from jobs.services import Services
 from jobs.storage import purge
 from jobs.storage.scripts import register
-from jobs.upstream.client import UpstreamError
 
 log = logging.getLogger("interq.retention")
 
@@ -152,30 +150,9 @@ async def sweep_once(svc: Services, now: float | None = None) -> float:
 
 
 async def stop(svc: Services, job: Job) -> None:
-    """End an active job as ``cancelled`` (best effort, it is about to be
-    purged): a queued one is never sent, a running or paused one is cancelled
-    upstream first."""
-    from jobs.work.steps import cancel_paused
-
-    status = job.status
-    if status == JobStatus.queued:
-        note = "deleted before it was sent upstream"
-        if await finish(svc, job, JobStatus.cancelled, expect=status, note=note):
-            return
-        fresh = await svc.store.get_job(job.id)
-        if fresh is None:
-            return
-        job, status = fresh, fresh.status
-    if status == JobStatus.requires_action:
-        await cancel_paused(svc, job)
-    elif status == JobStatus.running:
-        try:
-            if job.interaction_id:
-                await svc.upstream.cancel(job.interaction_id)
-        except UpstreamError as e:
-            log.info("job %s: upstream cancel before delete: %s", job.id, e.message)
-        note = "deleted while running; cancelled upstream"
-        await finish(svc, job, JobStatus.cancelled, expect=status, note=note)
+    """End an active job as ``cancelled`` before it is purged: a queued one is
+    never sent, a running or paused one is cancelled upstream now."""
+    await cancel.request(svc, job, "deleted before it was sent upstream", at_once=True)
 
 
 def recheck_s(svc: Services) -> float:

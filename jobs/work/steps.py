@@ -277,13 +277,3 @@ async def deliver(ctx: dict[str, Any], event_id: str) -> None:
     """An arq ``deliver`` step queued before the delivery engine: the event
     joins the delivery index, due now."""
     await ctx["svc"].store.deliver_now(event_id)
-
-
-async def cancel_paused(svc: Services, job: Job) -> None:
-    """Cancel a job waiting in ``requires_action``: nothing runs upstream, so it
-    ends at once (the upstream cancel is best effort)."""
-    try:
-        await svc.upstream.cancel(job.interaction_id)
-    except UpstreamError as e:
-        log.info("job %s: upstream cancel of a paused interaction: %s", job.id, e.message)
-    await finish(svc, job, JobStatus.cancelled, expect=JobStatus.requires_action)

@@ -11,17 +11,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, field_validator
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.delivery import endpoints, signing, url_safety
 from jobs.domain.records import Event, EventState, Fields
 from jobs.domain.requests import WebhookSpec
+from jobs.errors import Conflict, InvalidWebhook, NotFound
 from jobs.http.deps import Svc, Tenant, own_job
-from jobs.http.errors import api_error
+from jobs.http.views import errors
 from jobs.services import Services
 
 log = logging.getLogger("interq.webhooks")
-router = APIRouter()
+router = APIRouter(responses=errors(401, 422, 429, 503))
+# Called by the Gemini API, not by a tenant: no bearer key, its own errors.
+upstream_router = APIRouter()
 
 
 def event_view(ev: Event, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -40,7 +42,7 @@ def event_view(ev: Event, attempts: list[dict[str, Any]] | None = None) -> dict[
     return out
 
 
-@router.get("/v1/jobs/{job_id}/deliveries")
+@router.get("/v1/jobs/{job_id}/deliveries", responses=errors(404))
 async def job_deliveries(job_id: str, s: Svc, t: Tenant) -> Any:
     """Every event of the job with each delivery attempt."""
     await own_job(s, t, job_id)
@@ -57,15 +59,17 @@ async def dead_letters(s: Svc, t: Tenant, limit: Annotated[int, Query(ge=1, le=1
     return {"data": [event_view(e) for e in await s.store.dead_letters(t, limit)]}
 
 
-@router.post("/v1/webhooks/events/{event_id}/redeliver", status_code=202)
+@router.post(
+    "/v1/webhooks/events/{event_id}/redeliver", status_code=202, responses=errors(404, 409)
+)
 async def redeliver(event_id: str, s: Svc, t: Tenant) -> Any:
     """Send a dead-lettered (or already delivered) event again, same
     ``webhook-id``, with a fresh retry schedule."""
     ev = await s.store.get_event(event_id) if len(event_id) <= 64 else None
     if ev is None or ev.tenant != t:
-        return api_error(404, "not_found", f"no event {event_id!r}")
+        raise NotFound(f"no event {event_id!r}")
     if ev.state == EventState.pending:
-        return api_error(409, "illegal_transition", "the event is still being delivered")
+        raise Conflict("the event is still being delivered")
     n = ev.redeliveries + 1
     await s.store.update_event(
         event_id, {"state": EventState.pending, "round_attempts": 0, "redeliveries": n}
@@ -99,10 +103,7 @@ def endpoint_view(ep: Fields) -> dict[str, Any]:
 async def put_endpoint(body: EndpointBody, s: Svc, t: Tenant, response: Response) -> Any:
     """The tenant's default endpoint, for every job and batch without its own
     webhook. The secret is returned once, in ``X-Webhook-Secret``."""
-    try:
-        await url_safety.resolve(str(body.url), s.webhook_policy)
-    except url_safety.UnsafeURL as e:
-        return api_error(422, "unsafe_webhook_url", str(e))
+    await url_safety.resolve(str(body.url), s.webhook_policy)  # 422 UnsafeURL
     secret = await endpoints.set_endpoint(s, t, str(body.url), body.secret)
     if body.secret is None:
         response.headers["X-Webhook-Secret"] = secret
@@ -111,50 +112,55 @@ async def put_endpoint(body: EndpointBody, s: Svc, t: Tenant, response: Response
     return endpoint_view(ep)
 
 
-@router.get("/v1/webhook-endpoint")
+@router.get("/v1/webhook-endpoint", responses=errors(404))
 async def get_endpoint(s: Svc, t: Tenant) -> Any:
     ep = await endpoints.get_endpoint(s, t)
     if ep is None:
-        return api_error(404, "not_found", "no default webhook endpoint")
+        raise NotFound("no default webhook endpoint")
     return endpoint_view(ep)
 
 
-@router.post("/v1/webhook-endpoint/rotate")
+@router.post("/v1/webhook-endpoint/rotate", responses=errors(404))
 async def rotate_secret(s: Svc, t: Tenant, response: Response) -> Any:
     """A new signing secret (in ``X-Webhook-Secret``); deliveries carry both
     signatures until ``rotating_until``."""
     rotated = await endpoints.rotate(s, t)
     if rotated is None:
-        return api_error(404, "not_found", "no default webhook endpoint")
+        raise NotFound("no default webhook endpoint")
     response.headers["X-Webhook-Secret"] = rotated[0]
     ep = await endpoints.get_endpoint(s, t)
     assert ep is not None
     return endpoint_view(ep)
 
 
-@router.delete("/v1/webhook-endpoint", status_code=204)
+@router.delete("/v1/webhook-endpoint", status_code=204, response_class=Response)
 async def delete_endpoint(s: Svc, t: Tenant) -> Response:
     await s.redis.delete(endpoints.endpoint_key(s, t))
     s.cache.pop("endpoints", None)
     return Response(status_code=204)
 
 
-@router.post("/v1/upstream/webhook", status_code=204, include_in_schema=False)
+@upstream_router.post(
+    "/v1/upstream/webhook",
+    status_code=204,
+    response_class=Response,
+    responses=errors(400, 404, 413, 503),
+)
 async def upstream_webhook(request: Request) -> Response:
     """The Gemini API's own webhook (Standard Webhooks, the configured
     secret): poll that interaction now instead of at its next scheduled poll."""
     s: Services = request.app.state.svc
     secret = s.settings.upstream_webhook_secret
     if secret is None:
-        raise StarletteHTTPException(404, "upstream webhooks are not configured")
+        raise NotFound("upstream webhooks are not configured")
     raw = await request.body()
     if not signing.verify(secret.get_secret_value(), dict(request.headers), raw):
-        raise StarletteHTTPException(400, "bad webhook signature")
+        raise InvalidWebhook("bad webhook signature")
     try:
         event = json.loads(raw)
         iid = str(event["data"]["id"])
     except (ValueError, KeyError, TypeError):
-        raise StarletteHTTPException(400, "not an interaction event") from None
+        raise InvalidWebhook("not an interaction event") from None
     job_id = await s.store.job_for_interaction(iid)
     if job_id is not None and await s.store.poke(job_id):
         log.info("upstream webhook %s for %s: polling job %s now", event.get("type"), iid, job_id)

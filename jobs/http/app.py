@@ -1,0 +1,62 @@
+"""The FastAPI app: services opened and closed with the app's lifespan, the
+body-size limit and the JSON error handlers around every route, and the
+routers of ``jobs/http/routes/`` and the ops page."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from jobs.http import errors as http_errors
+from jobs.http.deps import DEFAULT_TENANT
+from jobs.http.middleware import BodyLimit
+from jobs.http.routes import batches, jobs, ops, webhooks
+from jobs.services import Services, redis_client
+from jobs.settings import Settings, get_settings
+from jobs.ui import page as ui
+
+log = logging.getLogger("interq.api")
+
+
+def create_app(
+    settings: Settings | None = None, upstream_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """The intake API. ``upstream_transport`` replaces the upstream's HTTP
+    transport (tests pass an ``httpx.MockTransport``)."""
+    cfg = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.svc = Services.open(cfg, upstream_transport=upstream_transport)
+        app.state.probe = redis_client(cfg, retries=0, socket_timeout=5.0)  # for /readyz
+        if not cfg.api_keys:
+            log.warning(
+                "no INTERQ_API_KEYS configured: serving one tenant, %r, without auth",
+                DEFAULT_TENANT,
+            )
+        try:
+            yield
+        finally:
+            await app.state.probe.aclose()
+            await app.state.svc.close()
+
+    app = FastAPI(title="interq", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(
+        BodyLimit, max_bytes=cfg.max_body_bytes, large=("/v1/batches", cfg.max_batch_bytes)
+    )
+    app.add_middleware(http_errors.CatchAll)  # outermost of ours: errors become JSON
+    http_errors.install(app)  # every error answer is JSON (jobs/http/errors.py)
+    for r in (
+        jobs.router,
+        batches.router,
+        webhooks.router,
+        webhooks.upstream_router,
+        ops.router,
+        ui.router,
+    ):
+        app.include_router(r)
+    return app

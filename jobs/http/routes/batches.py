@@ -1,0 +1,102 @@
+"""The batch routes: ``/v1/batches`` (create from JSON or NDJSON, get, stream
+the results, cancel, delete). A batch is the caller's tenant's only; another
+tenant's id is a 404, like an unknown one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from jobs.delivery import signing
+from jobs.domain import batches
+from jobs.domain.requests import BatchCreate, WebhookSpec
+from jobs.errors import Conflict, InvalidRequest
+from jobs.http.deps import Svc, Tenant, own_batch
+from jobs.http.views import errors
+from jobs.work import retention
+
+NDJSON_TYPES = frozenset(
+    {"application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson"}
+)
+router = APIRouter(responses=errors(401, 422, 429, 503))
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": BatchCreate.model_json_schema()},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.post("/v1/batches", status_code=202, openapi_extra=BATCH_BODY, responses=errors(413))
+async def create_batch(
+    request: Request,
+    response: Response,
+    s: Svc,
+    t: Tenant,
+    x_webhook_url: Annotated[str | None, Header()] = None,
+    x_webhook_secret: Annotated[str | None, Header()] = None,
+) -> Any:
+    """A batch of jobs, as ``{"jobs": [...]}`` or one job per NDJSON line (its
+    webhook then in ``X-Webhook-Url`` / ``X-Webhook-Secret``). All lines are
+    checked first: any invalid line refuses the whole batch (422
+    ``invalid_batch`` listing every bad line)."""
+    raw = await request.body()
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if ctype in NDJSON_TYPES:
+            items = batches.ndjson_items(raw)
+            hook = None
+            if x_webhook_url:
+                spec = {"url": x_webhook_url, "secret": x_webhook_secret}
+                hook = WebhookSpec.model_validate(spec)
+            metadata = None
+        else:
+            body = BatchCreate.model_validate_json(raw)
+            items = list(enumerate(body.jobs, start=1))
+            hook, metadata = body.webhook, body.metadata
+        lines = batches.validate_lines(items, s.settings.max_batch_jobs)
+        if hook is not None and hook.secret is None:
+            hook = WebhookSpec(url=hook.url, secret=signing.generate_secret())
+            response.headers["X-Webhook-Secret"] = hook.secret or ""
+        batch_id = await batches.create_batch(s, t, lines, hook, metadata)
+    except ValidationError as e:
+        raise InvalidRequest(batches.explain(e)) from None
+    return await batches.batch_view(s, await own_batch(s, t, batch_id))
+
+
+@router.get("/v1/batches/{batch_id}", responses=errors(404))
+async def get_batch(batch_id: str, s: Svc, t: Tenant) -> Any:
+    """The batch's counts by status, its token usage and its webhook state."""
+    return await batches.batch_view(s, await own_batch(s, t, batch_id))
+
+
+@router.get("/v1/batches/{batch_id}/results", responses=errors(404))
+async def batch_results(batch_id: str, s: Svc, t: Tenant) -> Any:
+    """One NDJSON line per job, in input order, each with its result."""
+    await own_batch(s, t, batch_id)
+    return StreamingResponse(batches.iter_results(s, batch_id), media_type="application/x-ndjson")
+
+
+@router.post("/v1/batches/{batch_id}/cancel", status_code=202, responses=errors(404, 409))
+async def cancel_batch(batch_id: str, s: Svc, t: Tenant) -> Any:
+    """Queued jobs end at once (never sent); running ones are cancelled upstream."""
+    batch = await own_batch(s, t, batch_id)
+    if batch.status != "in_progress":
+        raise Conflict(f"batch is already {batch.status}")
+    await batches.cancel_batch(s, batch)
+    return await batches.batch_view(s, await own_batch(s, t, batch_id))
+
+
+@router.delete(
+    "/v1/batches/{batch_id}", status_code=204, response_class=Response, responses=errors(404)
+)
+async def delete_batch(batch_id: str, s: Svc, t: Tenant) -> Response:
+    """Delete the batch and every job of it: active jobs are cancelled first."""
+    await retention.delete_batch(s, await own_batch(s, t, batch_id))
+    return Response(status_code=204)

@@ -1,0 +1,206 @@
+"""The job routes: ``/v1/jobs`` (create, list, get, cancel, continue, delete)
+and a job's stored result and files.
+
+Every route answers for the caller's tenant only (another tenant's job is a
+404, like an unknown one) and raises the ``ApiError`` of ``jobs/errors.py``
+for anything it refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+
+from jobs.delivery import signing, url_safety
+from jobs.domain import batches, cancel, lifecycle
+from jobs.domain.records import Job
+from jobs.domain.requests import ContinueBody, JobCreate
+from jobs.domain.statuses import JobStatus
+from jobs.errors import (
+    Conflict,
+    IdempotencyKeyReused,
+    JobInBatch,
+    NoResult,
+    NotFound,
+    ResultNotFound,
+    UnknownCallId,
+)
+from jobs.http.deps import Svc, Tenant, own_batch, own_job
+from jobs.http.views import JobView, errors, job_view
+from jobs.observe import metrics
+from jobs.services import Services
+from jobs.storage.keys import lane_of
+from jobs.work import retention
+
+router = APIRouter(responses=errors(401, 422, 429, 503))
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobView, responses=errors(413))
+async def create_job(
+    body: JobCreate,
+    s: Svc,
+    t: Tenant,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Any:
+    """Queue one interaction. A webhook without a ``secret`` gets a generated
+    one, returned once in ``X-Webhook-Secret``. The same ``Idempotency-Key``
+    with the same body answers the first job (``Idempotent-Replayed: true``)."""
+    secret = ""
+    if body.webhook is not None:
+        await url_safety.resolve(str(body.webhook.url), s.webhook_policy)  # 422 UnsafeURL
+        secret = body.webhook.secret or signing.generate_secret()
+    job = lifecycle.new_job(
+        s.settings,
+        t,
+        body.interaction,
+        now=time.time(),
+        metadata=body.metadata,
+        custom_id=body.custom_id,
+        webhook_url=str(body.webhook.url) if body.webhook else "",
+        webhook_secret=secret,
+        timeout_s=body.timeout_s,
+    )
+    replayed = await store_new_job(s, job, body, idempotency_key)
+    if replayed is not None:
+        response.headers["Idempotent-Replayed"] = "true"
+        return job_view(await own_job(s, t, replayed))
+    if body.webhook is not None and not body.webhook.secret:
+        response.headers["X-Webhook-Secret"] = secret
+    metrics.JOBS_ACCEPTED.labels(model=metrics.model_label(job.model)).inc()
+    return job_view(Job.from_redis(job.to_redis()))  # as stored
+
+
+async def store_new_job(s: Services, job: Job, body: JobCreate, key: str | None) -> str | None:
+    """Store ``job``; ``None`` if it was stored, or the id of the job an
+    earlier call with the same idempotency key and body created."""
+    digest = ""
+    idem = None
+    if key:
+        canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        idem = (hashlib.sha256(key.encode()).hexdigest(), f"{job.id}|{digest}")
+    created, existing = await s.store.create_job(
+        job, lane=lane_of(job.tenant, None), idem=idem, idem_ttl_s=s.settings.idempotency_ttl_s
+    )
+    if created:
+        return None
+    first_id, first_digest = existing.split("|", 1)
+    if first_digest != digest:
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different body")
+    return first_id
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView, responses=errors(404))
+async def get_job(job_id: str, s: Svc, t: Tenant) -> Any:
+    return job_view(await own_job(s, t, job_id))
+
+
+@router.get("/v1/jobs", responses=errors(404))
+async def list_jobs(
+    s: Svc,
+    t: Tenant,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[int | None, Query(ge=0)] = None,
+    batch_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> Any:
+    """Newest first; with ``batch_id``, the batch's jobs in input order (404
+    for a batch that is not the caller's)."""
+    if batch_id is not None:
+        await own_batch(s, t, batch_id)
+        page = await batches.page(s, batch_id, status, limit, cursor or 0)
+    else:
+        page = await s.store.list_jobs(
+            t, status=status.value if status else None, limit=limit, cursor=cursor
+        )
+    return {
+        "data": [job_view(j).model_dump(mode="json") for j in page.items],
+        "next_cursor": page.next_cursor,
+    }
+
+
+@router.get("/v1/jobs/{job_id}/result", responses=errors(404))
+async def get_result(job_id: str, s: Svc, t: Tenant) -> Any:
+    """The stored interaction, as the upstream returned it (its last hop)."""
+    job = await own_job(s, t, job_id)
+    if not job.result_key:
+        raise NoResult(f"job {job_id} has no result yet (status {job.status.value})")
+    try:
+        data = await s.results.get(job.result_key)
+    except ResultNotFound:
+        raise NoResult("the stored result is missing") from None
+    return Response(content=data, media_type="application/json")
+
+
+@router.post(
+    "/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobView, responses=errors(404, 409)
+)
+async def cancel_job(job_id: str, s: Svc, t: Tenant) -> Any:
+    """Queued: cancelled now. Running: cancelled upstream at its next poll
+    (poked to poll now). Waiting in ``requires_action``: cancelled now."""
+    job = await own_job(s, t, job_id)
+    ended = await cancel.request(s, job, "cancelled before it was sent upstream")
+    if ended is not None:
+        raise Conflict(f"job is already {ended}")
+    return job_view(await own_job(s, t, job_id))
+
+
+@router.post(
+    "/v1/jobs/{job_id}/continue",
+    status_code=202,
+    response_model=JobView,
+    responses=errors(404, 409),
+)
+async def continue_job(job_id: str, body: ContinueBody, s: Svc, t: Tenant) -> Any:
+    """Answer a job's pending function calls; it runs on as a new interaction
+    chained to the last one."""
+    job = await own_job(s, t, job_id)
+    if job.status != JobStatus.requires_action:
+        raise Conflict(f"job is {job.status.value}, not {JobStatus.requires_action.value}")
+    pending = {c.get("id") for c in job.pending_calls or []}
+    unknown = [i["call_id"] for i in body.input if i["call_id"] not in pending]
+    if unknown:
+        raise UnknownCallId(f"no pending function_call with id {', '.join(unknown)}")
+    stored = json.loads(await s.results.get(job.result_key))
+    follow = lifecycle.follow_up_body(job, stored, input=body.input)
+    if not await lifecycle.chain(s, job, JobStatus.requires_action, follow):
+        raise Conflict("the job moved on; fetch it again")
+    return job_view(await own_job(s, t, job_id))
+
+
+@router.get("/v1/jobs/{job_id}/files/{name}", responses=errors(404))
+async def get_file(job_id: str, name: str, s: Svc, t: Tenant) -> Any:
+    """A file the interaction produced (an image, audio), by the name its
+    result gives it."""
+    job = await own_job(s, t, job_id)
+    files = job.files
+    if name not in files:
+        raise NotFound(f"job {job_id} has no file {name!r}")
+    try:
+        data = await s.results.get(f"{job_id}/files/{name}")
+    except ResultNotFound:
+        raise NotFound("the stored file is missing") from None
+    return Response(content=data, media_type=files[name])
+
+
+@router.delete(
+    "/v1/jobs/{job_id}", status_code=204, response_class=Response, responses=errors(404, 409)
+)
+async def delete_job(job_id: str, s: Svc, t: Tenant) -> Response:
+    """Delete the job now (record, events, logs, indexes, stored result and
+    files): cancelled first if queued, running or waiting in
+    ``requires_action``, and its undelivered webhook event goes with it. A job
+    of a batch is deleted with its batch only (409 ``job_in_batch``)."""
+    job = await own_job(s, t, job_id)
+    if job.batch_id:
+        raise JobInBatch(
+            f"job {job_id} belongs to batch {job.batch_id}; delete the batch "
+            f"(DELETE /v1/batches/{job.batch_id}) to delete its jobs",
+            batch_id=job.batch_id,
+        )
+    await retention.delete_job(s, job)
+    return Response(status_code=204)
