@@ -38,6 +38,7 @@ class UpPlan:
     env: dict[str, str]
     metrics_base: int  # worker i serves /metrics on metrics_base + i (0: none)
     notes: list[str] = field(default_factory=list)
+    redis_port: int = REDIS_PORT  # where a Redis it starts listens
 
     def metrics_port(self, i: int) -> int:
         return self.metrics_base + i if self.metrics_base else 0
@@ -64,7 +65,12 @@ def webhook_note(cfg: Settings) -> str:
 
 
 def plan_up(
-    cfg: Settings, environ: Mapping[str, str], *, sim_port: int, redis_answers: bool
+    cfg: Settings,
+    environ: Mapping[str, str],
+    *,
+    sim_port: int,
+    redis_answers: bool,
+    redis_port: int = REDIS_PORT,
 ) -> UpPlan:
     """Decide from ``cfg`` (read from the environment and ``.env``, as the
     children read it) what to start and with which environment."""
@@ -74,8 +80,8 @@ def plan_up(
     if cfg.redis_url is None and not cfg.redis_sentinels:
         start_redis = not redis_answers
         if redis_answers:
-            notes.append(f"using the Redis already answering on localhost:{REDIS_PORT}")
-        env["INTERQ_REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
+            notes.append(f"using the Redis already answering on localhost:{redis_port}")
+        env["INTERQ_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     simulator = cfg.gemini_api_key is None or not cfg.gemini_api_key.get_secret_value()
     if simulator:
         for var in KEY_VARS:  # an empty one: the workers must send none at all
@@ -90,7 +96,7 @@ def plan_up(
         )
     else:
         notes.append(f"upstream = {cfg.upstream_url} (GEMINI_API_KEY set); {webhook_note(cfg)}.")
-    return UpPlan(start_redis, simulator, env, cfg.worker_metrics_port, notes)
+    return UpPlan(start_redis, simulator, env, cfg.worker_metrics_port, notes, redis_port)
 
 
 def banner(msg: str) -> None:
@@ -106,16 +112,23 @@ def up(
     port: Annotated[int, typer.Option(help="API port")] = API_PORT,
     sim_port: Annotated[int, typer.Option(help="simulator port")] = SIM_PORT,
     workers: Annotated[int, typer.Option(help="worker processes", min=1)] = 1,
+    redis_port: Annotated[
+        int, typer.Option(help="port of the Redis to use or start (no INTERQ_REDIS_URL)")
+    ] = REDIS_PORT,
 ) -> None:
     """Start everything a local service needs; Ctrl-C stops it all cleanly."""
     import os
     import shutil
 
     plan = plan_up(
-        Settings(), os.environ, sim_port=sim_port, redis_answers=answers("127.0.0.1", REDIS_PORT)
+        Settings(),
+        os.environ,
+        sim_port=sim_port,
+        redis_answers=answers("127.0.0.1", redis_port),
+        redis_port=redis_port,
     )
     if plan.start_redis and shutil.which("redis-server") is None:
-        say(f"no Redis on localhost:{REDIS_PORT} and no redis-server binary", typer.colors.RED)
+        say(f"no Redis on localhost:{redis_port} and no redis-server binary", typer.colors.RED)
         say("(apt-get install redis-server)", typer.colors.RED)
         raise typer.Exit(1)
     for note in plan.notes:
@@ -137,7 +150,7 @@ def up(
 def start_all(stack: Stack, plan: UpPlan, *, port: int, sim_port: int, workers: int) -> None:
     if plan.start_redis:
         data = Path("data/redis").resolve()
-        stack.start_redis(port=REDIS_PORT, aof=True, data_dir=data)
+        stack.start_redis(port=plan.redis_port, aof=True, data_dir=data)
         started(stack, "redis", f"append-only, data in {data}")
     if plan.simulator:
         stack.start_simulator(port=sim_port)
