@@ -125,7 +125,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
     args = ["up", "--port", str(api), "--sim-port", str(sim), "--redis-port", str(redis)]
     log = tmp_path / "up.log"
     with log.open("wb") as out:
-        popen = subprocess.Popen(  # noqa: S603 - our own command
+        popen = subprocess.Popen(
             [sys.executable, "-m", "jobs.cli", *args],
             cwd=tmp_path,
             env=env,
