@@ -9,9 +9,13 @@ one the workers use, and a real key never reaches the simulator.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from jobs.dev.harness import Stack
+from jobs.dev.harness import BACKENDS, Proc, Stack
 from jobs.settings import Settings
 
 SIM_PORT = 8090
@@ -143,7 +147,7 @@ def up(
         supervise(stack, stopping)
     finally:
         say("stopping...", typer.colors.WHITE)
-        stack.stop(grace=STOP_GRACE_S)
+        stop_all(stack, grace=STOP_GRACE_S)
         say("stopped", typer.colors.WHITE)
 
 
@@ -170,5 +174,52 @@ def started(stack: Stack, name: str, what: str = "") -> None:
 def supervise(stack: Stack, stopping: threading.Event, every_s: float = 0.5) -> None:
     """Restart any child that exited by itself, until ``stopping`` is set."""
     while not stopping.wait(every_s):
+        for p in stack.procs.values():  # what an exited child left running goes too
+            if not p.held and p.popen is not None and not p.alive:
+                signal_group(p, signal.SIGKILL)
         for proc, code in stack.supervise():
             say(f"{proc.name} exited ({code}); restarted pid={proc.pid}", typer.colors.RED)
+
+
+def signal_group(p: Proc, sig: int) -> bool:
+    """Send ``sig`` to ``p``'s process group (each child leads its own session,
+    so the group is the child and whatever it started); False if none is left."""
+    if p.popen is None:
+        return False
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal: still there
+        return True
+    return True
+
+
+def stop_all(stack: Stack, grace: float) -> None:
+    """Stop in ``Stack.stop``'s order (the API and workers, which drain, then the
+    simulator and Redis), but signal each child's whole process group: SIGTERM,
+    wait up to ``grace`` for the child to exit and its group to empty, then
+    SIGKILL what is left, so nothing a child started outlives ``up``."""
+    front = [p for p in stack.procs.values() if p.name not in BACKENDS]
+    back = [p for p in stack.procs.values() if p.name in BACKENDS]
+    for group in (front, back):
+        for p in group:
+            p.held = True  # the supervisor leaves it down
+            signal_group(p, signal.SIGTERM)
+        end = time.monotonic() + grace
+        for p in group:
+            if not drained(p, end) and signal_group(p, signal.SIGKILL) and p.popen:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(10)
+
+
+def drained(p: Proc, end: float) -> bool:
+    """Whether ``p`` exited and its process group emptied before ``end``."""
+    while p.popen is not None:
+        # poll() reaps the child: a zombie leader would keep its group there
+        if p.popen.poll() is not None and not signal_group(p, 0):
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.05)  # polling the group, bounded by ``end``
+    return True
