@@ -9,9 +9,13 @@ one the workers use, and a real key never reaches the simulator.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from jobs.dev.harness import Stack
+from jobs.dev.harness import BACKENDS, Proc, Stack
 from jobs.settings import Settings
 
 SIM_PORT = 8090
@@ -38,6 +42,7 @@ class UpPlan:
     env: dict[str, str]
     metrics_base: int  # worker i serves /metrics on metrics_base + i (0: none)
     notes: list[str] = field(default_factory=list)
+    redis_port: int = REDIS_PORT  # where a Redis it starts listens
 
     def metrics_port(self, i: int) -> int:
         return self.metrics_base + i if self.metrics_base else 0
@@ -64,7 +69,12 @@ def webhook_note(cfg: Settings) -> str:
 
 
 def plan_up(
-    cfg: Settings, environ: Mapping[str, str], *, sim_port: int, redis_answers: bool
+    cfg: Settings,
+    environ: Mapping[str, str],
+    *,
+    sim_port: int,
+    redis_answers: bool,
+    redis_port: int = REDIS_PORT,
 ) -> UpPlan:
     """Decide from ``cfg`` (read from the environment and ``.env``, as the
     children read it) what to start and with which environment."""
@@ -74,8 +84,8 @@ def plan_up(
     if cfg.redis_url is None and not cfg.redis_sentinels:
         start_redis = not redis_answers
         if redis_answers:
-            notes.append(f"using the Redis already answering on localhost:{REDIS_PORT}")
-        env["INTERQ_REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
+            notes.append(f"using the Redis already answering on localhost:{redis_port}")
+        env["INTERQ_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     simulator = cfg.gemini_api_key is None or not cfg.gemini_api_key.get_secret_value()
     if simulator:
         for var in KEY_VARS:  # an empty one: the workers must send none at all
@@ -90,7 +100,7 @@ def plan_up(
         )
     else:
         notes.append(f"upstream = {cfg.upstream_url} (GEMINI_API_KEY set); {webhook_note(cfg)}.")
-    return UpPlan(start_redis, simulator, env, cfg.worker_metrics_port, notes)
+    return UpPlan(start_redis, simulator, env, cfg.worker_metrics_port, notes, redis_port)
 
 
 def banner(msg: str) -> None:
@@ -106,16 +116,23 @@ def up(
     port: Annotated[int, typer.Option(help="API port")] = API_PORT,
     sim_port: Annotated[int, typer.Option(help="simulator port")] = SIM_PORT,
     workers: Annotated[int, typer.Option(help="worker processes", min=1)] = 1,
+    redis_port: Annotated[
+        int, typer.Option(help="port of the Redis to use or start (no INTERQ_REDIS_URL)")
+    ] = REDIS_PORT,
 ) -> None:
     """Start everything a local service needs; Ctrl-C stops it all cleanly."""
     import os
     import shutil
 
     plan = plan_up(
-        Settings(), os.environ, sim_port=sim_port, redis_answers=answers("127.0.0.1", REDIS_PORT)
+        Settings(),
+        os.environ,
+        sim_port=sim_port,
+        redis_answers=answers("127.0.0.1", redis_port),
+        redis_port=redis_port,
     )
     if plan.start_redis and shutil.which("redis-server") is None:
-        say(f"no Redis on localhost:{REDIS_PORT} and no redis-server binary", typer.colors.RED)
+        say(f"no Redis on localhost:{redis_port} and no redis-server binary", typer.colors.RED)
         say("(apt-get install redis-server)", typer.colors.RED)
         raise typer.Exit(1)
     for note in plan.notes:
@@ -130,14 +147,14 @@ def up(
         supervise(stack, stopping)
     finally:
         say("stopping...", typer.colors.WHITE)
-        stack.stop(grace=STOP_GRACE_S)
+        stop_all(stack, grace=STOP_GRACE_S)
         say("stopped", typer.colors.WHITE)
 
 
 def start_all(stack: Stack, plan: UpPlan, *, port: int, sim_port: int, workers: int) -> None:
     if plan.start_redis:
         data = Path("data/redis").resolve()
-        stack.start_redis(port=REDIS_PORT, aof=True, data_dir=data)
+        stack.start_redis(port=plan.redis_port, aof=True, data_dir=data)
         started(stack, "redis", f"append-only, data in {data}")
     if plan.simulator:
         stack.start_simulator(port=sim_port)
@@ -157,5 +174,52 @@ def started(stack: Stack, name: str, what: str = "") -> None:
 def supervise(stack: Stack, stopping: threading.Event, every_s: float = 0.5) -> None:
     """Restart any child that exited by itself, until ``stopping`` is set."""
     while not stopping.wait(every_s):
+        for p in stack.procs.values():  # what an exited child left running goes too
+            if not p.held and p.popen is not None and not p.alive:
+                signal_group(p, signal.SIGKILL)
         for proc, code in stack.supervise():
             say(f"{proc.name} exited ({code}); restarted pid={proc.pid}", typer.colors.RED)
+
+
+def signal_group(p: Proc, sig: int) -> bool:
+    """Send ``sig`` to ``p``'s process group (each child leads its own session,
+    so the group is the child and whatever it started); False if none is left."""
+    if p.popen is None:
+        return False
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal: still there
+        return True
+    return True
+
+
+def stop_all(stack: Stack, grace: float) -> None:
+    """Stop in ``Stack.stop``'s order (the API and workers, which drain, then the
+    simulator and Redis), but signal each child's whole process group: SIGTERM,
+    wait up to ``grace`` for the child to exit and its group to empty, then
+    SIGKILL what is left, so nothing a child started outlives ``up``."""
+    front = [p for p in stack.procs.values() if p.name not in BACKENDS]
+    back = [p for p in stack.procs.values() if p.name in BACKENDS]
+    for group in (front, back):
+        for p in group:
+            p.held = True  # the supervisor leaves it down
+            signal_group(p, signal.SIGTERM)
+        end = time.monotonic() + grace
+        for p in group:
+            if not drained(p, end) and signal_group(p, signal.SIGKILL) and p.popen:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(10)
+
+
+def drained(p: Proc, end: float) -> bool:
+    """Whether ``p`` exited and its process group emptied before ``end``."""
+    while p.popen is not None:
+        # poll() reaps the child: a zombie leader would keep its group there
+        if p.popen.poll() is not None and not signal_group(p, 0):
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.05)  # polling the group, bounded by ``end``
+    return True
