@@ -65,8 +65,8 @@ def stack(workers: int = 1, api: bool = True, **interq_env: str) -> Iterator[Sta
     with st:
         st.start_redis()
         st.start_simulator()
-        if api:
-            st.start_api()
+        if api:  # as uvicorn --log-level warning: no access log line per request
+            st.start_api(INTERQ_LOG_LEVEL="WARNING")
         for i in range(workers):
             st.start_worker(f"worker-{i}")
         yield st
