@@ -1,5 +1,6 @@
-"""Shared plumbing for the benchmarks: a private redis-server, the simulator,
-the API and workers as real processes on loopback, torn down at exit."""
+"""Shared plumbing for the benchmarks: ``jobs.dev.harness`` (a private
+redis-server, the simulator, the API and workers as real processes on loopback,
+torn down at exit) with the few bench extras, figures and tables."""
 
 from __future__ import annotations
 
@@ -7,30 +8,21 @@ import contextlib
 import json
 import os
 import platform
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
+import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import typer
 
-from jobs.cli.main import redis_server_cmd
+from jobs.dev import harness
+from jobs.dev.harness import ROOT as ROOT
+from jobs.dev.harness import Proc as Proc
+from jobs.dev.harness import free_port as free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
@@ -43,24 +35,8 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-@dataclass
-class Stack:
-    redis_url: str = ""
-    sim_url: str = ""
-    api_url: str = ""
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-
-    def spawn(self, *cmd: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(
-            list(cmd),
-            cwd=ROOT,
-            env=env or self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.procs.append(p)
-        return p
+class Stack(harness.Stack):
+    """The dev harness plus the simulator's control endpoints."""
 
     def sim_config(self, **cfg: Any) -> None:
         httpx.post(f"{self.sim_url}/_sim/config", json=cfg, timeout=10).raise_for_status()
@@ -74,59 +50,26 @@ class Stack:
         data: dict[str, Any] = r.json()
         return data
 
+    def stop_proc(self, p: Proc) -> None:
+        """SIGTERM one child (it drains) and wait for it; SIGKILL after 20 s."""
+        self.kill(p.name, signal.SIGTERM, timeout=20)
+
 
 @contextlib.contextmanager
 def stack(workers: int = 1, api: bool = True, **interq_env: str) -> Iterator[Stack]:
-    """redis-server + simulator (+ API + workers) with INTERQ_* overrides."""
-    st = Stack()
-    tmp = tempfile.mkdtemp(prefix="interq-bench-")
-    try:
-        rport = free_port()
-        st.spawn(*redis_server_cmd(rport, tmp, aof=False))
-        st.redis_url = f"redis://127.0.0.1:{rport}/0"
-        sport = free_port()
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("INTERQ_", "GEMINI_"))}
-        st.spawn(sys.executable, "-m", "jobs.cli", "simulator", "--port", str(sport), env=base)
-        st.sim_url = f"http://127.0.0.1:{sport}"
-        st.env = {
-            **base,
-            "INTERQ_REDIS_URL": st.redis_url,
-            "INTERQ_UPSTREAM_URL": st.sim_url,
-            "INTERQ_RESULTS_URL": f"file://{tmp}/results",
-            "INTERQ_WORKER_METRICS_PORT": "0",
-            "INTERQ_WEBHOOK_ALLOW_PRIVATE": "true",
-            **interq_env,
-        }
-        wait_http(f"{st.sim_url}/_sim/stats")
-        if api:
-            aport = free_port()
-            st.spawn(
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(aport),
-                "--log-level",
-                "warning",
-            )
-            st.api_url = f"http://127.0.0.1:{aport}"
-            wait_http(f"{st.api_url}/healthz")
-        for _ in range(workers):
-            st.spawn(sys.executable, "-m", "jobs.cli", "worker")
+    """redis-server + simulator (+ API + workers) with INTERQ_* overrides; the
+    processes' output goes to $BENCH_LOG_DIR/<name>.log when that is set, else
+    to a temporary folder removed at exit."""
+    log_dir = os.environ.get("BENCH_LOG_DIR") or True
+    st = Stack(extra_env=interq_env, log_dir=log_dir)
+    with st:
+        st.start_redis()
+        st.start_simulator()
+        if api:  # as uvicorn --log-level warning: no access log line per request
+            st.start_api(INTERQ_LOG_LEVEL="WARNING")
+        for i in range(workers):
+            st.start_worker(f"worker-{i}")
         yield st
-    finally:
-        for p in reversed(st.procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in st.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def machine() -> dict[str, Any]:
@@ -242,60 +185,26 @@ def sync_redis(url: str) -> Any:
     return redis.Redis.from_url(url)
 
 
-def spawn_logged(st: Stack, *cmd: str, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
-    """Like ``Stack.spawn`` but stderr goes to $BENCH_LOG_DIR/<name>.log when that is set."""
-    log_dir = os.environ.get("BENCH_LOG_DIR")
-    err: Any = subprocess.DEVNULL
-    if log_dir:
-        Path(log_dir).mkdir(parents=True, exist_ok=True)
-        err = open(Path(log_dir) / f"{name}.log", "ab")
-    try:
-        p = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
-    finally:
-        if err is not subprocess.DEVNULL:
-            err.close()  # the child has its own copy
-    st.procs.append(p)
-    return p
+def arq_ready(redis_url: str, queue: str) -> Callable[[Proc], bool]:
+    """A readiness check for an arq worker: it writes ``<queue>:health-check`` on
+    its first loop iteration, after its on_startup."""
 
-
-def wait_arq_ready(
-    redis_url: str, queue: str, proc: subprocess.Popen[bytes], timeout: float = 60
-) -> None:
-    """An arq worker writes ``<queue>:health-check`` on its first loop iteration,
-    after its on_startup (interq's dispatcher is running by then)."""
-    r = sync_redis(redis_url)
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {proc.returncode} before it was ready")
+    def ready(p: Proc) -> bool:
+        r = sync_redis(redis_url)
+        try:
             return bool(r.exists(queue + ARQ_HEALTH_SUFFIX))
+        finally:
+            r.close()
 
-        wait_until(ready, timeout, 0.05, f"the worker on {queue}")
-    finally:
-        r.close()
+    return ready
 
 
-def start_interq_worker(st: Stack, name: str = "worker", **env: str) -> subprocess.Popen[bytes]:
-    """One ``interq worker`` process with the stack's env plus overrides, ready to work."""
-    full = {**st.env, **env}
-    queue = full.get("INTERQ_QUEUE_NAME", "interq:queue")
+def start_arq_worker(st: Stack, name: str, cmd: list[str], queue: str) -> Proc:
+    """A bare arq worker (a baseline) as one of the stack's children, ready to work."""
     r = sync_redis(st.redis_url)
     r.delete(queue + ARQ_HEALTH_SUFFIX)
     r.close()
-    p = spawn_logged(st, sys.executable, "-m", "jobs.cli", "worker", env=full, name=name)
-    wait_arq_ready(st.redis_url, queue, p)
-    return p
-
-
-def stop_proc(p: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+    return st.add(name, cmd, ready=arq_ready(st.redis_url, queue))
 
 
 def sim_requests(st: Stack) -> list[dict[str, Any]]:
@@ -374,3 +283,25 @@ def explicit(ctx: typer.Context) -> set[str]:
     """The options given on the command line (not left at their default)."""
     given = ("COMMANDLINE", "ENVIRONMENT")
     return {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") in given}
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def ndjson(rows: Iterable[dict[str, Any]]) -> bytes:
+    """An NDJSON body: one JSON object a line."""
+    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+
+
+def job_records(r: Any, ids: list[str]) -> dict[str, list[str | None]]:
+    """Each job's ``custom_id``, ``status`` and ``finished_at``, read in one pipeline."""
+    from jobs.storage.keys import Keys
+
+    keys = Keys()
+    pipe = r.pipeline(transaction=False)
+    for jid in ids:
+        pipe.hmget(keys.job(jid), ["custom_id", "status", "finished_at"])
+    return {
+        jid: [x.decode() if x is not None else None for x in row]
+        for jid, row in zip(ids, pipe.execute(), strict=True)
+    }

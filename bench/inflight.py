@@ -43,32 +43,31 @@ Target for interq: every job completes, 10,000 in flight on one worker under
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import random
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import typer
 
 from bench.common import (
     MemSampler,
     Stack,
+    cli_app,
     fmt,
     interactions_from_log,
+    job_records,
+    ndjson,
     pct,
     run_arq_worker,
     save,
     sim_requests,
-    spawn_logged,
     stack,
-    start_interq_worker,
-    stop_proc,
+    start_arq_worker,
     sync_redis,
     table,
-    wait_arq_ready,
 )
 from jobs.storage.keys import Keys
 
@@ -153,17 +152,14 @@ def run_interq(durs: list[float], budget: float, log_level: str) -> dict[str, An
     n = len(durs)
     env = {"INTERQ_POLL_JITTER": "0", "INTERQ_LOG_LEVEL": log_level}
     with stack(workers=0, **env) as st:
-        worker = start_interq_worker(st, "worker-interq")
+        worker = st.start_worker("worker-interq")
         mem = MemSampler(worker.pid, every=1.0)
         r = sync_redis(st.redis_url)
-        body = b"".join(
-            json.dumps(
-                {
-                    "custom_id": f"i-{i}",
-                    "interaction": {"model": MODEL, "input": f"item {i} [sim duration={d}]"},
-                }
-            ).encode()
-            + b"\n"
+        body = ndjson(
+            {
+                "custom_id": f"i-{i}",
+                "interaction": {"model": MODEL, "input": f"item {i} [sim duration={d}]"},
+            }
             for i, d in enumerate(durs)
         )
         resp = httpx.post(
@@ -176,15 +172,9 @@ def run_interq(durs: list[float], budget: float, log_level: str) -> dict[str, An
         key = KEYS.batch(resp.json()["id"])
         elapsed = wait_progress("interq", lambda: int(r.hget(key, "done") or 0), n, budget)
         memory = mem.stop()
-        stop_proc(worker)
+        st.stop_proc(worker)
         ids = [x.decode() for x in r.lrange(key + ":jobs", 0, -1)]
-        pipe = r.pipeline(transaction=False)
-        for jid in ids:
-            pipe.hmget(KEYS.job(jid), ["custom_id", "status", "finished_at"])
-        records = {
-            jid: [x.decode() if x is not None else None for x in row]
-            for jid, row in zip(ids, pipe.execute(), strict=True)
-        }
+        records = job_records(r, ids)
         r.close()
         log = sim_requests(st)
     inter = interactions_from_log(log)
@@ -275,15 +265,14 @@ def run_sleep(durs: list[float], max_jobs: int, interval: float, budget: float) 
         cmd = [sys.executable, "-m", "bench.inflight", "--arq-worker", "--redis", st.redis_url]
         cmd += ["--sim", st.sim_url, "--max-jobs", str(max_jobs), "--interval", str(interval)]
         cmd += ["--max-polls", str(max_polls), "--job-timeout", str(budget + 60)]
-        worker = spawn_logged(st, *cmd, env=st.env, name=f"worker-sleep-{max_jobs}")
-        wait_arq_ready(st.redis_url, SLEEP_QUEUE, worker)
+        worker = start_arq_worker(st, f"worker-sleep-{max_jobs}", cmd, SLEEP_QUEUE)
         mem = MemSampler(worker.pid, every=1.0)
         r = sync_redis(st.redis_url)
         elapsed = wait_progress(f"sleep loop, max_jobs={max_jobs}", lambda: r.hlen(SEEN), n, budget)
         memory = mem.stop()
         seen = {int(k): float(v) for k, v in r.hgetall(SEEN).items()}
         r.close()
-        stop_proc(worker)
+        st.stop_proc(worker)
         log = sim_requests(st)
     inter = interactions_from_log(log)
     detect: list[float] = []
@@ -310,74 +299,70 @@ def run_sleep(durs: list[float], max_jobs: int, interval: float, budget: float) 
 # --------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--jobs", type=int, default=10_000)
-    ap.add_argument("--min-s", type=float, default=60.0, help="shortest interaction")
-    ap.add_argument("--max-s", type=float, default=120.0, help="longest interaction")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--budget-s", type=float, default=200.0, help="interq and max_jobs=N runs")
-    ap.add_argument("--budget-small-s", type=float, default=100.0, help="the max_jobs=10 run")
-    ap.add_argument("--small-max-jobs", type=int, default=10)
-    ap.add_argument("--interval", type=float, default=5.0, help="the sleep loop's poll interval")
-    ap.add_argument("--log-level", default="INFO", help="interq worker log level (shipped: INFO)")
-    ap.add_argument("--skip-baselines", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="short smoke run")
-    ap.add_argument("--arq-worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--redis", help=argparse.SUPPRESS)
-    ap.add_argument("--sim", help=argparse.SUPPRESS)
-    ap.add_argument("--max-jobs", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--max-polls", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--job-timeout", type=float, help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.arq_worker:
-        startup = sleep_startup(a.sim, a.interval, a.max_polls)
-        run_arq_worker(
-            [sleep_loop],
-            a.redis,
-            SLEEP_QUEUE,
-            a.max_jobs,
-            0.2,
-            startup,
-            sleep_shutdown,
-            job_timeout=a.job_timeout,
-        )
-        return
-    if a.quick:
-        a.jobs, a.min_s, a.max_s = 300, 2.0, 4.0
-        a.budget_s, a.budget_small_s = 20.0, 8.0
+Opt = typer.Option
+QUICK = {"jobs": 300, "min_s": 2.0, "max_s": 4.0, "budget_s": 20.0, "budget_small_s": 8.0}
 
-    durs = durations(a.jobs, a.min_s, a.max_s, a.seed)
-    worst = a.budget_s * (1 if a.skip_baselines else 2) + (
-        0 if a.skip_baselines else a.budget_small_s
+
+def command(
+    ctx: typer.Context,
+    jobs: Annotated[int, Opt()] = 10_000,
+    min_s: Annotated[float, Opt(help="shortest interaction")] = 60.0,
+    max_s: Annotated[float, Opt(help="longest interaction")] = 120.0,
+    seed: Annotated[int, Opt()] = 1,
+    budget_s: Annotated[float, Opt(help="interq and max_jobs=N runs")] = 200.0,
+    budget_small_s: Annotated[float, Opt(help="the max_jobs=10 run")] = 100.0,
+    small_max_jobs: Annotated[int, Opt()] = 10,
+    interval: Annotated[float, Opt(help="the sleep loop's poll interval")] = 5.0,
+    log_level: Annotated[str, Opt(help="interq worker log level (shipped: INFO)")] = "INFO",
+    skip_baselines: Annotated[bool, Opt("--skip-baselines")] = False,
+    quick: Annotated[bool, Opt("--quick", help="short smoke run")] = False,
+    arq_worker: Annotated[bool, Opt("--arq-worker", hidden=True)] = False,
+    redis: Annotated[str | None, Opt(hidden=True)] = None,
+    sim: Annotated[str | None, Opt(hidden=True)] = None,
+    max_jobs: Annotated[int | None, Opt(hidden=True)] = None,
+    max_polls: Annotated[int | None, Opt(hidden=True)] = None,
+    job_timeout: Annotated[float | None, Opt(hidden=True)] = None,
+) -> None:
+    a = dict(ctx.params)
+    if arq_worker:
+        startup = sleep_startup(str(sim), interval, int(max_polls or 0))
+        queue, n, timeout = SLEEP_QUEUE, int(max_jobs or 0), float(job_timeout or 300)
+        run_arq_worker([sleep_loop], str(redis), queue, n, 0.2, startup, sleep_shutdown, timeout)
+        return
+    if quick:
+        a.update(QUICK)
+    runs = run_all(a)
+    ok = report(runs)
+    path = save(
+        "inflight-quick" if quick else "inflight",
+        {"args": a, "runs": runs, "interq_target_met": ok},
     )
+    print(f"written {path.relative_to(path.parent.parent.parent)}")
+
+
+def run_all(a: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    durs = durations(a["jobs"], a["min_s"], a["max_s"], a["seed"])
+    skip = a["skip_baselines"]
+    worst = a["budget_s"] * (1 if skip else 2) + (0 if skip else a["budget_small_s"])
     print(
-        f"{a.jobs} interactions of {a.min_s:g}-{a.max_s:g} s; at most ~{worst / 60:.1f} min "
-        "of runs plus set-up",
+        f"{a['jobs']} interactions of {a['min_s']:g}-{a['max_s']:g} s; at most "
+        f"~{worst / 60:.1f} min of runs plus set-up",
         flush=True,
     )
     runs: dict[str, dict[str, Any]] = {}
     print("interq, one worker ...", flush=True)
-    runs["interq"] = run_interq(durs, a.budget_s, a.log_level)
-    if not a.skip_baselines:
-        for m, budget in ((a.small_max_jobs, a.budget_small_s), (a.jobs, a.budget_s)):
+    runs["interq"] = run_interq(durs, a["budget_s"], a["log_level"])
+    if not skip:
+        for m, budget in ((a["small_max_jobs"], a["budget_small_s"]), (a["jobs"], a["budget_s"])):
             print(f"arq sleep loop, max_jobs={m} ...", flush=True)
-            runs[f"sleep_max_jobs_{m}"] = run_sleep(durs, m, a.interval, budget)
+            runs[f"sleep_max_jobs_{m}"] = run_sleep(durs, m, a["interval"], budget)
+    return runs
 
-    rows = [
-        (
-            "run",
-            "completed",
-            "in s",
-            "peak in flight",
-            "detect lag p50/p99 s",
-            "poll lag p50/p99 s",
-            "GETs/job",
-            "peak RSS MB",
-        )
-    ]
+
+def report(runs: dict[str, dict[str, Any]]) -> bool:
+    """Print the table and the verdict; True when interq met its target."""
+    head = "run|completed|in s|peak in flight|detect lag p50/p99 s|poll lag p50/p99 s"
+    rows = [(*head.split("|"), "GETs/job", "peak RSS MB")]
     for name, r in runs.items():
         label = (
             "interq, 1 worker" if name == "interq" else f"arq sleep loop, max_jobs={r['max_jobs']}"
@@ -396,7 +381,7 @@ def main() -> None:
         )
     print(table(rows))
     iq = runs["interq"]
-    ok = (
+    ok = bool(
         iq["completed"] == iq["jobs"]
         and iq["worker_memory"]["vm_hwm_mb"] < 150
         and (iq["poll_lag_s"][99] or 0) <= 1.0
@@ -404,12 +389,11 @@ def main() -> None:
     print(
         f"interq target (all complete, < 150 MB, poll lag p99 <= 1 s): {'met' if ok else 'NOT met'}"
     )
-    path = save(
-        "inflight-quick" if a.quick else "inflight",
-        {"args": vars(a), "runs": runs, "interq_target_met": ok},
-    )
-    print(f"written {path.relative_to(path.parent.parent.parent)}")
+    return ok
+
+
+main = cli_app(command, "python -m bench.inflight", __doc__)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -234,6 +234,30 @@ def main() -> None:
         print(f"arq: {a.batch} x enqueue_job, then a pipeline ...", flush=True)
         floor = asyncio.run(arq_floor(st.redis_url, a.batch))
 
+    ratios = report(a, opened, closed, batch, floor)
+    path = save(
+        "intake-quick" if a.quick else "intake",
+        {
+            "args": vars(a),
+            "open_loop": opened,
+            "closed_loop": closed,
+            "closed_loop_best_per_s": max(r["per_s"] for r in closed),
+            "batch": batch,
+            "arq": floor,
+            **ratios,
+        },
+    )
+    print(f"written {path.relative_to(path.parent.parent.parent)}")
+
+
+def report(
+    a: argparse.Namespace,
+    opened: dict[str, Any],
+    closed: list[dict[str, Any]],
+    batch: dict[str, Any],
+    floor: dict[str, Any],
+) -> dict[str, float]:
+    """Print the table and the ratios; returns the ratios."""
     best = max(closed, key=lambda r: r["per_s"])
     rows = [("what", "jobs/s", "p50 ms", "p99 ms", "ok", "errors")]
     rows.append(
@@ -257,36 +281,13 @@ def main() -> None:
                 str(r["errors"]),
             )
         )
-    rows.append(
-        (
-            f"POST /v1/batches, {a.batch} NDJSON lines (best)",
-            fmt(batch["per_s"]),
-            "-",
-            "-",
-            str(a.batch * a.batch_reps),
-            "0",
-        )
-    )
-    rows.append(
-        (
-            f"baseline: arq enqueue_job x{a.batch}, 100 tasks",
-            fmt(floor["enqueue_job_per_s"]),
-            "-",
-            "-",
-            str(a.batch),
-            "0",
-        )
-    )
-    rows.append(
-        (
-            f"floor: pipelined PSETEX+ZADD x{a.batch}",
-            fmt(floor["pipeline_per_s"]),
-            "-",
-            "-",
-            str(a.batch),
-            "0",
-        )
-    )
+    n, sent = str(a.batch), str(a.batch * a.batch_reps)
+    for label, per_s, ok in (
+        (f"POST /v1/batches, {n} NDJSON lines (best)", batch["per_s"], sent),
+        (f"baseline: arq enqueue_job x{n}, 100 tasks", floor["enqueue_job_per_s"], n),
+        (f"floor: pipelined PSETEX+ZADD x{n}", floor["pipeline_per_s"], n),
+    ):
+        rows.append((label, fmt(per_s), "-", "-", ok, "0"))
     print(table(rows))
     ratio_enqueue = batch["per_s"] / floor["enqueue_job_per_s"]
     ratio_pipe = batch["per_s"] / floor["pipeline_per_s"]
@@ -295,20 +296,7 @@ def main() -> None:
         f"pipeline; single-job max (closed loop) {best['per_s']:.0f}/s at {best['clients']} "
         "clients"
     )
-    path = save(
-        "intake-quick" if a.quick else "intake",
-        {
-            "args": vars(a),
-            "open_loop": opened,
-            "closed_loop": closed,
-            "closed_loop_best_per_s": best["per_s"],
-            "batch": batch,
-            "arq": floor,
-            "batch_vs_enqueue_job": ratio_enqueue,
-            "batch_vs_pipeline": ratio_pipe,
-        },
-    )
-    print(f"written {path.relative_to(path.parent.parent.parent)}")
+    return {"batch_vs_enqueue_job": ratio_enqueue, "batch_vs_pipeline": ratio_pipe}
 
 
 if __name__ == "__main__":

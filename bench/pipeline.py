@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from typing import Any
@@ -43,19 +42,16 @@ from bench.common import (
     MemSampler,
     Stack,
     fmt,
-    free_port,
+    ndjson,
     run_arq_worker,
     save,
-    spawn_logged,
     stack,
-    start_interq_worker,
-    stop_proc,
+    start_arq_worker,
     sync_redis,
     table,
-    wait_arq_ready,
-    wait_http,
     wait_until,
 )
+from jobs.dev.receiver import Receiver
 from jobs.storage.keys import Keys
 
 KEYS = Keys()
@@ -88,101 +84,64 @@ async def http_shutdown(ctx: dict[str, Any]) -> None:
         await ctx["http"].aclose()
 
 
-RECEIVED = {"n": 0}
-
-
-async def receiver_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A webhook receiver (ASGI, run by uvicorn in its own process): 204 to every
-    POST; ``GET /count`` says how many POSTs arrived."""
-    if scope["method"] == "POST":
-        more = True
-        while more:
-            more = (await receive()).get("more_body", False)
-        RECEIVED["n"] += 1
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-        return
-    body = str(RECEIVED["n"]).encode()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": body})
-
-
-class Receiver:
-    """The receiver process on a free loopback port."""
-
-    def __init__(self, st: Stack) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "uvicorn", "bench.pipeline:receiver_app", "--host"]
-        cmd += [
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--lifespan",
-            "off",
-            "--log-level",
-            "warning",
-        ]
-        self.proc = spawn_logged(st, *cmd, env=st.env, name="receiver")
-        wait_http(f"{self.url}/count")
-
-    @property
-    def count(self) -> int:
-        return int(httpx.get(f"{self.url}/count", timeout=10).text)
-
-    def close(self) -> None:
-        stop_proc(self.proc)
-
-
 def batch_body(n: int) -> bytes:
-    return b"".join(
-        json.dumps(
-            {
-                "custom_id": f"p-{i}",
-                "interaction": {"model": MODEL, "input": f"item {i} [sim duration=0]"},
-            }
-        ).encode()
-        + b"\n"
+    return ndjson(
+        {
+            "custom_id": f"p-{i}",
+            "interaction": {"model": MODEL, "input": f"item {i} [sim duration=0]"},
+        }
         for i in range(n)
     )
 
 
+def post_batch(st: Stack, jobs: int, receiver: Receiver | None) -> tuple[str, float]:
+    """Set the tenant's webhook endpoint (with a receiver), post the batch; returns
+    its id and the monotonic time of its 202."""
+    with httpx.Client(base_url=st.api_url, timeout=120) as c:
+        if receiver is not None:
+            endpoint = {"url": receiver.url, "secret": SECRET}
+            c.put("/v1/webhook-endpoint", json=endpoint).raise_for_status()
+        resp = c.post(
+            "/v1/batches",
+            content=batch_body(jobs),
+            headers={"content-type": "application/x-ndjson"},
+        )
+        t0 = time.monotonic()
+        resp.raise_for_status()
+        return str(resp.json()["id"]), t0
+
+
+def wait_batch(r: Any, key: str, jobs: int, receiver: Receiver | None, budget: float) -> int:
+    """Wait for the batch's jobs (and, with a receiver, their deliveries); returns
+    how many jobs are done."""
+    try:
+        wait_until(lambda: int(r.hget(key, "done") or 0) >= jobs, budget, 0.02, "the batch")
+    except RuntimeError:
+        pass  # reported below as fewer jobs done
+    done = int(r.hget(key, "done") or 0)
+    if receiver is not None:
+        # each job's delivery follows its terminal transition, and the batch's own
+        # batch.completed event the last one: the clock stops when all have landed
+        want = done + (1 if done == jobs else 0)
+        with contextlib.suppress(RuntimeError):
+            wait_until(lambda: len(receiver.deliveries) >= want, 30, 0.02, "webhook deliveries")
+    return done
+
+
 def run_interq(st: Stack, jobs: int, max_jobs: int, webhook: bool, budget: float) -> dict[str, Any]:
     st.sim_config(duration_s=0.0)
-    worker = start_interq_worker(st, "worker-interq", INTERQ_WORKER_MAX_JOBS=str(max_jobs))
+    worker = st.start_worker("worker-interq", INTERQ_WORKER_MAX_JOBS=str(max_jobs))
     mem = MemSampler(worker.pid, every=0.5)
-    receiver = Receiver(st) if webhook else None
+    # answers 204 to every delivery, as a receiver that keeps up does
+    receiver = Receiver(SECRET, require_signature=False).start() if webhook else None
     r = sync_redis(st.redis_url)
     delivered = 0
     try:
-        with httpx.Client(base_url=st.api_url, timeout=120) as c:
-            if receiver is not None:
-                c.put(
-                    "/v1/webhook-endpoint",
-                    json={"url": f"{receiver.url}/hook", "secret": SECRET},
-                ).raise_for_status()
-            resp = c.post(
-                "/v1/batches",
-                content=batch_body(jobs),
-                headers={"content-type": "application/x-ndjson"},
-            )
-            t0 = time.monotonic()
-            resp.raise_for_status()
-            bid = resp.json()["id"]
+        bid, t0 = post_batch(st, jobs, receiver)
         key = KEYS.batch(bid)
-        try:
-            wait_until(lambda: int(r.hget(key, "done") or 0) >= jobs, budget, 0.02, "the batch")
-        except RuntimeError:
-            pass  # reported below as fewer jobs done
-        done = int(r.hget(key, "done") or 0)
-        if receiver is not None:
-            # each job's delivery follows its terminal transition, and the batch's own
-            # batch.completed event the last one: the clock stops when all have landed
-            want = done + (1 if done == jobs else 0)
-            with contextlib.suppress(RuntimeError):
-                wait_until(lambda: receiver.count >= want, 30, 0.02, "webhook deliveries")
+        done = wait_batch(r, key, jobs, receiver, budget)
         elapsed = time.monotonic() - t0
-        delivered = receiver.count if receiver is not None else 0
+        delivered = len(receiver.deliveries) if receiver is not None else 0
         counts = {k.decode(): int(v) for k, v in r.hgetall(key + ":counts").items()}
         ids = [x.decode() for x in r.lrange(key + ":jobs", 0, -1)]
         pipe = r.pipeline(transaction=False)
@@ -192,9 +151,9 @@ def run_interq(st: Stack, jobs: int, max_jobs: int, webhook: bool, budget: float
         memory = mem.stop()
     finally:
         r.close()
-        stop_proc(worker)
+        st.stop_proc(worker)
         if receiver is not None:
-            receiver.close()
+            receiver.stop()
     stats = st.sim_stats()
     steps = stats["creates"] + stats["gets"] + delivered
     return {
@@ -220,7 +179,6 @@ def run_arq(
     from arq.jobs import serialize_job
 
     r = sync_redis(st.redis_url)
-    r.delete(NOOP_QUEUE + ":health-check")
     cmd = [sys.executable, "-m", "bench.pipeline", "--arq-worker", kind, "--redis", st.redis_url]
     cmd += ["--max-jobs", str(max_jobs), "--poll-delay", str(poll_delay)]
     if kind == "http_get":
@@ -231,9 +189,8 @@ def run_arq(
         )
         created.raise_for_status()
         cmd += ["--sim", st.sim_url, "--iid", created.json()["id"]]
-    worker = spawn_logged(st, *cmd, env=st.env, name=f"worker-arq-{kind}")
+    worker = start_arq_worker(st, f"worker-arq-{kind}", cmd, NOOP_QUEUE)
     try:
-        wait_arq_ready(st.redis_url, NOOP_QUEUE, worker)
         now_ms = int(time.time() * 1000)
         pipe = r.pipeline(transaction=False)
         payload = serialize_job(kind, (), {}, None, now_ms)
@@ -251,7 +208,7 @@ def run_arq(
         left = int(r.zcard(NOOP_QUEUE))
     finally:
         r.close()
-        stop_proc(worker)
+        st.stop_proc(worker)
     return {
         "jobs": jobs,
         "done": jobs - left,
@@ -290,7 +247,17 @@ def main() -> None:
         return
     if a.quick:
         a.jobs, a.arq_jobs, a.budget_s = 300, 1000, 30.0
+    interq, arq, arq_http = run_all(a)
+    figures = report(a, interq, arq, arq_http)
+    path = save(
+        "pipeline-quick" if a.quick else "pipeline",
+        {"args": vars(a), "interq": interq, "arq_noop": arq, "arq_http_get": arq_http, **figures},
+    )
+    print(f"written {path.relative_to(path.parent.parent.parent)}")
 
+
+def run_all(a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """interq, then the two arq baselines, on one stack."""
     env = {
         "INTERQ_POLL_INITIAL_S": "0.05",
         "INTERQ_POLL_JITTER": "0",
@@ -304,7 +271,13 @@ def main() -> None:
         arq = run_arq(st, "noop", a.arq_jobs, a.max_jobs, a.poll_delay, a.budget_s)
         print(f"arq: {a.arq_jobs} jobs of one httpx GET each, one worker ...", flush=True)
         arq_http = run_arq(st, "http_get", a.arq_jobs, a.max_jobs, a.poll_delay, a.budget_s)
+    return interq, arq, arq_http
 
+
+def report(
+    a: argparse.Namespace, interq: dict[str, Any], arq: dict[str, Any], arq_http: dict[str, Any]
+) -> dict[str, float]:
+    """Print the table and the ratios; returns the floors and ratios."""
     steps = interq["steps_per_job"]
     floor = arq["jobs_per_s"] / steps
     ratio = interq["jobs_per_s"] / floor
@@ -322,26 +295,9 @@ def main() -> None:
             fmt(interq["worker_memory"]["vm_hwm_mb"]),
         )
     )
-    rows.append(
-        (
-            "arq no-op",
-            fmt(arq["jobs_per_s"]),
-            f"{arq['done']}/{a.arq_jobs}",
-            fmt(arq["elapsed_s"], 2),
-            "1",
-            "-",
-        )
-    )
-    rows.append(
-        (
-            "arq, one httpx GET per job",
-            fmt(arq_http["jobs_per_s"]),
-            f"{arq_http['done']}/{a.arq_jobs}",
-            fmt(arq_http["elapsed_s"], 2),
-            "1",
-            "-",
-        )
-    )
+    for label, run in (("arq no-op", arq), ("arq, one httpx GET per job", arq_http)):
+        done = f"{run['done']}/{a.arq_jobs}"
+        rows.append((label, fmt(run["jobs_per_s"]), done, fmt(run["elapsed_s"], 2), "1", "-"))
     rows.append(("arq no-op / interq steps per job", fmt(floor), "", "", "", ""))
     rows.append(("arq httpx GET / interq steps per job", fmt(http_floor), "", "", "", ""))
     print(table(rows))
@@ -353,20 +309,12 @@ def main() -> None:
         f"steps: {interq['creates']} creates + {interq['gets']} GETs + "
         f"{interq['deliveries']} deliveries for {interq['done']} jobs"
     )
-    path = save(
-        "pipeline-quick" if a.quick else "pipeline",
-        {
-            "args": vars(a),
-            "interq": interq,
-            "arq_noop": arq,
-            "arq_http_get": arq_http,
-            "floor_per_s": floor,
-            "ratio": ratio,
-            "http_floor_per_s": http_floor,
-            "http_ratio": http_ratio,
-        },
-    )
-    print(f"written {path.relative_to(path.parent.parent.parent)}")
+    return {
+        "floor_per_s": floor,
+        "ratio": ratio,
+        "http_floor_per_s": http_floor,
+        "http_ratio": http_ratio,
+    }
 
 
 if __name__ == "__main__":

@@ -51,20 +51,18 @@ from typing import Any
 import httpx
 
 from bench.common import (
+    Stack,
     fmt,
     interactions_from_log,
+    job_records,
     pct,
     save,
     sim_requests,
     stack,
-    start_interq_worker,
-    stop_proc,
     sync_redis,
     table,
 )
-from jobs.storage.keys import Keys
 
-KEYS = Keys()
 MODEL = "sim-model"
 BUCKETS = ((0.0, 30.0, "< 30 s"), (30.0, 300.0, "30 s-5 min"), (300.0, math.inf, "> 5 min"))
 
@@ -120,6 +118,58 @@ def warm_up_sim_webhooks(st: Any) -> None:
     st.sim_reset()
 
 
+def drive(st: Stack, name: str, scaled: list[float], arrival_s: float, **env: str) -> Any:
+    """One worker, the jobs submitted over ``arrival_s``, until all are completed
+    (or out of time); returns (the job records, elapsed s)."""
+    worker = st.start_worker(f"worker-{name}", **env)
+    r = sync_redis(st.redis_url)
+    t0 = time.monotonic()
+    ids = asyncio.run(submit(st.api_url, scaled, arrival_s))
+    budget = arrival_s + max(scaled) + 30.0
+    while time.monotonic() - t0 < budget:
+        if int(r.hget("interq:counts", "completed") or 0) >= len(scaled):
+            break
+        time.sleep(0.2)
+    elapsed = time.monotonic() - t0
+    st.stop_proc(worker)
+    records = job_records(r, ids)
+    r.close()
+    return records, elapsed
+
+
+def stats(rows: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    lags = [x["lag_s"] for x in rows if x["lag_s"] is not None]
+    return {
+        "jobs": len(rows),
+        "completed": len(lags),
+        "gets_per_job": sum(x["gets"] for x in rows) / max(1, len(rows)),
+        "lag_measured_s": {q: pct(lags, q) for q in (50, 95, 99)},
+        "lag_real_equiv_s": {
+            q: (v * scale if v is not None else None)
+            for q, v in ((q, pct(lags, q)) for q in (50, 95, 99))
+        },
+    }
+
+
+def per_job_figures(
+    log: list[dict[str, Any]], records: dict[str, Any], real: list[float], scale: float
+) -> list[dict[str, Any]]:
+    """Per job: its real duration, GETs and detection lag (measured s)."""
+    per_job: list[dict[str, Any]] = []
+    for rec in interactions_from_log(log).values():
+        custom_id, status, finished_at = records.get(rec["job"]) or [None, None, None]
+        if custom_id is None:
+            continue
+        i = int(custom_id.split("-")[1])
+        lag = (
+            float(finished_at) - (rec["created"] + real[i] / scale)
+            if status == "completed" and finished_at
+            else None
+        )
+        per_job.append({"real_s": real[i], "gets": len(rec["gets"]), "lag_s": lag})
+    return per_job
+
+
 def run(
     name: str,
     env: dict[str, str],
@@ -129,7 +179,6 @@ def run(
     webhooks: bool,
 ) -> dict[str, Any]:
     scaled = [d / scale for d in real]
-    n = len(real)
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     if webhooks:
         env = {**env, "INTERQ_UPSTREAM_WEBHOOK_SECRET": secret}
@@ -138,56 +187,14 @@ def run(
         if webhooks:
             st.sim_config(webhook_secret=secret)
             warm_up_sim_webhooks(st)
-        worker = start_interq_worker(st, f"worker-{name}", **worker_env)
-        r = sync_redis(st.redis_url)
-        t0 = time.monotonic()
-        ids = asyncio.run(submit(st.api_url, scaled, arrival_s))
-        budget = arrival_s + max(scaled) + 30.0
-        while time.monotonic() - t0 < budget:
-            if int(r.hget("interq:counts", "completed") or 0) >= n:
-                break
-            time.sleep(0.2)
-        elapsed = time.monotonic() - t0
-        stop_proc(worker)
-        pipe = r.pipeline(transaction=False)
-        for jid in ids:
-            pipe.hmget(KEYS.job(jid), ["custom_id", "status", "finished_at"])
-        records = {
-            jid: [x.decode() if x is not None else None for x in row]
-            for jid, row in zip(ids, pipe.execute(), strict=True)
-        }
-        r.close()
+        records, elapsed = drive(st, name, scaled, arrival_s, **worker_env)
         log = sim_requests(st)
         hooks = httpx.get(f"{st.sim_url}/_sim/webhooks", timeout=60).json() if webhooks else []
-    per_job: list[dict[str, Any]] = []
-    for rec in interactions_from_log(log).values():
-        custom_id, status, finished_at = records.get(rec["job"]) or [None, None, None]
-        if custom_id is None:
-            continue
-        i = int(custom_id.split("-")[1])
-        lag = (
-            float(finished_at) - (rec["created"] + scaled[i])
-            if status == "completed" and finished_at
-            else None
-        )
-        per_job.append({"real_s": real[i], "gets": len(rec["gets"]), "lag_s": lag})
-
-    def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        lags = [x["lag_s"] for x in rows if x["lag_s"] is not None]
-        return {
-            "jobs": len(rows),
-            "completed": len(lags),
-            "gets_per_job": sum(x["gets"] for x in rows) / max(1, len(rows)),
-            "lag_measured_s": {q: pct(lags, q) for q in (50, 95, 99)},
-            "lag_real_equiv_s": {
-                q: (v * scale if v is not None else None)
-                for q, v in ((q, pct(lags, q)) for q in (50, 95, 99))
-            },
-        }
-
-    out = stats(per_job)
+    per_job = per_job_figures(log, records, real, scale)
+    out = stats(per_job, scale)
     out["by_duration"] = {
-        label: stats([x for x in per_job if lo <= x["real_s"] < hi]) for lo, hi, label in BUCKETS
+        label: stats([x for x in per_job if lo <= x["real_s"] < hi], scale)
+        for lo, hi, label in BUCKETS
     }
     out["per_job"] = per_job
     out["elapsed_s"] = elapsed
@@ -216,8 +223,34 @@ def main() -> None:
         a.jobs, a.scale, a.arrival_s, a.max_real_s = 40, 60.0, 4.0, 300.0
     s = a.scale
     real = durations(a.jobs, a.min_real_s, a.max_real_s, a.seed)
+    if 1.5 / s < 0.05:
+        print(
+            f"note: at x{s:g} interq's first poll (1.5 s -> {1.5 / s:.3f} s) is clamped to 0.05 s"
+        )
+    est = 3 * (a.arrival_s + a.max_real_s / s + 5)
+    print(
+        f"{a.jobs} jobs, {a.min_real_s:g} s-{a.max_real_s / 60:g} min log-uniform, x{s:g} time "
+        f"compression, arriving over {a.arrival_s:g} s; ~{est / 60:.1f} min",
+        flush=True,
+    )
+    runs: dict[str, dict[str, Any]] = {}
+    for key, label, env, hooks in variants(a):
+        print(f"{label} ...", flush=True)
+        runs[key] = run(key, env, real, s, a.arrival_s, hooks)
+        runs[key]["label"] = label
+    verdict = report(runs)
+    path = save(
+        "polling-quick" if a.quick else "polling",
+        {"args": vars(a), "runs": runs, "target_met": verdict},
+    )
+    print(f"written {path.relative_to(path.parent.parent.parent)}")
+
+
+def variants(a: argparse.Namespace) -> list[tuple[str, str, dict[str, str], bool]]:
+    """(key, label, INTERQ_* env, upstream webhooks) of each run, intervals scaled."""
+    s = a.scale
     common = {"INTERQ_WORKER_POLL_DELAY_S": f"{0.2 / s:.5f}", "INTERQ_LOG_LEVEL": a.log_level}
-    variants: list[tuple[str, str, dict[str, str], bool]] = [
+    runs: list[tuple[str, str, dict[str, str], bool]] = [
         (
             "interq",
             "interq polling",
@@ -242,22 +275,11 @@ def main() -> None:
             True,
         ),
     ]
-    if 1.5 / s < 0.05:
-        print(
-            f"note: at x{s:g} interq's first poll (1.5 s -> {1.5 / s:.3f} s) is clamped to 0.05 s"
-        )
-    est = 3 * (a.arrival_s + a.max_real_s / s + 5)
-    print(
-        f"{a.jobs} jobs, {a.min_real_s:g} s-{a.max_real_s / 60:g} min log-uniform, x{s:g} time "
-        f"compression, arriving over {a.arrival_s:g} s; ~{est / 60:.1f} min",
-        flush=True,
-    )
-    runs: dict[str, dict[str, Any]] = {}
-    for key, label, env, hooks in variants:
-        print(f"{label} ...", flush=True)
-        runs[key] = run(key, {**common, **env}, real, s, a.arrival_s, hooks)
-        runs[key]["label"] = label
+    return [(key, label, {**common, **env}, hooks) for key, label, env, hooks in runs]
 
+
+def report(runs: dict[str, dict[str, Any]]) -> dict[str, bool]:
+    """Print the tables and the verdicts; returns whether each target was met."""
     rows = [("run", "GETs/job", "x fixed", "lag p50 s", "lag p95 s", "(measured p95 s)", "done")]
     fixed_gets = runs["fixed"]["gets_per_job"]
     for r in runs.values():
@@ -300,11 +322,7 @@ def main() -> None:
     if "webhooks_sent" in runs["webhooks"]:
         w = runs["webhooks"]
         print(f"upstream webhooks: {w['webhooks_sent']} events, {w['webhooks_ok']} accepted")
-    path = save(
-        "polling-quick" if a.quick else "polling",
-        {"args": vars(a), "runs": runs, "target_met": verdict},
-    )
-    print(f"written {path.relative_to(path.parent.parent.parent)}")
+    return verdict
 
 
 if __name__ == "__main__":

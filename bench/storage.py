@@ -42,16 +42,15 @@ import json
 import os
 import platform
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import fmt, pct, save, stack, start_interq_worker, sync_redis, table, wait_until
+from bench.common import fmt, pct, save, stack, sync_redis, table, wait_until
 from jobs.delivery.signing import generate_secret
+from jobs.dev.receiver import Receiver
 from jobs.services import Services
 from jobs.settings import Settings
 from jobs.storage.keys import Keys
@@ -100,30 +99,6 @@ for i = spec.start, spec.start + spec.count - 1 do
 end
 return spec.count
 """
-
-
-class Hook:
-    """A webhook receiver on loopback that answers 204 and counts."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        lock = threading.Lock()
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", "0")))
-                with lock:
-                    hook.count += 1
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
 
 
 def used_memory(r: Any) -> int:
@@ -182,7 +157,7 @@ def old_scan_s(r: Any) -> float:
     return time.perf_counter() - t0
 
 
-async def post_sample(api: str, n: int, hook: Hook) -> None:
+async def post_sample(api: str, n: int, hook: Receiver) -> None:
     gate = asyncio.Semaphore(16)
     secret = generate_secret()
 
@@ -200,13 +175,13 @@ async def post_sample(api: str, n: int, hook: Hook) -> None:
         await asyncio.gather(*(one(c, i) for i in range(n)))
 
 
-def settled(r: Any, completed: int, hook: Hook, delivered: int) -> bool:
+def settled(r: Any, completed: int, hook: Receiver, delivered: int) -> bool:
     done = int(r.hget(KEYS.counts, "completed") or 0)
-    return done == completed and hook.count >= delivered and r.zcard("arq:queue") == 0
+    return done == completed and len(hook.deliveries) >= delivered and r.zcard("arq:queue") == 0
 
 
-def run_jobs(st: Any, r: Any, n: int, hook: Hook) -> None:
-    start_count = hook.count
+def run_jobs(st: Any, r: Any, n: int, hook: Receiver) -> None:
+    start_count = len(hook.deliveries)
     asyncio.run(post_sample(st.api_url, n, hook))
     wait_until(lambda: settled(r, n, hook, start_count + n), 600, 0.2, f"{n} jobs settled")
     time.sleep(1.0)  # the last delivery's bookkeeping lands after the receiver answered
@@ -275,9 +250,8 @@ def machine_extra(r: Any) -> dict[str, Any]:
 
 
 def measure(a: argparse.Namespace) -> dict[str, Any]:
-    hook = Hook()
-    with stack(workers=0) as st:
-        start_interq_worker(st, INTERQ_LOG_LEVEL="WARNING")
+    with stack(workers=0) as st, Receiver(require_signature=False) as hook:  # 204 to all
+        st.start_worker(INTERQ_LOG_LEVEL="WARNING")
         settings = Settings(
             redis_url=st.redis_url,
             upstream_url=st.sim_url,
