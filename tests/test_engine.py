@@ -1,26 +1,22 @@
-"""The poll engine and the delivery engine: errors counted as errors over
-hundreds of polls, results attached only with the job's label, in-flight
-accounting after /continue, and a slow receiver that delays only itself."""
+"""The poll engine through a worker: errors counted as errors over hundreds
+of polls, results attached only with the job's label, in-flight accounting
+after /continue. (A receiver that never answers delaying only its own events
+is shown on a fake clock in ``tests/test_clocked_steps.py``.)"""
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from jobs.delivery.signing import generate_secret
 from jobs.observe import metrics
 from jobs.settings import Settings
 from jobs.storage.keys import Keys
 from tests.helpers import (
-    Receiver,
     SimServer,
     job_body,
     running_worker,
@@ -184,85 +180,3 @@ async def test_continued_job_counts_in_flight_until_it_ends(
     assert done["status"] == "cancelled"
     assert r.zscore(key, jid) is None
     r.close()
-
-
-@dataclass
-class StuckReceiver:
-    """A receiver that never answers until released: every request waits."""
-
-    release: threading.Event = field(default_factory=threading.Event)
-    open_now: int = 0
-    most_open: int = 0
-    requests: int = 0
-
-    def __post_init__(self) -> None:
-        recv = self
-        self.lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", "0")))
-                with recv.lock:
-                    recv.requests += 1
-                    recv.open_now += 1
-                    recv.most_open = max(recv.most_open, recv.open_now)
-                recv.release.wait(60)
-                with recv.lock:
-                    recv.open_now -= 1
-                try:
-                    self.send_response(204)
-                    self.end_headers()
-                except OSError:
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-
-
-@pytest.fixture()
-def stuck() -> Iterator[StuckReceiver]:
-    s = StuckReceiver()
-    s.thread.start()
-    yield s
-    s.release.set()
-    s.httpd.shutdown()
-    s.httpd.server_close()
-
-
-async def test_a_receiver_that_never_answers_delays_only_its_own_events(
-    api: httpx.AsyncClient, settings: Settings, receiver: Receiver, stuck: StuckReceiver
-) -> None:
-    cfg = settings.model_copy(update={"webhook_timeout_s": 30.0, "webhook_per_destination": 4})
-    slow_secret, fast_secret = generate_secret(), generate_secret()
-    receiver.secret = fast_secret
-    async with running_worker(cfg):
-        slow_ids = []
-        for i in range(300):
-            body = job_body(f"slow {i} [sim duration=0.05]")
-            body["webhook"] = {"url": stuck.url, "secret": slow_secret}
-            slow_ids.append((await api.post("/v1/jobs", json=body)).json()["id"])
-        await wait_until(lambda: stuck.requests >= 4, what="the stuck receiver busy")
-        fast_ids = []
-        for i in range(20):
-            body = job_body(f"fast {i} [sim duration=0.05]")
-            body["webhook"] = {"url": receiver.url, "secret": fast_secret}
-            fast_ids.append((await api.post("/v1/jobs", json=body)).json()["id"])
-        await wait_until(
-            lambda: {d.body["data"]["id"] for d in receiver.snapshot()} >= set(fast_ids),
-            timeout=60,
-            what="every fast webhook",
-        )
-        # every fast webhook arrived while the stuck receiver still held its
-        # first attempts: none of them had to wait for the slow ones
-        assert stuck.release.is_set() is False
-        assert all(d.verified for d in receiver.snapshot())
-        assert stuck.most_open <= cfg.webhook_per_destination
-        stuck.release.set()

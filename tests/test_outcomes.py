@@ -1,5 +1,8 @@
 """Every upstream status and error class, through the simulator: one test per
-row of docs/upstream.md."""
+row of docs/upstream.md. The rows whose logic is a wait (a 429's retry delay,
+a cancel answered 404, a paused job's deadline) are shown on a fake clock in
+``tests/test_clocked_steps.py`` instead; ``tests/test_faults.py`` still checks
+retry delays through the simulator."""
 
 from __future__ import annotations
 
@@ -137,42 +140,11 @@ async def test_deadline_cancels_upstream_and_expires(
     assert sim.state.status(rec) == "cancelled"
 
 
-async def test_cancel_answered_404_is_retried_then_noted(
-    api: httpx.AsyncClient, worker: None, sim: SimServer
-) -> None:
-    jid = (
-        await api.post("/v1/jobs", json=job_body("x [sim duration=60 outcome=cancel404]"))
-    ).json()["id"]
-    await wait_until(lambda: _is(api, jid, "running"), what="running")
-    await api.post(f"/v1/jobs/{jid}/cancel")
-    job = (await wait_terminal(api, [jid], timeout=60))[jid]
-    assert job["status"] == "cancelled" and "404" in job["note"]
-    cancels = [e for e in sim.state.requests if e["op"] == "cancel"]
-    assert len(cancels) == 3
-
-
 async def _is(api: httpx.AsyncClient, jid: str, status: str) -> bool:
     return bool((await api.get(f"/v1/jobs/{jid}")).json()["status"] == status)
 
 
 # ---------------------------------------------------------------- errors
-
-
-async def test_429_waits_the_delay_from_the_body(
-    api: httpx.AsyncClient, worker: None, sim: SimServer
-) -> None:
-    sim.state.config.quota_rpm = 1
-    sim.state.config.quota_window_s = 1.0
-    jobs = [
-        (await api.post("/v1/jobs", json=job_body(f"q{i} [sim duration=0.1]"))).json()["id"]
-        for i in range(3)
-    ]
-    done = await wait_terminal(api, jobs)
-    assert {j["status"] for j in done.values()} == {"completed"}
-    hinted = [e for e in sim.state.requests if e["status"] == 429 and e.get("retry_delay_s")]
-    assert hinted, "the quota refused no create: nothing to check"
-    assert assert_retry_delays_honoured(sim.state.requests) == len(hinted)
-    assert any(e["fault"] == "quota" for e in sim.state.requests)
 
 
 def assert_retry_delays_honoured(log: list[dict[str, Any]]) -> int:
@@ -291,11 +263,6 @@ async def test_408_and_connect_errors_are_retryable() -> None:
         await client.get("x")
     assert e3.value.delay_s == 7.0 and e3.value.message == "slow down"
     await client.aclose()
-
-
-async def test_paused_job_expires_at_its_deadline(api: httpx.AsyncClient, worker: None) -> None:
-    job = await run_one(api, "x [sim duration=0.1 outcome=requires_action]", timeout_s=1.5)
-    assert job["status"] == "expired" and job["pending_calls"]
 
 
 async def test_the_service_backend_reads_connect_failures_as_not_sent() -> None:
