@@ -6,9 +6,10 @@
 - ``lifecycle``: applying an upstream answer to a job (end, pause, resume),
   its webhook events and stored result.
 - ``batches``: accepting, counting, streaming and cancelling batches.
+- ``cancel``: cancelling a job, one flow for the API, a batch and a delete.
 
 ``statuses``, ``records`` and ``requests`` import nothing outside the domain; the
-use cases (``lifecycle``, ``batches``) also use storage, delivery (endpoints,
+use cases (``lifecycle``, ``batches``, ``cancel``) also use storage, delivery (endpoints,
 URL safety), upstream's pure answer readers and ``jobs.services``. Nothing
 here imports ``jobs.http``, ``jobs.ui`` or ``jobs.cli``.
 """

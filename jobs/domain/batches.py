@@ -28,7 +28,7 @@ from jobs.domain import cancel
 from jobs.domain import lifecycle as outcomes
 from jobs.domain.records import Batch, Job
 from jobs.domain.requests import WebhookSpec, check_interaction_body
-from jobs.domain.statuses import TERMINAL, JobStatus
+from jobs.domain.statuses import BATCH_COMPLETED, TERMINAL, JobStatus
 from jobs.errors import BatchError
 from jobs.observe import metrics
 from jobs.services import Services
@@ -314,7 +314,7 @@ async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
     data = await batch_view(svc, ended)
     cancelled = batch.cancel_requested and data["counts"]["cancelled"] > 0
     final = data["status"] = "cancelled" if cancelled else "completed"
-    event = await outcomes.new_event(svc, batch, "batch.completed", data)
+    event = await outcomes.new_event(svc, batch, BATCH_COMPLETED, data)
     await svc.store.finish_batch(
         batch,
         {

@@ -205,7 +205,7 @@ async def pause(svc: Services, job: Job, interaction: dict[str, Any]) -> bool:
     extra: dict[str, Any] = {"status": JobStatus.requires_action.value, "pending_calls": calls}
     fields = _result_fields(job, interaction, extra)
     fields["pending_calls"] = calls
-    event = await make_event(svc, job, "job.requires_action", extra)
+    event = await make_event(svc, job, event_type(JobStatus.requires_action), extra)
     # a paused job is not polled: its entry in the poll index moves to the
     # deadline, where the poll engine expires it if it is still paused
     out = await svc.store.pause(job, fields, event, poll_at=job.deadline)

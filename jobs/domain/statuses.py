@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""Every status interq names, in one place: the job statuses of the public
+API (``JobStatus``; ``TERMINAL`` and ``ACTIVE``), the upstream interaction
+statuses grouped by what interq does with them (the upstream enum is open:
+an unknown value keeps polling and is counted), and the webhook event types
+(``job.<status>`` for a job that ended or waits in ``requires_action``,
+``batch.completed`` for a batch whose every job has ended)."""
 
 from __future__ import annotations
 
@@ -69,4 +74,9 @@ def classify_upstream(status: str) -> UpstreamClass:
 
 
 def event_type(status: JobStatus) -> str:
+    """The webhook event type of a job that reached ``status``."""
     return f"job.{status.value}"
+
+
+BATCH_COMPLETED = "batch.completed"
+"""The webhook event type of a batch whose every job has ended."""

@@ -1,1 +1,12 @@
-"""TODO."""
+"""The API routes, one router per resource, each route answering for the
+caller's tenant only (another tenant's object is a 404):
+
+- ``jobs.py``: ``/v1/jobs``: create, list, get, cancel, continue, delete, a
+  job's result and files;
+- ``batches.py``: ``/v1/batches``: create (JSON or NDJSON), get, results,
+  cancel, delete;
+- ``webhooks.py``: delivery logs, dead letters and redelivery, the tenant's
+  default endpoint and its secret rotation, and ``/v1/upstream/webhook`` (the
+  Gemini API's own webhooks; no tenant key);
+- ``ops.py``: ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/ops/summary``.
+"""
