@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from jobs.delivery import endpoints
+from jobs.domain import usage
 from jobs.domain.records import Batch, Event, EventState, Job, JobUpdate
 from jobs.domain.statuses import JobStatus, event_type
 from jobs.observe import metrics
@@ -129,12 +130,20 @@ def _result_fields(job: Job, interaction: dict[str, Any], extra: dict[str, Any])
     text = interactions.output_text(interaction)
     prefix = job.output_prefix
     extra["output_text"] = prefix + (text or "") if prefix or text is not None else None
-    extra["usage"] = interaction.get("usage")
+    hops = [*job.usage_by_interaction, hop_usage(interaction)]
+    extra["usage"] = usage.total(hops)
+    fields["usage_by_interaction"] = hops
     if extra["output_text"] is not None:
         fields["output_text"] = extra["output_text"]
     if extra["usage"] is not None:
         fields["usage"] = extra["usage"]
     return fields
+
+
+def hop_usage(interaction: dict[str, Any] | None) -> dict[str, Any] | None:
+    """One interaction's own ``usage``."""
+    u = interaction.get("usage") if interaction else None
+    return u if isinstance(u, dict) else None
 
 
 def _count_tokens(job: Job, usage: Any) -> None:
@@ -180,7 +189,7 @@ async def finish(
         metrics.JOB_DURATION.labels(status=status.value).observe(
             time.time() - (job.created_at or time.time())
         )
-        _count_tokens(job, extra.get("usage"))
+        _count_tokens(job, hop_usage(interaction))  # earlier hops were counted at theirs
         if job.batch_id:
             await add_batch_usage(svc, job.batch_id, extra.get("usage"))
         log.info("job %s %s", job.id, status.value)
@@ -210,7 +219,7 @@ async def pause(svc: Services, job: Job, interaction: dict[str, Any]) -> bool:
     # deadline, where the poll engine expires it if it is still paused
     out = await svc.store.pause(job, fields, event, poll_at=job.deadline)
     if out.ok:
-        _count_tokens(job, extra.get("usage"))
+        _count_tokens(job, hop_usage(interaction))
     return out.ok
 
 
@@ -230,19 +239,32 @@ def follow_up_body(job: Job, interaction: dict[str, Any], **changes: Any) -> dic
 
 
 async def chain(
-    svc: Services, job: Job, expect: JobStatus, body: dict[str, Any], output_prefix: str = ""
+    svc: Services,
+    job: Job,
+    expect: JobStatus,
+    body: dict[str, Any],
+    output_prefix: str = "",
+    ended: dict[str, Any] | None = None,
 ) -> bool:
     """Queue a follow-up create for the job (continue after requires_action,
     or a continuation token): status ``running``, the body kept on the record,
-    and a submit step, atomically."""
+    and a submit step, atomically. ``ended`` is the interaction the chain
+    leaves behind when nothing recorded it yet (a continuation token's): its
+    usage joins the job's."""
     changes: JobUpdate = {
         "pending_create": json.dumps(body),
         "hop_body": json.dumps(body),
         "pending_calls": None,
         "output_prefix": job.output_prefix + output_prefix,
     }
+    if ended is not None:
+        hops = [*job.usage_by_interaction, hop_usage(ended)]
+        changes["usage_by_interaction"] = hops
+        changes["usage"] = usage.total(hops)
     step = submit_step(job.id, n=len(job.interaction_ids))
     out = await svc.store.resume(job, expect, changes, step)
+    if out.ok and ended is not None:
+        _count_tokens(job, hop_usage(ended))
     return out.ok
 
 

@@ -167,7 +167,11 @@ class Job:
     # the outcome
     output_prefix: str = ""  # text of earlier interactions of a continuation chain
     output_text: str | None = None
-    usage: dict[str, Any] | None = field(default=None, metadata=json_codec(None))
+    usage: dict[str, Any] | None = field(default=None, metadata=json_codec(None))  # all hops
+    # each interaction's own usage, in the order of interaction_ids
+    usage_by_interaction: list[dict[str, Any] | None] = field(
+        default_factory=list, metadata=json_codec([])
+    )
     error: dict[str, Any] | None = field(default=None, metadata=json_codec(None))
     note: str = ""
     event_id: str = ""
@@ -226,6 +230,7 @@ class JobUpdate(TypedDict, total=False):
     output_prefix: str
     output_text: str | None
     usage: dict[str, Any] | None
+    usage_by_interaction: list[dict[str, Any] | None]
     error: dict[str, Any] | None
     note: str
     event_id: str

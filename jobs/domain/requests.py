@@ -90,25 +90,42 @@ def check_interaction_body(v: dict[str, Any], *, need_input: bool = True) -> dic
 
 
 class ContinueBody(BaseModel):
-    """Body of ``POST /v1/jobs/{id}/continue``: answers to the pending calls."""
+    """Body of ``POST /v1/jobs/{id}/continue``: the next user turn for a paused
+    interaction, as the API takes it: function results for the pending calls,
+    text (an answer to the agent's question, a confirmation of its plan), or
+    any other user content or steps."""
 
     model_config = ConfigDict(extra="forbid")
-    input: list[dict[str, Any]] = Field(
-        min_length=1,
-        description='`[{"type": "function_result", "call_id": ..., "name": ..., "result": ...}]`',
+    input: str | list[dict[str, Any]] = Field(
+        description='text, or a list of content objects or steps, e.g. `[{"type": '
+        '"function_result", "call_id": ..., "name": ..., "result": ...}]`',
     )
 
     @field_validator("input")
     @classmethod
-    def _check_results(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _check_input(cls, v: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        if isinstance(v, str):
+            if not v.strip():
+                raise ValueError("input must not be empty")
+            return v
+        if not v:
+            raise ValueError("input must not be empty")
         for i, item in enumerate(v):
-            if item.get("type") != "function_result":
-                raise ValueError(f"input[{i}] must have type 'function_result'")
+            if not isinstance(item.get("type"), str) or not item["type"]:
+                raise ValueError(f"input[{i}] needs a 'type'")
+            if item["type"] != "function_result":
+                continue
             if not isinstance(item.get("call_id"), str) or not item["call_id"]:
                 raise ValueError(f"input[{i}] needs the 'call_id' of a pending function_call")
             if "result" not in item:
                 raise ValueError(f"input[{i}] needs a 'result'")
         return v
+
+    def call_ids(self) -> list[str]:
+        """The call ids its function results answer."""
+        if isinstance(self.input, str):
+            return []
+        return [i["call_id"] for i in self.input if i["type"] == "function_result"]
 
 
 class BatchCreate(BaseModel):

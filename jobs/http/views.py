@@ -32,6 +32,9 @@ class JobView(BaseModel):
     poll_count: int = 0
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
+    """Summed over every interaction of the job."""
+    usage_by_interaction: list[dict[str, Any] | None] = Field(default_factory=list)
+    """Each interaction's own usage, in the order of ``interaction_ids``."""
     output_text: str | None = None
     pending_calls: list[dict[str, Any]] | None = None
     result_url: str | None = None
@@ -68,6 +71,7 @@ def job_view(job: Job) -> JobView:
         poll_count=job.poll_count,
         error=job.error,
         usage=job.usage,
+        usage_by_interaction=job.usage_by_interaction,
         output_text=job.output_text,
         pending_calls=job.pending_calls,
         result_url=f"/v1/jobs/{job.id}/result" if job.result_key else None,

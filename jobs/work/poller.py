@@ -260,7 +260,7 @@ async def continue_decoding(svc: Services, job: Job, inter: dict[str, Any]) -> N
         return
     partial = interactions.output_text(inter) or ""
     body = follow_up_body(job, inter, continuation_token=token)
-    await chain(svc, job, JobStatus.running, body, output_prefix=partial)
+    await chain(svc, job, JobStatus.running, body, output_prefix=partial, ended=inter)
 
 
 async def send_cancel(svc: Services, job: Job) -> Next | None:

@@ -156,13 +156,15 @@ async def cancel_job(job_id: str, s: Svc, t: Tenant) -> Any:
     responses=errors(404, 409),
 )
 async def continue_job(job_id: str, body: ContinueBody, s: Svc, t: Tenant) -> Any:
-    """Answer a job's pending function calls; it runs on as a new interaction
-    chained to the last one."""
+    """The next turn of a job waiting in ``requires_action``: results for its
+    pending function calls, or text / other user content when the agent asked
+    a question or wants its plan confirmed (no pending call). It runs on as a
+    new interaction chained to the last one."""
     job = await own_job(s, t, job_id)
     if job.status != JobStatus.requires_action:
         raise Conflict(f"job is {job.status.value}, not {JobStatus.requires_action.value}")
     pending = {c.get("id") for c in job.pending_calls or []}
-    unknown = [i["call_id"] for i in body.input if i["call_id"] not in pending]
+    unknown = [i for i in body.call_ids() if i not in pending]
     if unknown:
         raise UnknownCallId(f"no pending function_call with id {', '.join(unknown)}")
     stored = json.loads(await s.results.get(job.result_key))
