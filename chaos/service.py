@@ -112,7 +112,9 @@ class Service:
         return next(e for e in reversed(self.st.exits) if e.name == name)
 
     def record(self, e: Exit) -> dict[str, Any]:
-        out: dict[str, Any] = {"t": round(e.at - self.t0, 2), "worker": self.label(e)}
+        """A worker's exit as the summary has it: ``"worker": "<slot>-<run>"``."""
+        slot = f"{e.name.removeprefix(WORKER)}-{e.start}"
+        out: dict[str, Any] = {"t": round(e.at - self.t0, 2), "worker": slot}
         if not e.killed:
             out.update(returncode=e.returncode, reason=exit_reason(e.log))
         return out
