@@ -75,8 +75,18 @@ class Plan:
 
     singles: list[dict[str, Any]]
     batch: list[dict[str, Any]]
-    secrets: dict[str, str]
+    secrets: dict[str, str]  # custom_id -> the secret of its job's webhook
     batch_secret: str
+
+    def secret_for(self, body: Any) -> str | None:
+        """The secret a webhook body is signed with: the batch's for a batch
+        event, else the job's (by ``data.custom_id``)."""
+        if not isinstance(body, dict):
+            return None
+        if str(body.get("type", "")).startswith("batch."):
+            return self.batch_secret
+        data = body.get("data")
+        return self.secrets.get(str(data.get("custom_id"))) if isinstance(data, dict) else None
 
 
 def make_plan(opts: Options, rng: random.Random, run_id: str) -> Plan:

@@ -14,8 +14,8 @@ import httpx
 import redis
 
 from chaos.config import KEYS, TERMINAL
-from chaos.receiver import Receiver
-from chaos.stack import Cluster
+from chaos.service import Service
+from jobs.dev.receiver import Receiver
 
 
 @dataclass
@@ -82,7 +82,7 @@ def probe(url: str) -> int | str:
 class Driver:
     """One chaos phase; ``loop`` runs it and returns what happened (``info``)."""
 
-    cl: Cluster
+    cl: Service
     recv: Receiver
     job_ids: list[str]
     batch_id: str | None
@@ -257,7 +257,7 @@ class Driver:
 
 
 def drive(
-    cl: Cluster,
+    cl: Service,
     recv: Receiver,
     job_ids: list[str],
     batch_id: str | None,

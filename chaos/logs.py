@@ -12,6 +12,12 @@ IDS = re.compile(r"\b(job|evt|bat)_[0-9a-f]{32}\b")
 
 
 BOX = " \t│╭╰╮╯─"
+RUN_SUFFIX = re.compile(r"(\.\d+)?\.log$")  # the harness's <name>.log, <name>.<n>.log
+
+
+def proc_name(log: Path) -> str:
+    """The process a log is of (every run of it: ``worker-0.3.log`` -> ``worker-0``)."""
+    return RUN_SUFFIX.sub("", log.name)
 
 
 def plain(line: str) -> bool:
@@ -71,7 +77,7 @@ def log_errors(logs: list[Path]) -> tuple[dict[str, int], list[str]]:
             counts[p.name] = counts.get(p.name, 0) + 1
             key = IDS.sub(r"\1_…", key)[:300]
             if len(samples) < 12:
-                samples.setdefault(f"{p.name.rsplit('-', 1)[0]}: {key}")
+                samples.setdefault(f"{proc_name(p)}: {key}")
     return counts, list(samples)
 
 
@@ -89,11 +95,11 @@ def compact(line: str) -> str:
 
 
 def tails(logs: list[Path], needles: list[str], lines: int = 15) -> str:
-    """The last lines of the API, Redis and each worker slot's latest log, and every
-    line (of any log) naming one of ``needles``."""
+    """The last lines of each process's latest log (the API, Redis, each worker),
+    and every line (of any log) naming one of ``needles``."""
     latest: dict[str, Path] = {}
-    for p in logs:  # in start order: the last one per slot wins
-        latest[re.sub(r"-\d+\.log$", "", p.name) if p.name.startswith("worker") else p.name] = p
+    for p in logs:  # in start order: the last one per process wins
+        latest[proc_name(p)] = p
     out = []
     for p in latest.values():
         try:

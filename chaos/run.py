@@ -23,9 +23,10 @@ dead, checks everything through the API, Redis, the receiver and the simulator's
 of every process go to a temporary directory, kept (and their tails printed) when
 the run fails.
 
-The pieces: ``chaos.config`` (options, plan), ``chaos.stack`` (processes),
-``chaos.receiver``, ``chaos.api_io`` (submit, read back), ``chaos.drive`` (the
-chaos), ``chaos.verdict``, ``chaos.report``, ``chaos.logs``, ``chaos.cli`` (options).
+The pieces: ``chaos.config`` (options, plan), ``chaos.service`` (the processes, on
+``jobs.dev.harness.Stack``; the receiver is ``jobs.dev.receiver.Receiver``),
+``chaos.api_io`` (submit, read back), ``chaos.drive`` (the chaos), ``chaos.verdict``,
+``chaos.report``, ``chaos.logs``, ``chaos.cli`` (options).
 """
 
 from __future__ import annotations
@@ -53,15 +54,15 @@ from chaos.api_io import read_events, read_jobs, submit_all
 from chaos.config import Options, Plan, make_plan
 from chaos.drive import drive
 from chaos.logs import log_errors, tails
-from chaos.receiver import Receiver
 from chaos.report import evidence_text, report, save
-from chaos.stack import Cluster
+from chaos.service import Service
 from chaos.verdict import RunResult, step_evidence, verdict
+from jobs.dev.receiver import Receiver
 
 __all__ = ["Options", "evidence_text", "main", "report", "run"]
 
 
-def configure_sim(cl: Cluster, opts: Options, seed: int) -> None:
+def configure_sim(cl: Service, opts: Options, seed: int) -> None:
     httpx.post(
         f"{cl.sim_url}/_sim/config",
         json={
@@ -78,7 +79,7 @@ def configure_sim(cl: Cluster, opts: Options, seed: int) -> None:
 
 
 def submit_drive_check(
-    cl: Cluster, recv: Receiver, plan: Plan, rng: random.Random, deadline: float
+    cl: Service, recv: Receiver, plan: Plan, rng: random.Random, deadline: float
 ) -> dict[str, Any]:
     """Submit every job, run the chaos, read everything back and judge it."""
     t_sub = time.monotonic()
@@ -109,12 +110,12 @@ def submit_drive_check(
         r.close()
 
 
-def finish(summary: dict[str, Any], opts: Options, cl: Cluster, seed: int, tmp: Path) -> None:
+def finish(summary: dict[str, Any], opts: Options, cl: Service, seed: int, tmp: Path) -> None:
     """What every summary carries, and the logs' tails when the run failed."""
     summary["seed"] = seed
     summary["options"] = asdict(opts) | {"seed": seed}
     summary["machine"] = machine()
-    summary["log_errors"], summary["log_error_samples"] = log_errors(cl.logs)
+    summary["log_errors"], summary["log_error_samples"] = log_errors(cl.logs())
     summary["logs"] = str(tmp / "logs")
     if not summary.get("ok"):
         ev = summary.get("evidence") or {}
@@ -125,7 +126,7 @@ def finish(summary: dict[str, Any], opts: Options, cl: Cluster, seed: int, tmp: 
             *[v["id"] for v in ev.get("undelivered", {}).values() if isinstance(v, dict)],
             *ev.get("unflagged_duplicates", {}),
         ][:5]
-        summary["log_tails"] = tails(cl.logs, needles)
+        summary["log_tails"] = tails(cl.logs(), needles)
     if (summary.get("ok") or summary.get("interrupted")) and not opts.keep_logs:
         shutil.rmtree(tmp, ignore_errors=True)
         summary["logs"] = None
@@ -140,14 +141,14 @@ def run(opts: Options) -> dict[str, Any]:
     )
     tmp = Path(tempfile.mkdtemp(prefix="interq-chaos-"))
     plan = make_plan(opts, rng, f"{seed:x}")
-    cl = Cluster(opts, tmp, say)
-    recv = Receiver(plan.secrets, plan.batch_secret)
+    cl = Service(opts, tmp, say)
+    recv = Receiver(secret_for=plan.secret_for)
     started = time.monotonic()
     summary: dict[str, Any] = {}
     try:
         say(f"chaos run seed={seed}: {opts.jobs} jobs, {opts.workers} workers, logs in {tmp}/logs")
         recv.start()
-        cl.start_service()
+        cl.start()
         configure_sim(cl, opts, seed)
         summary = submit_drive_check(cl, recv, plan, rng, started + opts.timeout_s)
     except BaseException as e:

@@ -11,8 +11,8 @@ from typing import Any
 import redis
 
 from chaos.config import KEYS, PREFIX, TERMINAL, Options, Plan
-from chaos.receiver import Received, Receiver
-from chaos.stack import Cluster
+from chaos.service import Service
+from jobs.dev.receiver import Delivery, Receiver
 
 
 @dataclass
@@ -27,11 +27,11 @@ class RunResult:
     events: dict[str, list[dict[str, Any]]]  # job id -> its stored events
     batch_event: dict[str, Any] | None
     batch_id: str | None
-    received: list[Received]  # what the receiver was sent
+    received: list[Delivery]  # what the receiver was sent
     receiver: Receiver
     sim_stats: dict[str, Any]  # /_sim/stats
     sim_faults: Counter[str]  # fault kind ("none") -> upstream requests
-    cluster: Cluster
+    cluster: Service
     drive_info: dict[str, Any]  # what ``drive`` returned
 
 
@@ -66,8 +66,8 @@ def webhook_checks(res: RunResult, finished: list[str]) -> dict[str, Any]:
     verified: set[str] = set()
     for d in res.received:
         if d.verified:
-            by_owner[d.owner_id].add(d.webhook_id)
-            verified.add(d.webhook_id)
+            by_owner[d.owner_id].add(d.msg_id)
+            verified.add(d.msg_id)
     w: dict[str, Any] = {"by_owner": by_owner, "states": Counter(), "undelivered": {}}
     w.update(extra={}, multi={}, wrong={})
     for jid in finished:
@@ -88,7 +88,7 @@ def webhook_checks(res: RunResult, finished: list[str]) -> dict[str, Any]:
         if seen and seen != {ev["id"]}:
             w["wrong"][jid] = {"stored": ev["id"], "received": sorted(seen)}
     w["batch"] = batch_check(res, verified, by_owner, w["multi"])
-    w["deliveries"] = Counter(d.webhook_id for d in res.received if d.verified)
+    w["deliveries"] = Counter(d.msg_id for d in res.received if d.verified)
     w["retried"] = sum(1 for evs in res.events.values() for e in evs if e["attempts"] > 1)
     return w
 
@@ -188,7 +188,7 @@ def sections(
             "jobs_with_more_than_one_webhook_id": len(w["multi"]),
             "received_ids_not_stored": len(w["wrong"]),
             "receiver_requests": rv.requests,
-            "receiver_answered_503": rv.refused_503,
+            "receiver_answered_503": rv.refused,
             "events_needing_more_than_one_attempt": w["retried"],
             "verified_deliveries": sum(w["deliveries"].values()),
             "events_received_more_than_once": sum(1 for n in w["deliveries"].values() if n > 1),
@@ -217,7 +217,7 @@ def chaos_section(res: RunResult) -> dict[str, Any]:
         "worker_self_exits": len(cl.self_exits),
         "self_exits": cl.self_exits,
         "kills": cl.kills,
-        "redis_restarts": cl.redis_gen - 1,
+        "redis_restarts": cl.redis_restarts,
         "redis": info.get("redis"),
         "receiver_outage": {
             **(info.get("receiver") or {}),

@@ -11,12 +11,14 @@ the chaos run and ``interq up``.
         st.kill("worker-0")               # SIGKILL (or sig=signal.SIGTERM)
         st.restart("worker-0")            # same command, env and metrics port
         st.kill("redis"); st.restart("redis")   # same port, same append-only file
+        st.exits, st.restarts("redis")    # what was killed / exited, how often
     # stop(): workers and the API first (SIGTERM, then SIGKILL), then the rest
 
 Every service process gets its environment from ``env_for`` (one builder of
 ``INTERQ_*`` variables from Settings or overrides). Logs go to
 ``<workdir>/logs/<name>.log`` (``<name>.<n>.log`` for the n-th restart), or to
-this process's own stdout/stderr with ``log_dir=None``.
+this process's own stdout/stderr with ``log_dir=None``. ``Proc``, ``Exit``,
+the command lines and the readiness probes live in ``jobs.dev.procs``.
 """
 
 from __future__ import annotations
@@ -24,83 +26,42 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from jobs.dev.envs import base_env, env_for
+from jobs.dev.procs import (
+    Exit,
+    Proc,
+    fill_ballast,
+    free_port,
+    http_ready,
+    interq_cmd,
+    redis_ready,
+    redis_server_cmd,
+    worker_ready,
+)
 
-__all__ = ["ROOT", "Proc", "Stack", "base_env", "env_for", "free_port", "redis_server_cmd"]
+__all__ = [
+    "ROOT",
+    "Exit",
+    "Proc",
+    "Stack",
+    "base_env",
+    "env_for",
+    "free_port",
+    "redis_ready",
+    "redis_server_cmd",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 30.0
 BACKENDS = ("redis", "simulator")  # stopped last, after what talks to them
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_server_cmd(
-    port: int, data_dir: str, *, aof: bool, fsync_always: bool = False
-) -> list[str]:
-    """A loopback-only redis-server command line (no RDB snapshots; append-only
-    file as asked)."""
-    cmd = [shutil.which("redis-server") or "redis-server", "--port", str(port)]
-    cmd += ["--bind", "127.0.0.1", "--dir", data_dir, "--save", ""]
-    cmd += ["--appendonly", "yes" if aof else "no"]
-    if fsync_always:
-        cmd += ["--appendfsync", "always"]
-    return cmd
-
-
-def interq_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", *args]
-
-
-@dataclass
-class Proc:
-    """One supervised child: how to start it, how to tell it is ready."""
-
-    name: str
-    cmd: list[str]
-    env: dict[str, str]
-    ready: Callable[[Proc], bool] | None = None
-    url: str = ""
-    port: int = 0
-    popen: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    logs: list[Path] = field(default_factory=list)
-    held: bool = False  # stopped on purpose: the supervisor leaves it down
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid if self.popen is not None else 0
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.popen is None else self.popen.poll()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        if not self.logs:
-            return ""
-        with contextlib.suppress(OSError):
-            return self.logs[-1].read_text(errors="replace")[-chars:]
-        return ""
 
 
 class Stack:
@@ -138,6 +99,7 @@ class Stack:
         self.env.update(env_for(settings, base={}))
         self.env.update(extra_env or {})
         self.procs: dict[str, Proc] = {}
+        self.exits: list[Exit] = []  # every kill and every exit on its own, in order
 
     # -- urls
     @property
@@ -159,6 +121,11 @@ class Stack:
 
     def logs(self) -> list[Path]:
         return [log for p in self.procs.values() for log in p.logs]
+
+    def restarts(self, name: str) -> int:
+        """How often ``name`` was started again (0: still its first run)."""
+        p = self.procs.get(name)
+        return max(0, p.starts - 1) if p else 0
 
     # -- starting
     def add(
@@ -200,6 +167,11 @@ class Stack:
         self.env["INTERQ_REDIS_URL"] = url
         return url
 
+    def fill_ballast(self, keys: int, name: str = "redis") -> None:
+        """``keys`` keys of other data in Redis ``name``, compacted into its
+        append-only file: a restart then has a real load to do (LOADING)."""
+        fill_ballast(self.procs[name].port, keys)
+
     def start_simulator(self, *, port: int | None = None, **sim_env: str) -> str:
         """The simulator (``INTERQ_SIM_*`` in ``sim_env``); it never sees a key.
         Every service process started afterwards uses it as the upstream."""
@@ -207,7 +179,7 @@ class Stack:
         env = {**base_env(self.env), **sim_env}
         url = f"http://127.0.0.1:{port}"
         cmd = interq_cmd("simulator", "--port", str(port))
-        self.add("simulator", cmd, env, ready=_http_ready("/_sim/stats"), url=url, port=port)
+        self.add("simulator", cmd, env, ready=http_ready("/_sim/stats"), url=url, port=port)
         self.env["INTERQ_UPSTREAM_URL"] = url
         return url
 
@@ -217,7 +189,7 @@ class Stack:
         url = f"http://127.0.0.1:{port}"
         cmd = interq_cmd("api", "--port", str(port))
         full = {**self.env, **env}
-        self.add(name, cmd, full, ready=_http_ready("/healthz"), url=url, port=port)
+        self.add(name, cmd, full, ready=http_ready("/healthz"), url=url, port=port)
         return url
 
     def start_worker(
@@ -234,7 +206,7 @@ class Stack:
         port = free_port() if metrics_port is None else metrics_port
         full = {**self.env, **env, "INTERQ_WORKER_METRICS_PORT": str(port)}
         url = f"http://127.0.0.1:{port}/metrics" if port else ""
-        ready = _worker_ready if port else None
+        ready = worker_ready if port else None
         cmd = interq_cmd("worker")
         return self.add(name, cmd, full, ready=ready, url=url, port=port, wait=wait)
 
@@ -246,14 +218,18 @@ class Stack:
         p.held = True
         if p.popen is None:
             return None
-        if p.alive:
+        was_alive = p.alive
+        if was_alive:
             with contextlib.suppress(ProcessLookupError):
                 p.popen.send_signal(sig)
         try:
-            return p.popen.wait(timeout)
+            p.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             p.popen.kill()
-            return p.popen.wait(10)
+            p.popen.wait(10)
+        if was_alive:
+            self.exits.append(Exit.of(p, killed=True))
+        return p.returncode
 
     def restart(self, name: str, sig: int = signal.SIGKILL, *, wait: bool = True) -> Proc:
         """Stop ``name`` if it runs (with ``sig``), then start it again: same
@@ -266,9 +242,10 @@ class Stack:
 
     def supervise(self, wait: bool = False) -> list[tuple[Proc, int | None]]:
         """Restart every child that exited by itself (not ``kill``-ed); returns
-        each with the exit code it ended with."""
+        each with the exit code it ended with (and notes it in ``exits``)."""
         exited = [p for p in self.procs.values() if not p.held and p.popen and not p.alive]
         out = [(p, p.returncode) for p in exited]
+        self.exits += [Exit.of(p, killed=False) for p in exited]
         for p in exited:
             self._launch(p, wait=wait)
         return out
@@ -343,38 +320,3 @@ class Stack:
             if time.monotonic() > end:
                 raise RuntimeError(f"{p.name} was not ready in time\n{p.log_tail()}")
             time.sleep(0.05)  # polling a readiness probe, not synchronising on a guess
-
-
-def redis_ready(p: Proc, **conn: Any) -> bool:
-    """A PING answered (``conn``: more client options, e.g. TLS ones)."""
-    import redis
-
-    client = redis.Redis(port=p.port, socket_connect_timeout=1, socket_timeout=2, **conn)
-    try:
-        return bool(client.ping())
-    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-        return False
-    finally:
-        client.close()
-
-
-def _http_ready(path: str) -> Callable[[Proc], bool]:
-    def ready(p: Proc) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(p.url + path, timeout=2).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    return ready
-
-
-def _worker_ready(p: Proc) -> bool:
-    import httpx
-
-    try:
-        text = httpx.get(p.url, timeout=2).text
-    except httpx.HTTPError:
-        return False
-    return any(line.startswith("interq_worker_up 1") for line in text.splitlines())

@@ -3,7 +3,8 @@
 It records every request (headers, raw body, parsed JSON, whether its Standard
 Webhooks signature verified) and can be told to misbehave: answer a given
 status to everything, answer 503 to the first N requests, be slow, or be down
-(not listening, then listening again on the same port). The tests, the
+(not listening, then listening again on the same port); ``set_mode`` switches
+between up, down and a status, and notes each switch in ``outages``. The tests, the
 benchmarks, the chaos run and ``interq receiver`` all use it.
 
     with Receiver(secret) as r:           # start() ... stop()
@@ -51,6 +52,11 @@ class Delivery:
         data = self.body.get("data") if isinstance(self.body, dict) else None
         return data if isinstance(data, dict) else {}
 
+    @property
+    def owner_id(self) -> str:
+        """The job or batch the event is about (``data.id``)."""
+        return str(self.data.get("id", ""))
+
 
 class Receiver:
     """A Standard Webhooks receiver on ``host:port`` (port 0: a free one, kept
@@ -81,6 +87,7 @@ class Receiver:
         self.refused = 0  # answered with fail_first / status instead of 204/400
         self.bad_signature = 0
         self.deliveries: list[Delivery] = []
+        self.outages: list[dict[str, Any]] = []  # {"at": time.time(), "mode": ...} a switch
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)
         self._httpd: ThreadingHTTPServer | None = None
@@ -119,6 +126,25 @@ class Receiver:
 
     down = stop
     up = start
+
+    @property
+    def mode(self) -> str:
+        """ "down" (not listening), "up" (answering normally) or the status it
+        answers to every request (e.g. "503")."""
+        if self._httpd is None:
+            return "down"
+        return "up" if self.status is None else str(self.status)
+
+    def set_mode(self, mode: str) -> None:
+        """Switch to ``mode`` (see ``mode``), noting the switch in ``outages``."""
+        if mode == self.mode:
+            return
+        self.outages.append({"at": time.time(), "mode": mode})
+        if mode == "down":
+            self.stop()
+            return
+        self.status = None if mode == "up" else int(mode)
+        self.start()
 
     def __enter__(self) -> Receiver:
         return self.start()
