@@ -278,7 +278,7 @@ def step_evidence(r: redis.Redis, summary: dict[str, Any]) -> dict[str, Any]:
 
     def due(index: str, member: str) -> str:
         score = r.zscore(f"{PREFIX}:{index}", member)
-        return "none" if score is None else f"due in {score / 1000 - time.time():.1f} s"
+        return "none" if score is None else f"due in {float(score) / 1000 - time.time():.1f} s"
 
     for jid, info in (ev.get("undelivered") or {}).items():
         if isinstance(info, dict):
