@@ -61,20 +61,24 @@ async def request(svc: Services, job: Job, note: str, *, at_once: bool = False) 
 
 async def cancel_paused(svc: Services, job: Job) -> None:
     """End a job waiting in ``requires_action`` as ``cancelled``."""
-    try:
-        await svc.upstream.cancel(job.interaction_id)
-    except UpstreamError as e:
-        log.info("job %s: upstream cancel of a paused interaction: %s", job.id, e.message)
+    await upstream_cancel(svc, job, "of a paused interaction")
     await finish(svc, job, JobStatus.cancelled, expect=JobStatus.requires_action)
 
 
 async def cancel_running_now(svc: Services, job: Job) -> None:
     """Cancel a running job's interaction upstream and end the job, without
-    waiting for its next poll (best effort upstream)."""
-    try:
-        if job.interaction_id:
-            await svc.upstream.cancel(job.interaction_id)
-    except UpstreamError as e:
-        log.info("job %s: upstream cancel: %s", job.id, e.message)
+    waiting for its next poll."""
+    await upstream_cancel(svc, job, "while running")
     note = "cancelled while running; cancelled upstream"
     await finish(svc, job, JobStatus.cancelled, expect=JobStatus.running, note=note)
+
+
+async def upstream_cancel(svc: Services, job: Job, when: str) -> None:
+    """Cancel the job's interaction upstream, best effort: a failure is
+    logged (``when`` says at what point) and the caller ends the job anyway."""
+    if not job.interaction_id:
+        return
+    try:
+        await svc.upstream.cancel(job.interaction_id)
+    except UpstreamError as e:
+        log.info("job %s: upstream cancel %s failed: %s", job.id, when, e.message)

@@ -30,6 +30,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.domain.cancel import upstream_cancel
 from jobs.domain.lifecycle import chain, finish, follow_up_body, pause, store_result, submit_step
 from jobs.domain.records import Job, JobUpdate, job_fields
 from jobs.domain.statuses import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream
@@ -37,7 +38,7 @@ from jobs.observe import logs, metrics
 from jobs.services import Services
 from jobs.storage.scripts import lua
 from jobs.upstream import answers as interactions
-from jobs.upstream.client import NotFound, Rejected, Retryable, UpstreamError
+from jobs.upstream.client import NotFound, Rejected, Retryable
 from jobs.work.clock import SYSTEM, Clock
 from jobs.work.engine import DueEngine, Write
 from jobs.work.steps import STEP_GUARD_MAX_TRIES, fault_delay, poll_interval, retry_delay
@@ -286,9 +287,6 @@ async def send_cancel(svc: Services, job: Job) -> Next | None:
 
 
 async def expire(svc: Services, job: Job) -> None:
-    try:
-        await svc.upstream.cancel(job.interaction_id)
-    except UpstreamError as e:
-        log.info("job %s: cancel at deadline failed: %s", job.id, e.message)
+    await upstream_cancel(svc, job, "at the deadline")
     error = {"code": "deadline", "message": "job passed its timeout_s"}
     await finish(svc, job, JobStatus.expired, error=error)
