@@ -19,12 +19,13 @@ import httpx
 import pytest
 from google.genai._gaos.types.interactions.interaction import Interaction
 
+from jobs.dev.simulator.app import create_app, parse_directive
 from jobs.dev.simulator.config import SimConfig
 from jobs.dev.simulator.lifecycle import Simulator
 from jobs.dev.simulator.wire import MULTI_ROUNDS, OUTCOMES, OUTPUTS, SHAPES, SLOW_CANCEL_POLLS
 from jobs.upstream import answers
 from tests.helpers import job_body, wait_terminal
-from tests.test_simulator import conform
+from tests.test_simulator import client_for, conform, create, poll
 
 TOOLS = [{"type": "function", "name": "get_weather"}, {"type": "function", "name": "get_time"}]
 SDK_USAGE = {  # the SDK's Usage fields and interq's names for them
@@ -99,7 +100,7 @@ def start(sim: Simulator, text: str, **extra: Any) -> str:
     return iid
 
 
-def follow(sim: Simulator, body: dict[str, Any]) -> dict[str, Any] | None:
+def follow(body: dict[str, Any]) -> dict[str, Any] | None:
     """The create that carries a stopped interaction on, or None at the end."""
     base = {"model": "m", "tools": TOOLS, "previous_interaction_id": body["id"]}
     if body["status"] == "requires_continuation":
@@ -123,7 +124,7 @@ def run_case(case: str) -> list[dict[str, Any]]:
         return run_slow_cancel(sim)
     rec = sim.interactions[start(sim, f"what is the weather? [sim {case}]")]
     bodies = [sim.render(rec)]
-    while (nxt := follow(sim, bodies[-1])) is not None:
+    while (nxt := follow(bodies[-1])) is not None:
         _, iid = sim.create(nxt)
         bodies.append(sim.render(sim.interactions[iid]))
         assert len(bodies) <= MULTI_ROUNDS + 2, "a chain that does not end"
@@ -231,6 +232,42 @@ def test_a_shape_fixes_its_outcome() -> None:
     sim = new_sim()
     with pytest.raises(Exception, match="shape=question is outcome=requires_action"):
         start(sim, "x [sim shape=question outcome=completed]")
+
+
+# ------------------------------------------------------------- over HTTP
+
+
+def test_shape_is_a_directive_key() -> None:
+    assert parse_directive("x [sim shape=question duration=1]") == {
+        "shape": "question",
+        "duration": 1.0,
+    }
+    with pytest.raises(ValueError):
+        parse_directive("[sim shape=nope]")
+
+
+async def test_shapes_over_http() -> None:
+    """The app's routes serve the shapes: a slow cancel polled to its end, and
+    the rounds of ``multi_round`` answered as interq answers them."""
+    async with client_for(create_app(SimConfig(duration_s=0.05))) as client:
+        r = await create(client, "long [sim shape=slow_cancel duration=60]")
+        iid = r.json()["id"]
+        cancel = await client.post(f"/v1/interactions/{iid}/cancel")
+        assert cancel.status_code == 200 and cancel.json()["status"] == "cancelling"
+        seen: list[str] = []
+        check(await poll(client, iid, {"cancelled"}, seen))
+        assert seen == ["cancelling", "cancelled"]
+
+        r = await create(client, "w [sim shape=multi_round]", tools=TOOLS)
+        body = await poll(client, r.json()["id"], {"requires_action"})
+        for _ in range(MULTI_ROUNDS):
+            check(body)
+            nxt = follow(body)
+            assert nxt is not None
+            r = await client.post("/v1/interactions", json=nxt | {"background": True})
+            assert r.status_code == 200, r.text
+            body = await poll(client, r.json()["id"], {"requires_action", "completed"})
+        assert check(body)["text"] == 'Simulated answer using get_weather result: "sunny"'
 
 
 # ------------------------------------------------------------- end to end
