@@ -10,6 +10,7 @@ matching ``function_result`` (the reference, section 4; the SDK has no helper).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,28 +101,57 @@ def pending_calls(interaction: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _error_entry(err: dict[str, Any]) -> dict[str, str]:
+    """``code`` and ``message`` as the SDK reads them: a missing or null field
+    is "" (the SDK's None), never "None"."""
+    code, message = err.get("code"), err.get("message")
+    return {
+        "code": "" if code is None else str(code),
+        "message": "" if message is None else str(message),
+    }
+
+
 def errors(interaction: dict[str, Any]) -> dict[str, Any] | None:
     """The upstream's own account of a failure: ``errors[]`` and any
     ``model_output.error`` status."""
-    found: list[dict[str, Any]] = []
-    for e in interaction.get("errors") or []:
-        if isinstance(e, dict):
-            found.append({"code": str(e.get("code", "")), "message": str(e.get("message", ""))})
+    listed = interaction.get("errors")
+    found = (
+        [_error_entry(e) for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+    )
     for step in trailing_model_outputs(interaction):
         err = step.get("error")
         if isinstance(err, dict):
-            found.append({"code": str(err.get("code", "")), "message": str(err.get("message", ""))})
+            found.append(_error_entry(err))
     if not found:
         return None
     return {"code": "upstream_failed", "message": found[0]["message"], "upstream": found}
 
 
+_DIGITS = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def _count(value: Any) -> int | None:
+    """An integer field as the SDK's pydantic model reads it (lax mode): an
+    int, a float with no fraction, or a string of digits ("12", as proto3
+    JSON writes int64)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return int(value)
+    return None
+
+
 def token_counts(usage: Any) -> dict[str, int]:
+    """The ``total_*_tokens`` counts above zero, by interq's kind names."""
     if not isinstance(usage, dict):
         return {}
     out: dict[str, int] = {}
     for field, kind in USAGE_KINDS.items():
-        v = usage.get(field)
-        if isinstance(v, int) and v > 0:
+        v = _count(usage.get(field))
+        if v is not None and v > 0:
             out[kind] = v
     return out

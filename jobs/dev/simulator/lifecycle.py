@@ -21,10 +21,21 @@ from jobs.dev.simulator.scenarios import (
     input_steps,
     parse_directive,
     phase,
+    plan,
     result_steps,
+    usage_of,
 )
 from jobs.dev.simulator.webhooks import Webhooks
-from jobs.dev.simulator.wire import ERR_URI, JSON, PENDING, TERMINAL, ApiError, iso, new_id
+from jobs.dev.simulator.wire import (
+    ERR_URI,
+    JSON,
+    PENDING,
+    SLOW_CANCEL_POLLS,
+    TERMINAL,
+    ApiError,
+    iso,
+    new_id,
+)
 
 
 def check_create(body: JSON) -> tuple[bool, bool]:
@@ -132,7 +143,7 @@ class Simulator:
             out["usage"] = rec["usage"]
         out["steps"] = steps
         if status == "failed":
-            out["errors"] = [{"code": ERR_URI, "message": "Simulated failure"}]
+            out["errors"] = rec["errors"] or [{"code": ERR_URI, "message": "Simulated failure"}]
         if status == "requires_continuation":
             out["continuation_token"] = rec["continuation_token"]
         return out
@@ -177,16 +188,18 @@ class Simulator:
         in_steps = input_steps(body.get("input"))
         prev = self._previous(body, in_steps)
         results = [s for s in in_steps if s.get("type") == "function_result"]
-        outcome, output = spec.get("outcome", "completed"), spec.get("output", "text")
+        try:
+            shape, outcome, rnd = plan(spec, prev, results)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+        output = spec.get("output", "text")
         continued = body.get("continuation_token") is not None
         text = answer_text(texts, output, results, prev, continued)
         duration = spec.get("duration", self.config.duration_s) if background else 0.0
         rec = self._record(body, outcome, duration, in_steps)
+        rec["shape"], rec["round"] = shape, rnd
         rec["result_steps"] = result_steps(rec, body, text, output, self._calls)
-        out_len = sum(len(t) for t in extract_texts(rec["result_steps"]))
-        n_in, n_out = len(" ".join(texts)) // 4 + 1, out_len // 4 + 1
-        usage = {"total_tokens": n_in + n_out, "total_input_tokens": n_in}
-        rec["usage"] = usage | {"total_output_tokens": n_out}
+        rec["usage"] = usage_of(texts, rec["result_steps"])
         if store:
             self.interactions[rec["id"]] = rec
             if background:
@@ -207,6 +220,10 @@ class Simulator:
             "pending_calls": [],
             "continuation_token": None,
             "rest_text": "",
+            "shape": None,
+            "round": 1,
+            "errors": None,  # errors[] of a failed shape (else the default)
+            "cancelling_left": 0,  # polls still answered "cancelling" (slow_cancel)
             "echo": echo_of(body),
             "background": bool(body.get("background", False)),
             "events": set(),  # webhook event types already emitted
@@ -228,7 +245,10 @@ class Simulator:
         rec["gets"] += 1
         if rec["outcome"] == "not_found_first" and rec["gets"] <= 2:
             raise ApiError(404, f"Interaction {iid} not found.")
-        return self.render(rec)
+        out = self.render(rec)
+        if out["status"] == "cancelling":
+            rec["cancelling_left"] -= 1
+        return out
 
     def cancel(self, iid: str) -> JSON:
         rec = self._get(iid)
@@ -238,7 +258,9 @@ class Simulator:
             raise ApiError(
                 400, "Interaction is already in a terminal state.", "FAILED_PRECONDITION"
             )
-        rec["cancelled_at"] = time.monotonic()
+        if rec["cancelled_at"] is None:
+            rec["cancelled_at"] = time.monotonic()
+            rec["cancelling_left"] = SLOW_CANCEL_POLLS if rec["shape"] == "slow_cancel" else 0
         self.webhooks.disarm(iid)
         if rec["background"]:
             self.webhooks.emit(rec, "interaction.cancelled")

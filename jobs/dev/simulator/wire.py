@@ -15,8 +15,24 @@ OUTCOMES = (
     " cancel404 never unknown not_found_first queued idle"
 ).split()
 OUTPUTS = ("text", "json", "image", "audio")
+# ``[sim shape=...]``: the harder step shapes, each with the outcome it implies
+# (None: the directive's own outcome); see scenarios.SHAPE_BUILDERS.
+SHAPE_OUTCOMES: dict[str, str | None] = {
+    "tool_boundary": "completed",  # text, a server tool call and result, more text
+    "tool_then_call": "requires_action",  # text, a server tool, text, a function call
+    "image_barrier": "completed",  # text around images: [X, image] then [Y, image, Z]
+    "multi_round": "requires_action",  # MULTI_ROUNDS function-call rounds, then an answer
+    "parallel_calls": "requires_action",  # several function calls in one pause
+    "question": "requires_action",  # a pause with no function call: the agent asks
+    "error_list": "failed",  # errors[] of several objects with URI codes, partial text
+    "error_status": "failed",  # a google.rpc Status step error; errors[] string codes
+    "slow_cancel": None,  # a cancel answers "cancelling" for SLOW_CANCEL_POLLS polls
+}
+SHAPES = tuple(SHAPE_OUTCOMES)
+MULTI_ROUNDS = 3
+SLOW_CANCEL_POLLS = 2
 TERMINAL = {"completed", "failed", "cancelled", "incomplete", "budget_exceeded"}
-PENDING = {"queued", "in_progress", "idle", "paused_for_review"}
+PENDING = {"queued", "in_progress", "idle", "paused_for_review", "cancelling"}
 CONTENT_TYPES = {"text", "image", "audio", "video", "document"}
 # 1x1 RGB PNG and an 8-sample 16-bit mono WAV, both valid files.
 PNG_B64 = (
