@@ -44,13 +44,12 @@ async def test_usage_of_a_three_hop_job_is_the_sum_of_its_hops(
     assert done["usage"]["total_tokens"] > hops[-1]["total_tokens"]  # not the last hop's
 
 
-async def test_a_pause_is_answered_with_text_and_the_job_runs_on(
+async def test_an_agent_question_without_a_function_call_is_answered_with_text(
     api: httpx.AsyncClient, worker: None, sim: SimServer
 ) -> None:
-    body = job_body("plan first [sim duration=0.1 outcome=requires_action]")
-    body["interaction"]["tools"] = [{"type": "function", "name": "get_weather"}]
-    jid = (await api.post("/v1/jobs", json=body)).json()["id"]
-    await wait_until(lambda: paused(api, jid), what="requires_action")
+    jid = (await api.post("/v1/jobs", json=job_body("plan [sim shape=question]"))).json()["id"]
+    job = await wait_until(lambda: paused(api, jid), what="requires_action")
+    assert not job["pending_calls"] and job["output_text"]  # the question, as text
 
     r = await api.post(f"/v1/jobs/{jid}/continue", json={"input": "yes, go ahead"})
     assert r.status_code == 202, r.text

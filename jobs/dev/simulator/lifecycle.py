@@ -223,7 +223,7 @@ class Simulator:
             "shape": None,
             "round": 1,
             "errors": None,  # errors[] of a failed shape (else the default)
-            "cancelling_left": 0,  # polls still answered "cancelling" (slow_cancel)
+            "cancelling_left": 0,  # polls after a cancel still "in_progress" (slow_cancel)
             "echo": echo_of(body),
             "background": bool(body.get("background", False)),
             "events": set(),  # webhook event types already emitted
@@ -246,7 +246,7 @@ class Simulator:
         if rec["outcome"] == "not_found_first" and rec["gets"] <= 2:
             raise ApiError(404, f"Interaction {iid} not found.")
         out = self.render(rec)
-        if out["status"] == "cancelling":
+        if rec["cancelled_at"] is not None and rec.get("cancelling_left"):
             rec["cancelling_left"] -= 1
         return out
 

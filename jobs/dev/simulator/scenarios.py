@@ -8,7 +8,8 @@ step shapes the SDK's own ``output_text`` cases have (``SHAPE_BUILDERS``): text
 before and after tool steps, text around images, several function-call rounds
 (a function result answering a ``multi_round`` pause gets the next round),
 parallel calls, a pause that only asks a question, errors as the API lists
-them, and a cancel that answers ``cancelling`` for a few polls."""
+them, and a cancel whose ``cancelled`` shows only after a few more polls (the
+API's server-side clean-up: the status stays ``in_progress`` meanwhile)."""
 
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def phase(rec: JSON, now: float) -> tuple[str, float, bool]:
     idx = max(i for i, (t, _) in enumerate(tl) if t <= elapsed)
     settled = len(tl) > 1 and idx == len(tl) - 1
     if cancelled:
-        done = "cancelling" if rec.get("cancelling_left") else "cancelled"
+        done = "in_progress" if rec.get("cancelling_left") else "cancelled"
         return done, rec["cancelled_at"] - rec["start"], settled
     return tl[idx][1], tl[idx][0], settled
 

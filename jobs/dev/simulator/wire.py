@@ -26,13 +26,13 @@ SHAPE_OUTCOMES: dict[str, str | None] = {
     "question": "requires_action",  # a pause with no function call: the agent asks
     "error_list": "failed",  # errors[] of several objects with URI codes, partial text
     "error_status": "failed",  # a google.rpc Status step error; errors[] string codes
-    "slow_cancel": None,  # a cancel answers "cancelling" for SLOW_CANCEL_POLLS polls
+    "slow_cancel": None,  # after a cancel, SLOW_CANCEL_POLLS more polls say "in_progress"
 }
 SHAPES = tuple(SHAPE_OUTCOMES)
 MULTI_ROUNDS = 3
 SLOW_CANCEL_POLLS = 2
 TERMINAL = {"completed", "failed", "cancelled", "incomplete", "budget_exceeded"}
-PENDING = {"queued", "in_progress", "idle", "paused_for_review", "cancelling"}
+PENDING = {"queued", "in_progress", "idle", "paused_for_review"}
 CONTENT_TYPES = {"text", "image", "audio", "video", "document"}
 # 1x1 RGB PNG and an 8-sample 16-bit mono WAV, both valid files.
 PNG_B64 = (
