@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     rate_window_s: int = Field(default=60, ge=1, description="window of the rpm budgets")
     rate_safety: float = Field(default=0.98, gt=0, le=1, description="share of rpm to use")
     max_batch_jobs: int = 50_000
+    batch_pause_after: int = Field(
+        default=5,
+        ge=0,
+        description="pause a batch whose first N jobs were all refused upstream with the "
+        "same 400 (0: never)",
+    )
     max_batch_bytes: int = 256 * 1024 * 1024
 
     # --- results -------------------------------------------------------------

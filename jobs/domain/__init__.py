@@ -7,6 +7,8 @@
   its webhook events and stored result.
 - ``batches``: accepting, counting, streaming and cancelling batches.
 - ``cancel``: cancelling a job, one flow for the API, a batch and a delete.
+- ``batch_pause``: a batch whose first jobs are all refused alike is held.
+- ``usage``: a job's token usage summed over its interactions.
 
 ``statuses``, ``records`` and ``requests`` import nothing outside the domain; the
 use cases (``lifecycle``, ``batches``, ``cancel``) also use storage, delivery (endpoints,

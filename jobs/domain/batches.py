@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.delivery import url_safety
-from jobs.domain import cancel
+from jobs.domain import batch_pause, cancel
 from jobs.domain import lifecycle as outcomes
 from jobs.domain.records import Batch, Job
 from jobs.domain.requests import WebhookSpec, check_interaction_body
@@ -203,7 +203,7 @@ async def batch_view(svc: Services, batch: Batch) -> dict[str, Any]:
         "metadata": batch.metadata,
         "usage": {"input_tokens": batch.input_tokens, "output_tokens": batch.output_tokens},
         "cancel_requested": batch.cancel_requested,
-    }
+    } | batch_pause.view_fields(batch)
 
 
 async def job_ids(svc: Services, batch_id: str, start: int, count: int) -> list[str]:
@@ -273,6 +273,7 @@ async def iter_results(svc: Services, batch_id: str) -> AsyncIterator[bytes]:
 async def cancel_batch(svc: Services, batch: Batch) -> None:
     """Queued jobs end at once (never sent); running ones are cancelled upstream."""
     await svc.redis.hset(svc.store.keys.batch(batch.id), "cancel_requested", "1")  # type: ignore[misc]
+    await batch_pause.lift(svc, batch.id)  # the dispatcher drops the cancelled jobs
     start = 0
     while True:
         ids = await job_ids(svc, batch.id, start, CHUNK)

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from jobs.delivery import endpoints
-from jobs.domain import usage
+from jobs.domain import batch_pause, usage
 from jobs.domain.records import Batch, Event, EventState, Job, JobUpdate
 from jobs.domain.statuses import JobStatus, event_type
 from jobs.observe import metrics
@@ -192,6 +192,7 @@ async def finish(
         _count_tokens(job, hop_usage(interaction))  # earlier hops were counted at theirs
         if job.batch_id:
             await add_batch_usage(svc, job.batch_id, extra.get("usage"))
+            await batch_pause.after_finish(svc, job.batch_id, status, error)
         log.info("job %s %s", job.id, status.value)
     return out.ok
 

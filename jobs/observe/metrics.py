@@ -53,6 +53,10 @@ def model_label(name: str | None) -> str:
 
 
 JOBS_ACCEPTED = Counter("interq_jobs_accepted_total", "Jobs accepted by the API", ["model"])
+BATCHES_PAUSED = Counter(
+    "interq_batches_paused_total",
+    "Batches paused because their first jobs were all refused upstream with the same 400",
+)
 JOBS_FINISHED = Counter(
     "interq_jobs_finished_total", "Jobs that reached a terminal status", ["status", "model"]
 )

@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from jobs.domain import batch_pause
 from jobs.domain.lifecycle import submit_step
 from jobs.services import Services
 from jobs.storage.keys import lane_of as lane_of  # re-exported: where callers looked for it
@@ -92,7 +93,11 @@ class Dispatcher:
         return min(waits) if waits else IDLE_S
 
     async def serve_lane(self, lane: str, blocked: set[str]) -> tuple[int, float]:
-        """Move the lane's head jobs (same model, within budget) to arq."""
+        """Move the lane's head jobs (same model, within budget) to arq; none
+        from a paused batch's lane (``jobs/domain/batch_pause.py``)."""
+        batch_id = lane.split("|", 1)[1]
+        if batch_id != "-" and await batch_pause.is_paused(self.svc, batch_id):
+            return 0, 0.0
         raw_ids = await self.redis.lrange(self.keys.ready(lane), 0, QUANTUM - 1)  # type: ignore[misc]
         ids = [x.decode() if isinstance(x, bytes) else str(x) for x in raw_ids]
         if not ids:

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from jobs.delivery import signing
-from jobs.domain import batches
+from jobs.domain import batch_pause, batches
 from jobs.domain.requests import BatchCreate, WebhookSpec
 from jobs.errors import Conflict, InvalidRequest
 from jobs.http.deps import Svc, Tenant, own_batch
@@ -90,6 +90,14 @@ async def cancel_batch(batch_id: str, s: Svc, t: Tenant) -> Any:
     if batch.status != "in_progress":
         raise Conflict(f"batch is already {batch.status}")
     await batches.cancel_batch(s, batch)
+    return await batches.batch_view(s, await own_batch(s, t, batch_id))
+
+
+@router.post("/v1/batches/{batch_id}/resume", status_code=202, responses=errors(404, 409))
+async def resume_batch(batch_id: str, s: Svc, t: Tenant) -> Any:
+    """Send a paused batch's queued jobs after all (409 if it is not paused).
+    A batch pauses when its first jobs were all refused upstream alike."""
+    await batch_pause.resume(s, await own_batch(s, t, batch_id))
     return await batches.batch_view(s, await own_batch(s, t, batch_id))
 
 
