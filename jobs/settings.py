@@ -131,7 +131,12 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="interq's public base URL, put in webhook_config.uris"
     )
-    upstream_webhook_secret: SecretStr | None = None
+    upstream_webhook_secret: SecretStr | None = None  # project-level (Standard Webhooks)
+    # per-request deliveries (webhook_config.uris) carry an RS256 JWT: its keys
+    # (unset: INTERQ_UPSTREAM_URL + /.well-known/jwks.json, the API's published
+    # set) and the audience it must name (unset: INTERQ_PUBLIC_URL's webhook URL)
+    upstream_jwks_url: str | None = None
+    upstream_webhook_audience: str | None = None
 
     # --- intake limits -----------------------------------------------------------
     tenant_requests_per_s: int = Field(default=0, ge=0, description="0 = no limit")
@@ -205,6 +210,13 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError("INTERQ_UPSTREAM_URL must be an http(s) URL")
         return v.rstrip("/")
+
+    @field_validator("upstream_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("INTERQ_UPSTREAM_JWKS_URL must be an http(s) URL")
+        return v
 
     @field_validator("api_keys")
     @classmethod

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from jobs.dev.harness import free_port
 from jobs.http import deps
-from jobs.http.routes import batches, jobs, ops, webhooks
+from jobs.http.routes import batches, jobs, ops, upstream, webhooks
 from jobs.settings import Settings
 from jobs.ui import page
 
@@ -26,7 +26,7 @@ ROUTERS = [
     jobs.router,
     batches.router,
     webhooks.router,
-    webhooks.upstream_router,
+    upstream.router,
     ops.router,
     page.router,
 ]

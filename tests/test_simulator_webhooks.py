@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
@@ -27,34 +28,56 @@ from tests.test_simulator import (
 from tests.test_simulator_transport import SECRET, running
 
 
-class Receiver:
-    """A loopback webhook receiver (a thread) that verifies every delivery with
-    the ``standardwebhooks`` library; answers 500 to the first ``fail_first``
-    requests, then 204 (400 when verification fails)."""
+def jwt_claims(token: str, jwks: dict[str, Any], aud: str) -> dict[str, Any] | None:
+    """The claims of a per-request delivery's JWT verified with the simulator's
+    key set, or None."""
+    try:
+        key = jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token)["kid"]]
+        claims: dict[str, Any] = jwt.decode(
+            token, key.key, algorithms=["RS256"], audience=aud, options={"require": ["exp"]}
+        )
+    except (jwt.PyJWTError, KeyError):
+        return None
+    return claims
 
-    def __init__(self, secret: str | None = SECRET, fail_first: int = 0) -> None:
+
+class Receiver:
+    """A loopback webhook receiver (a thread) that verifies every delivery:
+    a JWT in ``webhook-signature`` with ``jwks`` (a per-request delivery, its
+    ``aud`` this receiver's URL), else with the ``standardwebhooks`` library;
+    answers 500 to the first ``fail_first`` requests, then 204 (400 when
+    verification fails)."""
+
+    def __init__(
+        self, secret: str | None = SECRET, fail_first: int = 0, jwks: dict[str, Any] | None = None
+    ) -> None:
         self.deliveries: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         recv = self
+
+        def check(raw: bytes, headers: dict[str, str]) -> tuple[bool, dict[str, Any] | None]:
+            sig = headers.get("webhook-signature", "")
+            if jwks is not None and sig.count(".") == 2 and "," not in sig:
+                claims = jwt_claims(sig, jwks, recv.url)
+                return claims is not None, claims
+            try:
+                Webhook(secret or "whsec_AAAA").verify(raw, headers)
+            except WebhookVerificationError:
+                return False, None
+            return secret is not None, None
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("content-length", "0")))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                verified = False
-                if secret is not None:
-                    try:
-                        Webhook(secret).verify(raw, headers)
-                        verified = True
-                    except WebhookVerificationError:
-                        pass
+                verified, claims = check(raw, headers)
                 with recv.lock:
                     answer = 500 if len(recv.deliveries) < fail_first else 204
-                    if secret is not None and not verified:
+                    if (secret is not None or jwks is not None) and not verified:
                         answer = 400
                     recv.deliveries.append(
                         {"headers": headers, "body": json.loads(raw), "verified": verified}
-                        | {"answer": answer}
+                        | {"answer": answer, "claims": claims}
                     )
                 self.send_response(answer)
                 self.send_header("content-length", "0")
@@ -106,6 +129,11 @@ def free_port() -> int:
         return port
 
 
+def sim_jwks(app: Starlette) -> dict[str, Any]:
+    jwks: dict[str, Any] = app.state.sim.webhooks.key.jwks()
+    return jwks
+
+
 def hooked(uri: str, **meta: Any) -> dict[str, Any]:
     return {"webhook_config": {"uris": [uri], "user_metadata": meta}}
 
@@ -114,7 +142,7 @@ def hooked(uri: str, **meta: Any) -> dict[str, Any]:
 async def test_webhook_completed_arrives_without_polling() -> None:
     app = create_app(SimConfig(duration_s=D, webhook_secret=SECRET))
     sim = app.state.sim
-    with Receiver() as recv:
+    with Receiver(jwks=sim_jwks(app)) as recv:
         async with running(app) as url, httpx.AsyncClient(base_url=url) as c:
             r = await create(c, "hook me", **hooked(recv.url, job="j1"))
             iid = r.json()["id"]
@@ -125,6 +153,10 @@ async def test_webhook_completed_arrives_without_polling() -> None:
             assert (await c.get("/_sim/webhooks")).json() == sim.webhook_log
     [d] = recv.got()
     assert d["verified"] and d["headers"]["webhook-id"].startswith("evt_")
+    # per-request: a JWT with the simulator's key, for this URI and interaction
+    claims = d["claims"]
+    assert claims["aud"] == recv.url and claims["sub"] == iid
+    assert claims["jti"] == d["headers"]["webhook-id"] and claims["exp"] == claims["iat"] + 300
     body = d["body"]
     assert body["type"] == "interaction.completed" and body["version"] == "v1"
     assert body["data"] == {"id": iid} and body["user_metadata"] == {"job": "j1"}
@@ -147,7 +179,7 @@ async def test_webhook_events_per_outcome() -> None:
     app = create_app(SimConfig(duration_s=D, webhook_secret=SECRET))
     outcomes = "completed failed requires_action cancelled unknown incomplete"
     outcomes += " requires_continuation never"
-    with Receiver() as recv:
+    with Receiver(jwks=sim_jwks(app)) as recv:
         async with running(app) as url, httpx.AsyncClient(base_url=url) as c:
             ids = {}
             for o in outcomes.split():
@@ -174,7 +206,7 @@ async def test_webhook_events_per_outcome() -> None:
 async def test_webhook_cancel_endpoint() -> None:
     app = create_app(SimConfig(duration_s=D, webhook_secret=SECRET))
     sim = app.state.sim
-    with Receiver() as recv:
+    with Receiver(jwks=sim_jwks(app)) as recv:
         async with running(app) as url, httpx.AsyncClient(base_url=url) as c:
             long_id = (await create(c, "long [sim duration=30]", **hooked(recv.url))).json()["id"]
             assert sim.pending() == 1  # its end-of-run timer
@@ -201,7 +233,8 @@ async def test_webhook_cancel_endpoint() -> None:
 async def test_webhook_static_urls_and_config() -> None:
     app = create_app(SimConfig(duration_s=D))
     sim = app.state.sim
-    with Receiver() as static, Receiver() as dynamic, Receiver(secret=None) as unsigned:
+    static, unsigned = Receiver(), Receiver(secret=None)
+    with static, Receiver(jwks=sim_jwks(app)) as dynamic, unsigned:
         async with running(app) as url, httpx.AsyncClient(base_url=url) as c:
             for bad in ({"webhook_secret": "nope"}, {"webhook_urls": "http://x"}):
                 assert (await c.post("/_sim/config", json=bad)).status_code == 400
@@ -227,6 +260,35 @@ async def test_webhook_static_urls_and_config() -> None:
     assert by_id[b]["user_metadata"] == {"k": "v"}
     # webhook_config.uris replaces the registered webhooks for that interaction
     assert [x["body"]["data"]["id"] for x in dynamic.got()] == [d]
+    # the per-request one carries a JWT, the project-level ones the HMAC
+    assert dynamic.got()[0]["claims"]["sub"] == d
+    assert all(x["claims"] is None for x in static.got())
+
+
+@pytest.mark.asyncio
+async def test_webhook_jwks_and_configured_audience() -> None:
+    aud = "https://interq.example/v1/upstream/webhook"
+    cfg = SimConfig(duration_s=0.0, webhook_retry_s=[])
+    app = create_app(cfg)
+    with Receiver(jwks=sim_jwks(app)) as recv:
+        async with running(app) as url, httpx.AsyncClient(base_url=url) as c:
+            jwks = (await c.get("/.well-known/jwks.json")).json()
+            [key] = jwks["keys"]
+            assert jwks == sim_jwks(app) and key["kty"] == "RSA" and key["alg"] == "RS256"
+            assert "d" not in key  # the public half only
+            for bad in ({"webhook_audience": 5}, {"webhook_token_ttl_s": "x"}):
+                assert (await c.post("/_sim/config", json=bad)).status_code == 400
+            new = {"webhook_audience": aud, "webhook_token_ttl_s": 60}
+            assert (await c.post("/_sim/config", json=new)).status_code == 200
+            iid = (await create(c, "aud", **hooked(recv.url))).json()["id"]
+            await until(lambda: recv.got(), "the event")
+            await quiesce(app)
+    [d] = recv.got()
+    assert not d["verified"] and d["answer"] == 400  # not for this receiver's URL
+    claims = jwt_claims(d["headers"]["webhook-signature"], jwks, aud)
+    assert claims is not None and claims["sub"] == iid
+    assert claims["exp"] - claims["iat"] == 60
+    assert jwt.get_unverified_header(d["headers"]["webhook-signature"])["kid"] == key["kid"]
 
 
 @pytest.mark.asyncio
@@ -235,7 +297,7 @@ async def test_webhook_retry_keeps_webhook_id() -> None:
     cfg = SimConfig(duration_s=D, webhook_secret=SECRET, fault_5xx=1.0, fault_ops={"get"})
     app = create_app(cfg)
     sim = app.state.sim
-    with Receiver(fail_first=2) as recv:
+    with Receiver(fail_first=2, jwks=sim_jwks(app)) as recv:
         async with running(app) as url, httpx.AsyncClient(base_url=url) as c:
             iid = (await create(c, "flaky receiver", **hooked(recv.url))).json()["id"]
             await until(lambda: recv.accepted(), "the third attempt", timeout=8.0)

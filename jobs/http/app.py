@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from jobs.http import errors as http_errors
 from jobs.http.deps import DEFAULT_TENANT
 from jobs.http.middleware import BodyLimit
-from jobs.http.routes import batches, jobs, ops, webhooks
+from jobs.http.routes import batches, jobs, ops, upstream, webhooks
 from jobs.services import Services, redis_client
 from jobs.settings import Settings, get_settings
 from jobs.ui import page as ui
@@ -54,7 +54,7 @@ def create_app(
         jobs.router,
         batches.router,
         webhooks.router,
-        webhooks.upstream_router,
+        upstream.router,
         ops.router,
         ui.router,
     ):

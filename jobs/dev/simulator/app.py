@@ -30,10 +30,15 @@ once to every URI: the create body's ``webhook_config.uris`` if given (they are
 used *instead of* the registered webhooks, as the SDK's ``WebhookConfig``
 docstring says), else the project-level ``SimConfig.webhook_urls`` read when
 the event fires. A ``loop.call_later`` timer armed at create time fires at the
-end of the duration, so no GET is needed. Deliveries are background tasks
-signed in the Standard Webhooks format with ``SimConfig.webhook_secret`` (sent
-unsigned when it is None; the real API signs dynamic deliveries with an RS256
-JWT instead, which is not simulated). ``webhook-id`` is one ``evt_...`` per
+end of the duration, so no GET is needed. Deliveries are background tasks.
+Per-request ones (to ``webhook_config.uris``) carry, like the real API's, an
+RS256 JWT in ``webhook-signature``: ``kid`` in its header, ``aud`` (the URI, or
+``SimConfig.webhook_audience``), ``sub`` (the interaction id), ``jti`` (the
+event id), ``iat`` and ``exp`` (``webhook_token_ttl_s`` later), signed with a
+key the simulator makes at first use and serves at ``GET
+/.well-known/jwks.json``. Project-level ones are signed in the Standard
+Webhooks format with ``SimConfig.webhook_secret`` (sent unsigned when it is
+None). ``webhook-id`` is one ``evt_...`` per
 event, stable across retries and URIs; a failed attempt (non-2xx or a
 connection error) is retried after each delay of ``webhook_retry_s`` and then
 dropped. Every attempt is recorded in ``Simulator.webhook_log`` (``GET
@@ -218,11 +223,18 @@ async def _sim_admin(request: Request) -> Response:
     return _json(asdict(sim.config) | {"fault_ops": sorted(sim.config.fault_ops)})
 
 
+async def _jwks(request: Request) -> Response:
+    """The public key of the per-request deliveries' JWTs."""
+    sim: Simulator = request.app.state.sim
+    return _json(sim.webhooks.key.jwks())
+
+
 def create_app(config: SimConfig | None = None) -> Starlette:
     """Build the simulator app; its state is ``app.state.sim`` (a :class:`Simulator`)."""
     logging.getLogger("uvicorn.error").addFilter(QUIET_DROPS)
     routes = [
         Route("/_sim/{what}", _sim_admin, methods=["GET", "POST"]),
+        Route("/.well-known/jwks.json", _jwks, methods=["GET"]),
         Route("/{ver}/interactions", partial(_serve, op="create"), methods=["POST"]),
         Route("/{ver}/interactions/{iid}", partial(_serve, op="get"), methods=["GET"]),
         Route("/{ver}/interactions/{iid}", partial(_serve, op="delete"), methods=["DELETE"]),

@@ -29,7 +29,11 @@ class SimConfig:
     # Project-level ("static") webhooks: every background interaction's events go
     # here unless its create body names its own ``webhook_config.uris``.
     webhook_urls: list[str] = field(default_factory=list)
-    webhook_secret: str | None = None  # whsec_... used to sign deliveries (None: unsigned)
+    webhook_secret: str | None = None  # whsec_... signing project-level ones (None: unsigned)
+    # Per-request deliveries carry a JWT signed with the simulator's own key: its
+    # aud (None: the URI delivered to) and lifetime.
+    webhook_audience: str | None = None
+    webhook_token_ttl_s: float = 300.0
     webhook_retry_s: list[float] = field(default_factory=lambda: [0.2, 0.5, 1.0])
 
 
@@ -85,6 +89,11 @@ def check_update(data: Any) -> dict[str, Any]:
         raise ApiError(400, "webhook_urls must be a list of http(s) URLs.")
     if data.get("webhook_secret") is not None:
         check_secret(data["webhook_secret"])
+    aud = data.get("webhook_audience")
+    if aud is not None and not isinstance(aud, str):
+        raise ApiError(400, "webhook_audience must be a string or null.")
+    if not isinstance(data.get("webhook_token_ttl_s", 0), int | float):
+        raise ApiError(400, "webhook_token_ttl_s must be a number.")
     delays = data.get("webhook_retry_s", [])
     if not (isinstance(delays, list) and all(isinstance(d, int | float) for d in delays)):
         raise ApiError(400, "webhook_retry_s must be a list of numbers.")

@@ -1,8 +1,11 @@
 """The API's own outgoing webhooks (reference section 9): an end-of-run timer
 per background interaction whose final status has an event, one
 ``interaction.<status>`` event per interaction and type, delivered to every
-URI with retries, signed in the Standard Webhooks format (or unsigned), each
-attempt recorded in ``webhook_log``. Faults never apply here."""
+URI with retries, each attempt recorded in ``webhook_log``. Faults never apply
+here. A per-request delivery (to the create body's ``webhook_config.uris``)
+carries an RS256 JWT in ``webhook-signature``, signed with the simulator's own
+key (:class:`SigningKey`, served at ``/.well-known/jwks.json``); a project-level
+one is signed in the Standard Webhooks format (or sent unsigned)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,12 @@ import json
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from jobs.delivery.signing import headers_for
 from jobs.dev.simulator.config import SimConfig
@@ -49,6 +56,46 @@ def envelope_for(rec: JSON, etype: str) -> JSON:
     return envelope
 
 
+@dataclass(frozen=True)
+class Sent:
+    """One event to one URI (all its attempts)."""
+
+    uri: str
+    event_id: str
+    etype: str
+    iid: str
+    body: bytes
+    per_request: bool  # to the create body's webhook_config.uris: JWT-signed
+
+
+class SigningKey:
+    """The simulator's RSA key for per-request deliveries, made on first use
+    (a fresh one per simulator), with a random ``kid``."""
+
+    def __init__(self) -> None:
+        self.kid = "sim-" + secrets.token_hex(8)
+        self._private: rsa.RSAPrivateKey | None = None
+
+    @property
+    def private(self) -> rsa.RSAPrivateKey:
+        if self._private is None:
+            self._private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return self._private
+
+    def jwks(self) -> JSON:
+        """The public key as a JWK Set (``GET /.well-known/jwks.json``)."""
+        jwk: JSON = dict(RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True))
+        return {"keys": [jwk | {"kid": self.kid, "alg": "RS256", "use": "sig"}]}
+
+    def token(self, aud: str, sub: str, event_id: str, ttl_s: float) -> str:
+        """A delivery's JWT: ``aud``, ``sub`` (the interaction id), ``jti``
+        (the event id), ``iat`` and ``exp``."""
+        now = int(time.time())
+        claims: JSON = {"aud": aud, "sub": sub, "jti": event_id}
+        claims |= {"iat": now, "exp": now + int(ttl_s)}
+        return jwt.encode(claims, self.private, algorithm="RS256", headers={"kid": self.kid})
+
+
 class Webhooks:
     """Timers, deliveries in flight and the delivery log of one simulator;
     ``interactions`` is the simulator's own dict (looked up when a timer fires)."""
@@ -62,6 +109,7 @@ class Webhooks:
         self._timers: dict[str, asyncio.TimerHandle] = {}  # interaction id -> end-of-run timer
         self._tasks: set[asyncio.Task[None]] = set()  # deliveries in flight
         self._client: httpx.AsyncClient | None = None
+        self.key = SigningKey()
 
     def arm_end_timer(self, rec: JSON) -> None:
         """Arm a timer for the end of the timeline when its final status has an
@@ -102,6 +150,7 @@ class Webhooks:
             return
         rec["events"].add(etype)
         wc = rec["echo"].get("webhook_config") or {}
+        per_request = bool(wc.get("uris"))
         uris = list(dict.fromkeys(wc.get("uris") or self.config.webhook_urls))
         if not uris:
             return
@@ -112,44 +161,53 @@ class Webhooks:
         body = json.dumps(envelope_for(rec, etype), separators=(",", ":")).encode()
         event_id = "evt_" + secrets.token_urlsafe(16)
         for uri in uris:
-            task = loop.create_task(self._deliver(uri, event_id, etype, rec["id"], body))
+            sent = Sent(uri, event_id, etype, rec["id"], body, per_request)
+            task = loop.create_task(self._deliver(sent))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, uri: str, event_id: str, etype: str, iid: str, body: bytes) -> None:
+    async def _deliver(self, sent: Sent) -> None:
         delays = list(self.config.webhook_retry_s)
         error: str | None = None
         for attempt in range(1, len(delays) + 2):
             if attempt > 1:
                 await asyncio.sleep(delays[attempt - 2])
-            status, error = await self._attempt(uri, event_id, body)
+            status, error = await self._attempt(sent)
             self.log.append(
-                {"t": time.time(), "event_id": event_id, "type": etype}
-                | {"interaction_id": iid, "uri": uri, "attempt": attempt}
+                {"t": time.time(), "event_id": sent.event_id, "type": sent.etype}
+                | {"interaction_id": sent.iid, "uri": sent.uri, "attempt": attempt}
                 | {"status": status, "error": error}
             )
             if error is None:
                 return
-        _log.warning("giving up on webhook %s (%s) to %s: %s", event_id, etype, uri, error)
+        _log.warning(
+            "giving up on webhook %s (%s) to %s: %s", sent.event_id, sent.etype, sent.uri, error
+        )
 
-    async def _attempt(self, uri: str, event_id: str, body: bytes) -> tuple[int | None, str | None]:
+    async def _attempt(self, sent: Sent) -> tuple[int | None, str | None]:
         """One POST: (HTTP status or None, error or None)."""
         if self._client is None:  # one client, made on the loop that delivers
             self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, trust_env=False)
         try:
-            resp = await self._client.post(uri, content=body, headers=self._headers(event_id, body))
+            headers = self._headers(sent)
+            resp = await self._client.post(sent.uri, content=sent.body, headers=headers)
         except Exception as exc:  # connection errors, bad URLs, a bad secret
             return None, f"{type(exc).__name__}: {exc}"
         status = resp.status_code
         return status, None if 200 <= status < 300 else f"HTTP {status}"
 
-    def _headers(self, event_id: str, body: bytes) -> dict[str, str]:
+    def _headers(self, sent: Sent) -> dict[str, str]:
+        """Fresh per attempt (timestamp, token); the same ``webhook-id``."""
         secret = self.config.webhook_secret
-        if secret is None:
-            headers = {"webhook-id": event_id, "webhook-timestamp": str(int(time.time()))}
+        if sent.per_request or secret is None:
+            headers = {"webhook-id": sent.event_id, "webhook-timestamp": str(int(time.time()))}
             headers["content-type"] = "application/json"
         else:
-            headers = headers_for(secret, event_id, body)  # fresh timestamp per attempt
+            headers = headers_for(secret, sent.event_id, sent.body)
+        if sent.per_request:
+            aud = self.config.webhook_audience or sent.uri
+            ttl = self.config.webhook_token_ttl_s
+            headers["webhook-signature"] = self.key.token(aud, sent.iid, sent.event_id, ttl)
         headers["user-agent"] = "interq-simulator"
         return headers
 

@@ -6,7 +6,8 @@ caller's tenant only (another tenant's object is a 404):
 - ``batches.py``: ``/v1/batches``: create (JSON or NDJSON), get, results,
   cancel, delete;
 - ``webhooks.py``: delivery logs, dead letters and redelivery, the tenant's
-  default endpoint and its secret rotation, and ``/v1/upstream/webhook`` (the
-  Gemini API's own webhooks; no tenant key);
+  default endpoint and its secret rotation;
+- ``upstream.py``: ``/v1/upstream/webhook``, the Gemini API's own webhooks
+  (a JWT or a Standard Webhooks signature; no tenant key);
 - ``ops.py``: ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/ops/summary``.
 """

@@ -1,29 +1,25 @@
 """HTTP routes about webhooks: delivery logs, dead letters and redelivery, the
-tenant's default endpoint and its secret rotation, and the receiver for the
-Gemini API's own webhooks (a hint to poll an interaction now)."""
+tenant's default endpoint and its secret rotation. The receiver for the Gemini
+API's own webhooks is in ``jobs/http/routes/upstream.py``."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, field_validator
 
-from jobs.delivery import endpoints, signing, url_safety
+from jobs.delivery import endpoints, url_safety
 from jobs.domain.records import Event, EventState, Fields
 from jobs.domain.requests import WebhookSpec
-from jobs.errors import Conflict, InvalidWebhook, NotFound
+from jobs.errors import Conflict, NotFound
 from jobs.http.deps import Svc, Tenant, own_job
 from jobs.http.views import errors
-from jobs.services import Services
 
 log = logging.getLogger("interq.webhooks")
 router = APIRouter(responses=errors(401, 422, 429, 503))
-# Called by the Gemini API, not by a tenant: no bearer key, its own errors.
-upstream_router = APIRouter()
 
 
 def event_view(ev: Event, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -137,31 +133,4 @@ async def rotate_secret(s: Svc, t: Tenant, response: Response) -> Any:
 async def delete_endpoint(s: Svc, t: Tenant) -> Response:
     await s.redis.delete(endpoints.endpoint_key(s, t))
     s.cache.pop("endpoints", None)
-    return Response(status_code=204)
-
-
-@upstream_router.post(
-    "/v1/upstream/webhook",
-    status_code=204,
-    response_class=Response,
-    responses=errors(400, 404, 413, 503),
-)
-async def upstream_webhook(request: Request) -> Response:
-    """The Gemini API's own webhook (Standard Webhooks, the configured
-    secret): poll that interaction now instead of at its next scheduled poll."""
-    s: Services = request.app.state.svc
-    secret = s.settings.upstream_webhook_secret
-    if secret is None:
-        raise NotFound("upstream webhooks are not configured")
-    raw = await request.body()
-    if not signing.verify(secret.get_secret_value(), dict(request.headers), raw):
-        raise InvalidWebhook("bad webhook signature")
-    try:
-        event = json.loads(raw)
-        iid = str(event["data"]["id"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidWebhook("not an interaction event") from None
-    job_id = await s.store.job_for_interaction(iid)
-    if job_id is not None and await s.store.poke(job_id):
-        log.info("upstream webhook %s for %s: polling job %s now", event.get("type"), iid, job_id)
     return Response(status_code=204)
