@@ -6,7 +6,7 @@ Time-scaled so it runs in minutes: with --scale 5 the quota window is 12 s
 (1,200 creates per 12 s) and a job takes 2 s instead of 10 s. The ideal
 makespan is jobs / quota * window + job duration.
 
-    .venv/bin/python bench/quota.py [--jobs 10000] [--rpm 1200] [--scale 5]
+    .venv/bin/python -m bench.quota [--jobs 10000] [--rpm 1200] [--scale 5]
 """
 
 from __future__ import annotations
