@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -266,8 +267,15 @@ def run_arq_worker(
 def cli_app(command: Callable[..., Any], prog: str, doc: str | None) -> Callable[..., int]:
     """A typer command line for one function: ``app(argv)`` parses ``argv`` (default
     ``sys.argv[1:]``), runs ``command`` and returns the exit code."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-    app.command(help=(doc or "").replace("\n\n", "\n\n\b\n"))(command)
+    app = typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},  # -h too, as before typer
+    )
+    # \b before every paragraph: click prints them as written (raw, as the
+    # benches' --help always was)
+    app.command(help="\b\n" + (doc or "").replace("\n\n", "\n\n\b\n"))(command)
 
     def main(argv: list[str] | None = None) -> int:
         try:
@@ -277,6 +285,12 @@ def cli_app(command: Callable[..., Any], prog: str, doc: str | None) -> Callable
         return 0
 
     return main
+
+
+def options(ctx: typer.Context) -> SimpleNamespace:
+    """The command's options as attributes, in the order they are declared: ``vars()``
+    of it is what a bench saves as ``args``, keys in the order they always had."""
+    return SimpleNamespace(**{p.name: ctx.params[p.name] for p in ctx.command.params if p.name})
 
 
 def explicit(ctx: typer.Context) -> set[str]:

@@ -19,16 +19,18 @@ just queue).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import Annotated, Any
 
 import httpx
+import typer
 
-from bench.common import fmt, pct, save, stack, table
+from bench.common import cli_app, fmt, options, pct, save, stack, table
 
 MODEL = "sim-model"
 BODY = json.dumps({"interaction": {"model": MODEL, "input": "hello [sim duration=1]"}}).encode()
@@ -205,28 +207,30 @@ async def arq_floor(redis_url: str, n: int, concurrency: int = 100) -> dict[str,
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--rate", type=float, default=200.0, help="open loop: offered requests/s")
-    ap.add_argument("--seconds", type=float, default=20.0, help="open loop: duration")
-    ap.add_argument("--clients", default="1,8,32,128", help="closed loop: client counts")
-    ap.add_argument("--closed-seconds", type=float, default=8.0, help="closed loop: per count")
-    ap.add_argument("--batch", type=int, default=10_000, help="jobs per NDJSON batch")
-    ap.add_argument("--batch-reps", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="short smoke run")
-    a = ap.parse_args()
+Opt = typer.Option
+
+
+def command(
+    ctx: typer.Context,
+    rate: Annotated[float, Opt(help="open loop: offered requests/s")] = 200.0,
+    seconds: Annotated[float, Opt(help="open loop: duration")] = 20.0,
+    clients: Annotated[str, Opt(help="closed loop: client counts")] = "1,8,32,128",
+    closed_seconds: Annotated[float, Opt(help="closed loop: per count")] = 8.0,
+    batch: Annotated[int, Opt(help="jobs per NDJSON batch")] = 10_000,
+    batch_reps: Annotated[int, Opt()] = 3,
+    quick: Annotated[bool, Opt("--quick", help="short smoke run")] = False,
+) -> None:
+    a = options(ctx)
     if a.quick:
         a.seconds, a.clients, a.closed_seconds, a.batch, a.batch_reps = 3.0, "1,16", 2.0, 1000, 1
-    clients = [int(x) for x in a.clients.split(",") if x.strip()]
+    counts = [int(x) for x in a.clients.split(",") if x.strip()]
 
     with stack(workers=0) as st:
         asyncio.run(closed_loop(st.api_url, 8, 1.0))  # warm-up: connections, caches
         print(f"open loop: {a.rate:g} req/s for {a.seconds:g} s ...", flush=True)
         opened = asyncio.run(open_loop(st.api_url, a.rate, a.seconds))
         closed = []
-        for n in clients:
+        for n in counts:
             print(f"closed loop: {n} clients for {a.closed_seconds:g} s ...", flush=True)
             closed.append(asyncio.run(closed_loop(st.api_url, n, a.closed_seconds)))
         print(f"batch: {a.batch_reps} x {a.batch} NDJSON lines ...", flush=True)
@@ -251,7 +255,7 @@ def main() -> None:
 
 
 def report(
-    a: argparse.Namespace,
+    a: SimpleNamespace,
     opened: dict[str, Any],
     closed: list[dict[str, Any]],
     batch: dict[str, Any],
@@ -299,5 +303,8 @@ def report(
     return {"batch_vs_enqueue_job": ratio_enqueue, "batch_vs_pipeline": ratio_pipe}
 
 
+main = cli_app(command, "python -m bench.intake", __doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,19 +30,23 @@ Target: interq jobs/s >= 0.70 x (arq no-op jobs/s / steps per interq job).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import enum
 import sys
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import Annotated, Any
 
 import httpx
+import typer
 
 from bench.common import (
     MemSampler,
     Stack,
+    cli_app,
     fmt,
     ndjson,
+    options,
     run_arq_worker,
     save,
     stack,
@@ -219,23 +223,32 @@ def run_arq(
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--jobs", type=int, default=3000, help="interq jobs in the batch")
-    ap.add_argument("--arq-jobs", type=int, default=10_000, help="no-op jobs for the baseline")
-    ap.add_argument("--max-jobs", type=int, default=200, help="worker max_jobs (interq default)")
-    ap.add_argument("--poll-delay", type=float, default=0.2, help="worker poll delay (default)")
-    ap.add_argument("--webhook", action="store_true", help="every job also delivers a webhook")
-    ap.add_argument("--log-level", default="INFO", help="interq worker log level (shipped: INFO)")
-    ap.add_argument("--budget-s", type=float, default=240.0, help="time limit per run")
-    ap.add_argument("--quick", action="store_true", help="short smoke run")
-    ap.add_argument("--arq-worker", choices=["noop", "http_get"], help=argparse.SUPPRESS)
-    ap.add_argument("--redis", help=argparse.SUPPRESS)
-    ap.add_argument("--sim", help=argparse.SUPPRESS)
-    ap.add_argument("--iid", help=argparse.SUPPRESS)
-    a = ap.parse_args()
+Opt = typer.Option
+
+
+class WorkerKind(enum.StrEnum):
+    """``--arq-worker``: which bare arq worker this process runs."""
+
+    noop = "noop"
+    http_get = "http_get"
+
+
+def command(
+    ctx: typer.Context,
+    jobs: Annotated[int, Opt(help="interq jobs in the batch")] = 3000,
+    arq_jobs: Annotated[int, Opt(help="no-op jobs for the baseline")] = 10_000,
+    max_jobs: Annotated[int, Opt(help="worker max_jobs (interq default)")] = 200,
+    poll_delay: Annotated[float, Opt(help="worker poll delay (default)")] = 0.2,
+    webhook: Annotated[bool, Opt("--webhook", help="every job also delivers a webhook")] = False,
+    log_level: Annotated[str, Opt(help="interq worker log level (shipped: INFO)")] = "INFO",
+    budget_s: Annotated[float, Opt(help="time limit per run")] = 240.0,
+    quick: Annotated[bool, Opt("--quick", help="short smoke run")] = False,
+    arq_worker: Annotated[WorkerKind | None, Opt(hidden=True)] = None,
+    redis: Annotated[str | None, Opt(hidden=True)] = None,
+    sim: Annotated[str | None, Opt(hidden=True)] = None,
+    iid: Annotated[str | None, Opt(hidden=True)] = None,
+) -> None:
+    a = options(ctx)
     if a.arq_worker == "noop":
         run_arq_worker([noop], a.redis, NOOP_QUEUE, a.max_jobs, a.poll_delay)
         return
@@ -256,7 +269,7 @@ def main() -> None:
     print(f"written {path.relative_to(path.parent.parent.parent)}")
 
 
-def run_all(a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def run_all(a: SimpleNamespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """interq, then the two arq baselines, on one stack."""
     env = {
         "INTERQ_POLL_INITIAL_S": "0.05",
@@ -275,7 +288,7 @@ def run_all(a: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict
 
 
 def report(
-    a: argparse.Namespace, interq: dict[str, Any], arq: dict[str, Any], arq_http: dict[str, Any]
+    a: SimpleNamespace, interq: dict[str, Any], arq: dict[str, Any], arq_http: dict[str, Any]
 ) -> dict[str, float]:
     """Print the table and the ratios; returns the floors and ratios."""
     steps = interq["steps_per_job"]
@@ -317,5 +330,8 @@ def report(
     }
 
 
+main = cli_app(command, "python -m bench.pipeline", __doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

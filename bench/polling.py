@@ -39,22 +39,26 @@ p95 detection lag.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import math
 import random
 import secrets
+import sys
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import Annotated, Any
 
 import httpx
+import typer
 
 from bench.common import (
     Stack,
+    cli_app,
     fmt,
     interactions_from_log,
     job_records,
+    options,
     pct,
     save,
     sim_requests,
@@ -205,20 +209,22 @@ def run(
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--jobs", type=int, default=200)
-    ap.add_argument("--scale", type=float, default=30.0, help="time compression")
-    ap.add_argument("--arrival-s", type=float, default=60.0, help="jobs arrive over this (wall)")
-    ap.add_argument("--min-real-s", type=float, default=2.0)
-    ap.add_argument("--max-real-s", type=float, default=1800.0)
-    ap.add_argument("--fixed-s", type=float, default=5.0, help="the fixed poller's period")
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--log-level", default="INFO", help="interq worker log level (shipped: INFO)")
-    ap.add_argument("--quick", action="store_true", help="short smoke run")
-    a = ap.parse_args()
+Opt = typer.Option
+
+
+def command(
+    ctx: typer.Context,
+    jobs: Annotated[int, Opt()] = 200,
+    scale: Annotated[float, Opt(help="time compression")] = 30.0,
+    arrival_s: Annotated[float, Opt(help="jobs arrive over this (wall)")] = 60.0,
+    min_real_s: Annotated[float, Opt()] = 2.0,
+    max_real_s: Annotated[float, Opt()] = 1800.0,
+    fixed_s: Annotated[float, Opt(help="the fixed poller's period")] = 5.0,
+    seed: Annotated[int, Opt()] = 7,
+    log_level: Annotated[str, Opt(help="interq worker log level (shipped: INFO)")] = "INFO",
+    quick: Annotated[bool, Opt("--quick", help="short smoke run")] = False,
+) -> None:
+    a = options(ctx)
     if a.quick:
         a.jobs, a.scale, a.arrival_s, a.max_real_s = 40, 60.0, 4.0, 300.0
     s = a.scale
@@ -246,7 +252,7 @@ def main() -> None:
     print(f"written {path.relative_to(path.parent.parent.parent)}")
 
 
-def variants(a: argparse.Namespace) -> list[tuple[str, str, dict[str, str], bool]]:
+def variants(a: SimpleNamespace) -> list[tuple[str, str, dict[str, str], bool]]:
     """(key, label, INTERQ_* env, upstream webhooks) of each run, intervals scaled."""
     s = a.scale
     common = {"INTERQ_WORKER_POLL_DELAY_S": f"{0.2 / s:.5f}", "INTERQ_LOG_LEVEL": a.log_level}
@@ -325,5 +331,8 @@ def report(runs: dict[str, dict[str, Any]]) -> dict[str, bool]:
     return verdict
 
 
+main = cli_app(command, "python -m bench.polling", __doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,21 +6,22 @@ Time-scaled so it runs in minutes: with --scale 5 the quota window is 12 s
 (1,200 creates per 12 s) and a job takes 2 s instead of 10 s. The ideal
 makespan is jobs / quota * window + job duration.
 
-    .venv/bin/python bench/quota.py [--jobs 10000] [--rpm 1200] [--scale 5]
+    .venv/bin/python -m bench.quota [--jobs 10000] [--rpm 1200] [--scale 5]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
+import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import typer
 
-from bench.common import save, stack, table
+from bench.common import cli_app, options, save, stack, table
 
 MODEL = "sim-model"
 
@@ -133,19 +134,21 @@ def run_naive(jobs: int, rpm: int, window: int, duration: float, scale: float) -
     return {**res, "creates": stats["creates"], "status_429": stats["status_429"]}
 
 
-def main() -> None:
+Opt = typer.Option
+
+
+def command(
+    ctx: typer.Context,
+    jobs: Annotated[int, Opt()] = 10_000,
+    rpm: Annotated[int, Opt(help="creates per (scaled) minute")] = 1200,
+    scale: Annotated[int, Opt(help="time compression (60 must divide by it)")] = 5,
+    job_s: Annotated[float, Opt(help="job duration before scaling")] = 10.0,
+    workers: Annotated[int, Opt()] = 2,
+    skip_naive: Annotated[bool, Opt("--skip-naive")] = False,
+    quick: Annotated[bool, Opt("--quick", help="1,000 jobs: a smoke run")] = False,
+) -> None:
     global DURATION
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--jobs", type=int, default=10_000)
-    ap.add_argument("--rpm", type=int, default=1200, help="creates per (scaled) minute")
-    ap.add_argument("--scale", type=int, default=5, help="time compression (60 must divide by it)")
-    ap.add_argument("--job-s", type=float, default=10.0, help="job duration before scaling")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--skip-naive", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="1,000 jobs: a smoke run")
-    a = ap.parse_args()
+    a = options(ctx)
     if a.quick:
         a.jobs = 1000
     window = 60 // a.scale
@@ -181,5 +184,8 @@ def main() -> None:
     print(f"written {path.relative_to(path.parent.parent.parent)}")
 
 
+main = cli_app(command, "python -m bench.quota", __doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

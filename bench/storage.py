@@ -36,19 +36,21 @@ Target: scrape p99 <= 50 ms with 1,000,000 jobs stored.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Annotated, Any
 
 import httpx
+import typer
 
-from bench.common import fmt, pct, save, stack, sync_redis, table, wait_until
+from bench.common import cli_app, fmt, options, pct, save, stack, sync_redis, table, wait_until
 from jobs.delivery.signing import generate_secret
 from jobs.dev.receiver import Receiver
 from jobs.services import Services
@@ -249,7 +251,7 @@ def machine_extra(r: Any) -> dict[str, Any]:
     }
 
 
-def measure(a: argparse.Namespace) -> dict[str, Any]:
+def measure(a: SimpleNamespace) -> dict[str, Any]:
     with stack(workers=0) as st, Receiver(require_signature=False) as hook:  # 204 to all
         st.start_worker(INTERQ_LOG_LEVEL="WARNING")
         settings = Settings(
@@ -314,7 +316,7 @@ def stats(ms: list[float]) -> dict[str, Any]:
     return {"n": len(ms), "p50": pct(ms, 50), "p99": pct(ms, 99), "max": max(ms)}
 
 
-def report(res: dict[str, Any], a: argparse.Namespace) -> bool:
+def report(res: dict[str, Any], a: SimpleNamespace) -> bool:
     b, s, k, st, sw = res["baseline"], res["sample"], res["bulk"], res["stored"], res["sweep"]
     ratio = k["bytes_per_job_less_clients"] / s["bytes_per_job_less_clients"]
     less = "less client buffers"
@@ -354,15 +356,17 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> bool:
     return ok
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--jobs", type=int, default=1_000_000, help="finished jobs stored in all")
-    ap.add_argument("--sample", type=int, default=1_000, help="of them, run the real way")
-    ap.add_argument("--scrapes", type=int, default=50)
-    ap.add_argument("--quick", action="store_true", help="short smoke run (20,000 jobs)")
-    a = ap.parse_args()
+Opt = typer.Option
+
+
+def command(
+    ctx: typer.Context,
+    jobs: Annotated[int, Opt(help="finished jobs stored in all")] = 1_000_000,
+    sample: Annotated[int, Opt(help="of them, run the real way")] = 1_000,
+    scrapes: Annotated[int, Opt()] = 50,
+    quick: Annotated[bool, Opt("--quick", help="short smoke run (20,000 jobs)")] = False,
+) -> None:
+    a = options(ctx)
     if a.quick:
         a.jobs, a.sample, a.scrapes = 20_000, 200, 20
     a.jobs = max(a.jobs, a.sample)
@@ -373,5 +377,8 @@ def main() -> None:
     print(f"{time.monotonic() - t0:.0f} s; wrote {path}")
 
 
+main = cli_app(command, "python -m bench.storage", __doc__)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
