@@ -57,7 +57,9 @@ class Stack(harness.Stack):
 
 
 @contextlib.contextmanager
-def stack(workers: int = 1, api: bool = True, **interq_env: str) -> Iterator[Stack]:
+def stack(
+    workers: int = 1, api: bool = True, api_port: int | None = None, **interq_env: str
+) -> Iterator[Stack]:
     """redis-server + simulator (+ API + workers) with INTERQ_* overrides; the
     processes' output goes to $BENCH_LOG_DIR/<name>.log when that is set, else
     to a temporary folder removed at exit."""
@@ -67,7 +69,7 @@ def stack(workers: int = 1, api: bool = True, **interq_env: str) -> Iterator[Sta
         st.start_redis()
         st.start_simulator()
         if api:  # as uvicorn --log-level warning: no access log line per request
-            st.start_api(INTERQ_LOG_LEVEL="WARNING")
+            st.start_api(port=api_port, INTERQ_LOG_LEVEL="WARNING")
         for i in range(workers):
             st.start_worker(f"worker-{i}")
         yield st

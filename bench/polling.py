@@ -56,6 +56,7 @@ from bench.common import (
     Stack,
     cli_app,
     fmt,
+    free_port,
     interactions_from_log,
     job_records,
     options,
@@ -184,10 +185,12 @@ def run(
 ) -> dict[str, Any]:
     scaled = [d / scale for d in real]
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    if webhooks:
-        env = {**env, "INTERQ_UPSTREAM_WEBHOOK_SECRET": secret}
-    with stack(workers=0, **env) as st:
-        worker_env = {"INTERQ_PUBLIC_URL": st.api_url} if webhooks else {}
+    api_port = free_port()
+    public = {"INTERQ_PUBLIC_URL": f"http://127.0.0.1:{api_port}"}
+    if webhooks:  # the API checks the simulator's JWTs' audience: its own public URL
+        env = {**env, **public, "INTERQ_UPSTREAM_WEBHOOK_SECRET": secret}
+    with stack(workers=0, api_port=api_port, **env) as st:
+        worker_env = public if webhooks else {}
         if webhooks:
             st.sim_config(webhook_secret=secret)
             warm_up_sim_webhooks(st)
