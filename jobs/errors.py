@@ -24,13 +24,18 @@ thing: what a *caller* of the API catches).
      │     ├── RateLimited        429 rate_limited (Retry-After)
      │     └── Unavailable        503 unavailable (Retry-After)
      ├── UpstreamError            anything that went wrong talking upstream
-     │     ├── Retryable          408, 429, 5xx, timeouts, connection errors
-     │     │     .delay_s         the server's hint (Retry-After, retry-after-ms,
-     │     │                      error.details[].retryDelay), or None
-     │     │     .maybe_sent      the request may have reached the server and only
-     │     │                      the response was lost: a create may have run
+     │     ├── Retryable          408, 409, 429, 5xx, timeouts, connection errors
+     │     │     │ .delay_s       the server's hint (Retry-After, retry-after-ms,
+     │     │     │                error.details[].retryDelay), or None
+     │     │     │ .maybe_sent    the request may have reached the server and only
+     │     │     │                the response was lost: a create may have run
+     │     │     └── QuotaExhausted  429 whose QuotaFailure names a per-day quota:
+     │     │                      .reset_at (epoch s, next midnight Pacific),
+     │     │                      .quota_id; retrying before the reset is useless
      │     └── Rejected           any other 4xx: do not retry
-     │           └── UpstreamNotFound  404 (``jobs.upstream.client.NotFound``)
+     │           ├── UpstreamNotFound  404 (``jobs.upstream.client.NotFound``)
+     │           └── KeyRefused   401, 403: the upstream refused the API key;
+     │                            work pauses instead of failing jobs
      ├── SendFailed               an upstream backend got no answer (.kind,
      │                            .maybe_sent); the client makes it Retryable
      ├── ResultNotFound           the result store has no such object
@@ -155,8 +160,31 @@ class Retryable(UpstreamError):
         self.maybe_sent = maybe_sent
 
 
+class QuotaExhausted(Retryable):
+    """A 429 whose ``QuotaFailure`` names a per-day quota: it clears at the
+    daily reset (``reset_at``, epoch seconds), not after a retry delay."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reset_at: float,
+        quota_id: str = "",
+        status_code: int | None = 429,
+        delay_s: float | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, delay_s=delay_s)
+        self.reset_at = reset_at
+        self.quota_id = quota_id
+
+
 class Rejected(UpstreamError):
     pass
+
+
+class KeyRefused(Rejected):
+    """401 or 403: the upstream refused the API key (revoked, rotated,
+    missing). Not the job's fault: work pauses until a call succeeds."""
 
 
 class UpstreamNotFound(Rejected):

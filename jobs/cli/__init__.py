@@ -9,5 +9,7 @@ also ``python -m jobs.cli``).
   ``simulator``, ``receiver`` (``jobs.dev.receiver``), ``hash-key``.
 - ``batches``: ``submit`` / ``results`` / ``status`` / ``cancel`` against a
   running API through ``jobs.client``.
+- ``quota``: ``interq quota status`` / ``interq quota resume MODEL``, the
+  per-day quota holds and the upstream key's health, read from Redis.
 - ``output``: how those print (one-line errors with exit code 1, counts, jobs).
 """

@@ -7,6 +7,8 @@ interq worker      one arq worker
 interq simulator   the local Interactions API
 interq receiver    a webhook receiver that verifies signatures and prints events
 interq hash-key    the form of an API key to put in INTERQ_API_KEYS
+interq quota       per-day quota holds and the upstream key's health
+                   (status; resume MODEL lifts a hold before the reset)
 
 Talking to a running API (--url / INTERQ_API_URL, --api-key / INTERQ_API_KEY):
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs.cli import batches, serve
+from jobs.cli import batches, quota, serve
 from jobs.cli.up import up
 from jobs.dev.harness import redis_server_cmd
 
@@ -39,6 +41,7 @@ app.command()(batches.submit)
 app.command()(batches.results)
 app.command()(batches.status)
 app.command()(batches.cancel)
+app.add_typer(quota.app, name="quota")
 
 
 def main() -> None:

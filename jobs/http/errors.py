@@ -41,7 +41,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.errors import ApiError
-from jobs.observe.metrics import redis_error_kind
+from jobs.observe.metrics import key_refused_key, redis_error_kind
+from jobs.storage.keys import Keys
 
 log = logging.getLogger("interq.api")
 
@@ -184,14 +185,26 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
+UPSTREAM_KEY_MESSAGE = "the upstream refuses the API key (401/403); work is paused until it works"
+UPSTREAM_KEY_RETRY_S = 30
+
+
 async def readiness(probe: Redis, key: str) -> JSONResponse | dict[str, str]:
     """Ready when Redis answers PING and takes a write (a short-lived key):
-    a read-only, full or loading Redis answers PING but cannot take a job."""
+    a read-only, full or loading Redis answers PING but cannot take a job.
+    Not ready either (detail ``upstream_key``) while the upstream refuses the
+    API key (the flag ``jobs/work/budgets.py`` sets on a 401/403): jobs are
+    accepted but none is sent. ``key`` is ``Keys.readyz``, which names the prefix."""
     try:
         await probe.ping()
         await probe.set(key, str(time.time()), px=10_000)
+        refused = await probe.exists(key_refused_key(Keys(key.rsplit(":", 1)[0])))
     except (RedisError, OSError) as e:
         kind = redis_error_kind(e)
         log.warning("readyz: redis %s (%s)", kind, type(e).__name__)
         return unavailable(e, detail=kind)
+    if refused:
+        resp = api_error(503, "unavailable", UPSTREAM_KEY_MESSAGE, detail="upstream_key")
+        resp.headers["Retry-After"] = str(UPSTREAM_KEY_RETRY_S)
+        return resp
     return {"status": "ready"}

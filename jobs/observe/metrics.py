@@ -170,6 +170,37 @@ JOBS_BY_STATUS = Gauge(
     "interq_jobs_by_status", "Jobs stored, by status", ["status"], registry=QUEUE_REGISTRY
 )
 
+QUOTA_HELD = Gauge(
+    "interq_quota_held",
+    "1 while a model's dispatch is held for a per-day quota (until the daily reset)",
+    ["model"],
+    registry=QUEUE_REGISTRY,
+)
+UPSTREAM_KEY_HEALTHY = Gauge(
+    "interq_upstream_key_healthy",
+    "0 while the upstream refuses the API key (a 401/403 in the last minute, no success since)",
+    registry=QUEUE_REGISTRY,
+)
+
+
+# The pause keys (jobs/work/budgets.py sets them, the dispatcher, the submit
+# step and /readyz read them); named here so that the gauges can read them too.
+def quota_hold_key(keys: Keys, model: str) -> str:
+    return f"{keys.prefix}:hold:{model}"
+
+
+def quota_holds_key(keys: Keys) -> str:
+    return f"{keys.prefix}:holds"
+
+
+def key_refused_key(keys: Keys) -> str:
+    return f"{keys.prefix}:upstream_key:refused"
+
+
+def key_ok_key(keys: Keys) -> str:
+    return f"{keys.prefix}:upstream_key:ok"
+
+
 JOB_STATUSES = tuple(s.value for s in JobStatus)
 TERMINAL_STATUSES = tuple(s.value for s in JobStatus if s in TERMINAL)
 
@@ -182,6 +213,7 @@ def _init_series() -> None:
         for status in TERMINAL_STATUSES:
             JOBS_FINISHED.labels(status=status, model=model)
         IN_FLIGHT.labels(model=model)
+        QUOTA_HELD.labels(model=model)
     for op in ("create", "get", "cancel"):
         for code in ("200", "429", "500", "503", "timeout", "connect_error"):
             UPSTREAM_REQUESTS.labels(op=op, code=code)
@@ -288,6 +320,24 @@ async def refresh_queue_gauges(redis: Redis, keys: Keys) -> None:
     OLDEST_IN_FLIGHT.set(snap.oldest_in_flight_s or 0)
     for status, n in snap.by_status.items():
         JOBS_BY_STATUS.labels(status=status).set(n)
+    try:
+        await refresh_pause_gauges(redis, keys)
+    except (RedisError, OSError):
+        REDIS_UP.set(0)
+
+
+async def refresh_pause_gauges(redis: Redis, keys: Keys) -> None:
+    """``interq_quota_held`` per model and ``interq_upstream_key_healthy``."""
+    held = [_s(x) for x in await redis.smembers(quota_holds_key(keys))]  # type: ignore[misc]
+    async with redis.pipeline(transaction=False) as pipe:
+        for m in held:
+            pipe.exists(quota_hold_key(keys, m))
+        pipe.exists(key_refused_key(keys))
+        res = await pipe.execute()
+    on = {model_label(m) for m, n in zip(held, res[:-1], strict=True) if n}
+    for model in (*KNOWN_MODELS, "other"):
+        QUOTA_HELD.labels(model=model).set(int(model in on))
+    UPSTREAM_KEY_HEALTHY.set(0 if res[-1] else 1)
 
 
 def _s(v: Any) -> str:

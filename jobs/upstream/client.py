@@ -8,25 +8,39 @@ not be re-sent blindly (the API has no idempotency key).
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import json
 import re
 import time
+import zoneinfo
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from jobs.errors import Rejected, Retryable, SendFailed, UpstreamError
+from jobs.errors import KeyRefused, QuotaExhausted, Rejected, Retryable, SendFailed, UpstreamError
 from jobs.errors import UpstreamNotFound as NotFound
 from jobs.observe import metrics
 from jobs.settings import Settings
 from jobs.upstream.backends import AiohttpBackend, Answer, Backend, HttpxBackend
 
 API_REVISION = "2026-05-20"
-RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
-__all__ = ["NotFound", "Rejected", "Retryable", "UpstreamClient", "UpstreamError"]
+# as the SDK retries: 408, 409, 429, 5xx
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+KEY_REFUSED_STATUS = frozenset({401, 403})
+QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+_PER_DAY = re.compile(r"per[_-]?day|daily|_rpd\b|\brpd\b", re.IGNORECASE)
+__all__ = [
+    "KeyRefused",
+    "NotFound",
+    "QuotaExhausted",
+    "Rejected",
+    "Retryable",
+    "UpstreamClient",
+    "UpstreamError",
+]
 
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)s\s*$")
@@ -48,6 +62,44 @@ def parse_error_body(body: Any) -> tuple[str, float | None]:
             if m:
                 delay = float(m.group(1))
     return message, delay
+
+
+def per_day_quota(body: Any) -> str | None:
+    """The quotaId (or quotaMetric) of a ``QuotaFailure`` violation that names
+    a per-day limit ("GenerateRequestsPerDayPerProjectPerModel"), else None."""
+    if isinstance(body, list) and body:
+        body = body[0]
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    for d in details if isinstance(details, list) else []:
+        if not isinstance(d, dict) or d.get("@type") != QUOTA_FAILURE:
+            continue
+        for v in d.get("violations") or []:
+            if not isinstance(v, dict):
+                continue
+            for field in ("quotaId", "quotaMetric"):
+                name = v.get(field)
+                if isinstance(name, str) and _PER_DAY.search(name):
+                    return str(v.get("quotaId") or name)
+    return None
+
+
+def pacific() -> dt.tzinfo:
+    """America/Los_Angeles; without tz data, UTC-8 (PST), which puts the
+    reset at or after the real one, never before."""
+    try:
+        return zoneinfo.ZoneInfo("America/Los_Angeles")
+    except zoneinfo.ZoneInfoNotFoundError:
+        return dt.timezone(dt.timedelta(hours=-8))
+
+
+def daily_reset(now: float) -> float:
+    """The next midnight in America/Los_Angeles after ``now`` (epoch s):
+    when per-day quotas reset."""
+    tz = pacific()
+    local = dt.datetime.fromtimestamp(now, tz)
+    midnight = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+    return midnight.timestamp()
 
 
 def parse_retry_headers(headers: Mapping[str, str]) -> float | None:
@@ -80,9 +132,15 @@ def error_from_answer(ans: Answer) -> UpstreamError:
     message = message or f"HTTP {code}"
     if code in RETRYABLE_STATUS:
         delay = parse_retry_headers(ans.headers)
-        return Retryable(
-            message, status_code=code, delay_s=delay if delay is not None else body_delay
-        )
+        delay = delay if delay is not None else body_delay
+        quota = per_day_quota(body) if code == 429 else None
+        if quota is not None:
+            return QuotaExhausted(
+                message, reset_at=daily_reset(time.time()), quota_id=quota, delay_s=delay
+            )
+        return Retryable(message, status_code=code, delay_s=delay)
+    if code in KEY_REFUSED_STATUS:
+        return KeyRefused(message, status_code=code)
     if code == 404:
         return NotFound(message, status_code=code)
     return Rejected(message, status_code=code)

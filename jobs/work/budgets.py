@@ -19,6 +19,18 @@ The rate adapts to the upstream: a 429 on create cuts the usable share of the
 window to 70 % of what it was (once per ``CUT_COOLDOWN_S``), and it recovers
 linearly to 100 % over one rate window (``INTERQ_RATE_WINDOW_S``: a minute for a
 per-minute quota).
+
+Two pauses, each a Redis key every worker reads (names in
+``jobs.observe.metrics``, beside the gauges that export them):
+
+- a per-day quota hold (``{p}:hold:{model}``, the reset time as its value and
+  its expiry; the model in ``{p}:holds``): after a 429 whose QuotaFailure
+  names a per-day quota, the dispatcher moves no job of that model and a
+  dispatched submit waits, until the daily reset or ``interq quota resume``;
+- an unhealthy upstream key (``{p}:upstream_key:refused``, ``KEY_FLAG_TTL_S``,
+  set again by each 401/403): no create is sent while it is set; any call
+  that succeeds clears it (at most once a second per process), and leaves
+  ``{p}:upstream_key:ok`` (``KEY_TRUST_S``) behind: the key worked lately.
 """
 
 from __future__ import annotations
@@ -30,12 +42,16 @@ from limits.aio.storage import RedisSentinelStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
+from jobs.observe.metrics import key_ok_key, key_refused_key, quota_hold_key, quota_holds_key
 from jobs.settings import Settings
 from jobs.storage.keys import Keys
 
 CUT_FACTOR = 0.7
 MIN_FACTOR = 0.05
 CUT_COOLDOWN_S = 2.0  # a burst of 429s is one signal, not many
+KEY_FLAG_TTL_S = 60  # an unhealthy-key flag lasts this long unless a 401/403 renews it
+KEY_TRUST_S = 3600  # a key that answered well this recently and is now refused is paused on
+KEY_OK_WRITE_S = 1.0  # a process clears the flag at most this often
 
 
 class Budgets:
@@ -49,6 +65,7 @@ class Budgets:
         storage_cls = RedisSentinelStorage if settings.redis_sentinels else RedisStorage
         self.storage = storage_cls(uri, implementation="redispy", key_prefix=self.keys.rate_prefix)
         self.limiter = MovingWindowRateLimiter(self.storage)
+        self._ok_written = 0.0  # monotonic time of this process's last key_ok write
 
     async def factor(self, model: str) -> float:
         raw = await self.redis.hmget(self.keys.adapt(model), ["factor", "at"])  # type: ignore[misc]
@@ -119,3 +136,68 @@ class Budgets:
         if job_id:  # no longer waiting for its token: the dispatcher may move another
             await self.redis.zrem(self.keys.outstanding(model), job_id)
         return 0.0
+
+    # ----------------------------------------------------------- per-day quota hold
+
+    async def hold(self, model: str, until: float) -> None:
+        """Hold the model's dispatch until ``until`` (epoch s): a per-day quota."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(quota_hold_key(self.keys, model), f"{until:.3f}", pxat=int(until * 1000))
+            pipe.sadd(quota_holds_key(self.keys), model)
+            await pipe.execute()
+
+    async def held_until(self, model: str, now: float) -> float:
+        """When the model's hold ends (epoch s), or 0 when it is not held."""
+        raw = await self.redis.get(quota_hold_key(self.keys, model))
+        until = float(raw) if raw else 0.0
+        return until if until > now else 0.0
+
+    async def holds(self) -> dict[str, float]:
+        """Every model on hold, with the hold's end (epoch s)."""
+        models = sorted(
+            m.decode() if isinstance(m, bytes) else str(m)
+            for m in await self.redis.smembers(quota_holds_key(self.keys))  # type: ignore[misc]
+        )
+        out: dict[str, float] = {}
+        for m in models:
+            raw = await self.redis.get(quota_hold_key(self.keys, m))
+            if raw:
+                out[m] = float(raw)
+            else:
+                await self.redis.srem(quota_holds_key(self.keys), m)  # type: ignore[misc]
+        return out
+
+    async def release(self, model: str) -> bool:
+        """Lift a model's hold before its reset (an operator). True if it was held."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(quota_hold_key(self.keys, model))
+            pipe.srem(quota_holds_key(self.keys), model)
+            n, _ = await pipe.execute()
+        return bool(n)
+
+    # ----------------------------------------------------------- upstream key health
+
+    async def key_refused(self) -> None:
+        """The upstream answered 401/403: the key is unhealthy for a while."""
+        await self.redis.set(key_refused_key(self.keys), "1", ex=KEY_FLAG_TTL_S)
+        self._ok_written = 0.0  # the next success here clears it at once
+
+    async def key_ok(self) -> None:
+        """A call succeeded: the key works (written at most once a second)."""
+        now = time.monotonic()
+        if self._ok_written and now - self._ok_written < KEY_OK_WRITE_S:
+            return
+        self._ok_written = now
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(key_refused_key(self.keys))
+            pipe.set(key_ok_key(self.keys), "1", ex=KEY_TRUST_S)
+            await pipe.execute()
+
+    async def key_unhealthy(self) -> float:
+        """Seconds the unhealthy-key flag has left (0: the key is healthy)."""
+        ms = int(await self.redis.pttl(key_refused_key(self.keys)))
+        return ms / 1000 if ms > 0 else 0.0
+
+    async def key_trusted(self) -> bool:
+        """Whether the key answered well within ``KEY_TRUST_S``."""
+        return bool(await self.redis.exists(key_ok_key(self.keys)))

@@ -9,6 +9,10 @@ from the model's budget, and moves the jobs to arq's queue (``submit``) in one
 atomic step. So a
 small batch behind a huge one starts at once, and a batch goes as fast as its
 model's quota allows, no faster.
+
+Paused work (``budgets.py``): while the upstream key is refused, a pass moves
+nothing; while a model is held for a per-day quota, its lanes' heads stay
+where they are (other models' lanes go on).
 """
 
 from __future__ import annotations
@@ -26,16 +30,19 @@ from jobs.domain.lifecycle import submit_step
 from jobs.services import Services
 from jobs.storage.keys import lane_of as lane_of  # re-exported: where callers looked for it
 from jobs.storage.scripts import register
+from jobs.work.clock import SYSTEM, Clock
 from jobs.work.loops import supervised
 
 LEASE_MS = 5_000
 QUANTUM = 50  # jobs one lane may move per pass: fair, and few round trips per job
 IDLE_S = 0.05
+PAUSED_S = 1.0  # a paused dispatcher looks again this often
 
 
 class Dispatcher:
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, clock: Clock = SYSTEM) -> None:
         self.svc = svc
+        self.clock = clock
         self.redis: Redis = svc.redis
         self.keys = svc.store.keys
         self.budgets = svc.budgets
@@ -77,6 +84,9 @@ class Dispatcher:
         )
         if not lanes:
             return IDLE_S
+        refused = await self.budgets.key_unhealthy()
+        if refused:  # the upstream refuses the key: no creates until it works again
+            return min(refused, PAUSED_S)
         start = next((i for i, lane in enumerate(lanes) if lane > self.cursor), 0)
         waits: list[float] = []
         moved = 0
@@ -120,11 +130,7 @@ class Dispatcher:
                 break
             take.append((jid, True))
         wanted = sum(send for _, send in take)
-        granted, wait = 0, 0.0
-        if model is not None and model not in blocked:
-            granted, wait = await self.budgets.acquire(model, wanted)
-            if not granted:
-                blocked.add(model)
+        granted, wait = await self.grant(model, wanted, blocked)
         # keep the dropped ones and as many to send as the budget granted
         kept: list[tuple[str, bool]] = []
         left = granted
@@ -137,6 +143,20 @@ class Dispatcher:
             return 0, wait
         moved = await self.move(lane, kept, model or "")
         return moved, wait
+
+    async def grant(self, model: str | None, wanted: int, blocked: set[str]) -> tuple[int, float]:
+        """How many of ``model``'s jobs may go now (and if none, the wait); a
+        model held for its per-day quota gets none, and neither does one
+        already refused in this pass."""
+        if model is None or model in blocked:
+            return 0, 0.0
+        if await self.budgets.held_until(model, self.clock.time()):
+            blocked.add(model)  # per-day quota: nothing of it until the reset
+            return 0, PAUSED_S
+        granted, wait = await self.budgets.acquire(model, wanted)
+        if not granted:
+            blocked.add(model)
+        return granted, wait
 
     async def move(self, lane: str, jobs: list[tuple[str, bool]], model: str) -> int:
         """Move ``jobs`` (the lane's head, in order) out of the lane: those to

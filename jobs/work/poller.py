@@ -13,7 +13,9 @@ transitions of ``outcomes.py``, which take it out of the index or move it.
 Errors are counted as errors. ``poll_errors`` counts consecutive transient
 failures (429, 5xx, timeouts, junk answers: a cut-off JSON body, an HTML error
 page, a body without ``status``) and sets the backoff; a good answer resets it.
-Polls that find the interaction still running are not failures. An unexpected
+Polls that find the interaction still running are not failures. A 401/403
+(the upstream refused the API key) flags the key unhealthy and is polled again
+like a transient error: the job stays running, as it does upstream. An unexpected
 exception counts in ``poll_faults``; after ``STEP_GUARD_MAX_TRIES`` in a row the
 job fails as ``internal``.
 
@@ -38,7 +40,7 @@ from jobs.observe import logs, metrics
 from jobs.services import Services
 from jobs.storage.scripts import lua
 from jobs.upstream import answers as interactions
-from jobs.upstream.client import NotFound, Rejected, Retryable
+from jobs.upstream.client import KeyRefused, NotFound, Rejected, Retryable
 from jobs.work.clock import SYSTEM, Clock
 from jobs.work.engine import DueEngine, Write
 from jobs.work.steps import STEP_GUARD_MAX_TRIES, fault_delay, poll_interval, retry_delay
@@ -164,6 +166,12 @@ async def poll_job(svc: Services, job: Job, clock: Clock = SYSTEM) -> Next | Non
         errors = job.poll_errors + 1
         note: JobUpdate = {"poll_errors": errors, "last_poll_error": e.message[:200]}
         return Next(retry_delay(svc, e, errors), note)
+    except KeyRefused as e:
+        # the key, not the job: poll again later, the job stays running
+        await svc.budgets.key_refused()
+        errors = job.poll_errors + 1
+        note = {"poll_errors": errors, "last_poll_error": f"{e.status_code}: {e.message}"[:200]}
+        return Next(retry_delay(svc, Retryable(e.message), errors), note)
     except NotFound as e:
         if now - (job.submitted_at or 0) < svc.settings.not_found_grace_s:
             return Next(poll_interval(svc, 0), {})
@@ -175,6 +183,7 @@ async def poll_job(svc: Services, job: Job, clock: Clock = SYSTEM) -> Next | Non
         refused["status"] = e.status_code
         await finish(svc, job, JobStatus.failed, error=refused)
         return None
+    await svc.budgets.key_ok()
     if not carries_label(inter, job.id):
         await relaunch(svc, job, inter)
         return None

@@ -31,7 +31,8 @@ from jobs.domain.records import Job, JobUpdate
 from jobs.domain.statuses import JobStatus
 from jobs.observe import logs, metrics
 from jobs.services import Services
-from jobs.upstream.client import Rejected, Retryable, UpstreamError
+from jobs.storage.keys import Keys
+from jobs.upstream.client import KeyRefused, QuotaExhausted, Retryable, UpstreamError, daily_reset
 from jobs.work.clock import SYSTEM, Clock
 
 log = logging.getLogger("interq.steps")
@@ -182,6 +183,7 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
         await finish(svc, job, JobStatus.expired, error=late)
         return
     await wait_for_polls(ctx)
+    await wait_while_paused(ctx, svc, job, clock)
     wait = await svc.budgets.take_create(job.model, job_id)
     if wait > 0:
         raise Retry(defer=wait)
@@ -195,34 +197,100 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
     )
     if not marked.ok:
         return
-    attempts = job.submit_attempts + 1
     try:
         inter = await svc.upstream.create(body)
-    except Retryable as e:
-        if e.status_code == 429:
-            await svc.budgets.cut(job.model)
-        if not e.maybe_sent:
-            await svc.store.set_flags(
-                job_id, state, {"create_inflight": False}, interaction_id=same
-            )
-        if attempts >= svc.settings.max_submit_attempts:
-            await finish(
-                svc,
-                job,
-                JobStatus.failed,
-                error={"code": "upstream_unavailable", "message": e.message},
-            )
-            return
-        raise Retry(defer=retry_delay(svc, e, attempts)) from None
-    except Rejected as e:
-        error: dict[str, Any] = {
-            "code": "upstream_rejected",
-            "status": e.status_code,
-            "message": e.message,
-        }
-        await finish(svc, job, JobStatus.failed, error=error)
+    except UpstreamError as e:
+        await create_failed(ctx, svc, job, e, clock)
         return
+    await svc.budgets.key_ok()
     await record_interaction(svc, job, inter, clock)
+
+
+# --------------------------------------------------------------------------- pauses
+
+PAUSE_RECHECK_S = 30.0  # a paused submit looks again this often (a hold lifted early)
+ARQ_EXPIRY_S = 86_400.0  # what a deferred submit's arq job is kept for beyond its defer
+
+
+async def park(ctx: dict[str, Any], svc: Services, wait_s: float) -> float:
+    """How long a paused submit defers (at most ``PAUSE_RECHECK_S``). arq
+    keeps a job's key only a day from its enqueue, and a Retry does not renew
+    it: a hold until midnight could outlast it, so the key's expiry is pushed
+    out by each wait."""
+    defer = max(0.05, min(wait_s, PAUSE_RECHECK_S)) * random.uniform(1.0, 1.1)
+    arq_id = ctx.get("job_id")
+    if isinstance(arq_id, str):
+        await svc.redis.pexpire(Keys.arq_job(arq_id), int((defer + ARQ_EXPIRY_S) * 1000))
+    return defer
+
+
+async def wait_while_paused(ctx: dict[str, Any], svc: Services, job: Job, clock: Clock) -> None:
+    """No create while the job's model is held for a per-day quota or the
+    upstream key is refused: defer (no attempt counted), look again later."""
+    now = clock.time()
+    until = await svc.budgets.held_until(job.model, now)
+    if until:
+        raise Retry(defer=await park(ctx, svc, until - now))
+    refused = await svc.budgets.key_unhealthy()
+    if refused:
+        raise Retry(defer=await park(ctx, svc, refused))
+
+
+async def not_counted(svc: Services, job: Job) -> None:
+    """Undo the attempt the create counted, and its in-flight mark: the
+    create was refused for a reason that is not the job's (no run upstream)."""
+    await svc.store.set_flags(
+        job.id,
+        job.status,
+        {"create_inflight": False},
+        interaction_id=job.interaction_id,
+        incr={"submit_attempts": -1},
+    )
+
+
+async def create_failed(
+    ctx: dict[str, Any], svc: Services, job: Job, e: UpstreamError, clock: Clock
+) -> None:
+    """What a failed create means: a Retry (raised), or the job finished."""
+    attempts = job.submit_attempts + 1
+    if isinstance(e, QuotaExhausted):
+        until = daily_reset(clock.time())
+        await svc.budgets.hold(job.model, until)
+        await not_counted(svc, job)
+        log.warning(
+            "job %s: per-day quota %s exhausted for %s; dispatch held until %.0f",
+            job.id,
+            e.quota_id,
+            job.model,
+            until,
+        )
+        raise Retry(defer=await park(ctx, svc, until - clock.time()))
+    if isinstance(e, KeyRefused):
+        await svc.budgets.key_refused()
+        log.warning("job %s: upstream refused the API key (%s)", job.id, e.status_code)
+        if await svc.budgets.key_trusted():  # it worked lately: a rotation, a revocation
+            await not_counted(svc, job)
+            raise Retry(defer=await park(ctx, svc, PAUSE_RECHECK_S))
+    if isinstance(e, Retryable):
+        await create_retry(svc, job, e, attempts)
+        return
+    error: dict[str, Any] = {"code": "upstream_rejected", "status": e.status_code}
+    error["message"] = e.message
+    await finish(svc, job, JobStatus.failed, error=error)
+
+
+async def create_retry(svc: Services, job: Job, e: Retryable, attempts: int) -> None:
+    """A retryable create: raise the Retry, or finish the job after the last."""
+    if e.status_code == 429:
+        await svc.budgets.cut(job.model)
+    if not e.maybe_sent:
+        await svc.store.set_flags(
+            job.id, job.status, {"create_inflight": False}, interaction_id=job.interaction_id
+        )
+    if attempts < svc.settings.max_submit_attempts:
+        raise Retry(defer=retry_delay(svc, e, attempts))
+    error = {"code": "upstream_unavailable", "message": e.message}
+    await finish(svc, job, JobStatus.failed, error=error)
 
 
 async def record_interaction(
