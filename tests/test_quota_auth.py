@@ -6,7 +6,7 @@ real Redis, the upstream an ``httpx.MockTransport`` (``tests/fakeclock.py``):
   counted, the rate share not cut, and it is sent after the reset (the clock
   moved past it) or once an operator lifts the hold (``interq quota resume``);
 - a 401/403 pauses work instead of failing jobs: no creates, polls retried,
-  ``/readyz`` 503 ``upstream_key``, and work resumes with the first success;
+  ``/readyz`` says ``upstream_key: refused``, and work resumes with the first success;
 - 409 is retried like 5xx.
 """
 
@@ -236,7 +236,7 @@ async def test_401_on_polls_pauses_and_resumes_when_the_key_works(
         assert stored.status == JobStatus.running and stored.poll_errors == n
         assert await svc.budgets.key_unhealthy() > 0
         code, body = await ready(svc)
-        assert code == 503 and body["error"]["detail"] == "upstream_key"
+        assert code == 200 and body["upstream_key"] == "refused"  # intake stays in service
         await metrics.refresh_pause_gauges(svc.redis, svc.store.keys)
         assert metrics.UPSTREAM_KEY_HEALTHY._value.get() == 0
         await dispatcher.pass_once()  # no creates while the key is refused

@@ -220,7 +220,7 @@ async def test_api_and_loops_ride_out_the_fault(
         watch.mark()
         proxy.clear()
         await watch.recovered()
-        assert (await api.get("/readyz")).json() == {"status": "ready"}
+        assert (await api.get("/readyz")).json() == {"status": "ready", "upstream_key": "ok"}
         assert (await api.get(f"/v1/jobs/{first}")).status_code == 200
         second = await submit(api)
         assert (await wait_terminal(api, [second]))[second]["status"] == "completed"

@@ -199,7 +199,7 @@ async def _status(api: httpx.AsyncClient, jid: str, status: str) -> bool:
 
 async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).json() == {"status": "ok"}
-    assert (await api.get("/readyz")).json() == {"status": "ready"}
+    assert (await api.get("/readyz")).json() == {"status": "ready", "upstream_key": "ok"}
     await api.post("/v1/jobs", json=job_body("count me"))
     text = (await api.get("/metrics")).text
     assert 'interq_jobs_accepted_total{model="sim-model"}' in text

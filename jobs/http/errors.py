@@ -186,15 +186,16 @@ def install(app: FastAPI) -> None:
 
 
 UPSTREAM_KEY_MESSAGE = "the upstream refuses the API key (401/403); work is paused until it works"
-UPSTREAM_KEY_RETRY_S = 30
 
 
 async def readiness(probe: Redis, key: str) -> JSONResponse | dict[str, str]:
     """Ready when Redis answers PING and takes a write (a short-lived key):
     a read-only, full or loading Redis answers PING but cannot take a job.
-    Not ready either (detail ``upstream_key``) while the upstream refuses the
-    API key (the flag ``jobs/work/budgets.py`` sets on a 401/403): jobs are
-    accepted but none is sent. ``key`` is ``Keys.readyz``, which names the prefix."""
+    While the upstream refuses the API key (the flag ``jobs/work/budgets.py``
+    sets on a 401/403) it stays ready, since intake still works and taking the
+    API out of service would refuse jobs too, and says ``"upstream_key":
+    "refused"`` (else ``"ok"``): none is sent until the key works. ``key`` is
+    ``Keys.readyz``, which names the prefix."""
     try:
         await probe.ping()
         await probe.set(key, str(time.time()), px=10_000)
@@ -204,7 +205,5 @@ async def readiness(probe: Redis, key: str) -> JSONResponse | dict[str, str]:
         log.warning("readyz: redis %s (%s)", kind, type(e).__name__)
         return unavailable(e, detail=kind)
     if refused:
-        resp = api_error(503, "unavailable", UPSTREAM_KEY_MESSAGE, detail="upstream_key")
-        resp.headers["Retry-After"] = str(UPSTREAM_KEY_RETRY_S)
-        return resp
-    return {"status": "ready"}
+        return {"status": "ready", "upstream_key": "refused", "message": UPSTREAM_KEY_MESSAGE}
+    return {"status": "ready", "upstream_key": "ok"}
