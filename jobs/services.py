@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 import httpx
 from redis.asyncio import Redis
@@ -57,21 +57,6 @@ def redis_client(
         opts["ssl_ca_certs"] = settings.redis_tls_ca_file
     client: Redis = Redis.from_url(settings.effective_redis_url, **opts)
     return client
-
-
-def limits_storage_uri(settings: Settings) -> str:
-    """The same Redis for the ``limits`` library's storage (with the TLS CA file)."""
-    if settings.redis_sentinels:
-        hosts = ",".join(settings.redis_sentinels)
-        url = urlparse(settings.effective_redis_url)
-        auth = f":{url.password}@" if url.password else ""
-        return f"async+redis+sentinel://{auth}{hosts}/{settings.redis_sentinel_master}"
-    dsn = settings.effective_redis_url
-    if dsn.startswith("rediss://") and settings.redis_tls_ca_file:
-        # redis-py's from_url passes unknown query arguments on as keywords
-        sep = "&" if urlparse(dsn).query else "?"
-        dsn += f"{sep}ssl_ca_certs={quote(settings.redis_tls_ca_file, safe='')}"
-    return "async+" + dsn
 
 
 @dataclass
@@ -125,4 +110,8 @@ class Services:
     async def close(self) -> None:
         await self.upstream.aclose()
         await self.http.aclose()
+        # through Sentinel, each sentinel's own client has connections of its own
+        sentinel = getattr(self.redis.connection_pool, "sentinel_manager", None)
         await self.redis.aclose()
+        for client in getattr(sentinel, "sentinels", ()):
+            await client.aclose()

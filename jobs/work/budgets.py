@@ -38,7 +38,7 @@ from __future__ import annotations
 import time
 
 from limits import RateLimitItemPerSecond
-from limits.aio.storage import RedisSentinelStorage, RedisStorage
+from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
@@ -59,11 +59,15 @@ class Budgets:
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.key_prefix)
-        from jobs.services import limits_storage_uri
-
-        uri = limits_storage_uri(settings)
-        storage_cls = RedisSentinelStorage if settings.redis_sentinels else RedisStorage
-        self.storage = storage_cls(uri, implementation="redispy", key_prefix=self.keys.rate_prefix)
+        # the window lives on the caller's connection pool (plain, TLS or through
+        # Sentinel alike): no second set of connections, and closing ``redis``
+        # closes it (limits' async storages have no close of their own)
+        self.storage = RedisStorage(
+            "async+redis://",
+            implementation="redispy",
+            key_prefix=self.keys.rate_prefix,
+            connection_pool=redis.connection_pool,  # type: ignore[arg-type]
+        )
         self.limiter = MovingWindowRateLimiter(self.storage)
         self._ok_written = 0.0  # monotonic time of this process's last key_ok write
 
