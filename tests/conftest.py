@@ -15,7 +15,14 @@ import redis
 
 from jobs.dev.harness import ROOT, Stack, free_port
 from jobs.settings import Settings
-from tests.helpers import Receiver, SimServer, running_worker, worker_env
+from tests.helpers import (
+    Receiver,
+    SimServer,
+    app_client,
+    fast_settings,
+    running_worker,
+    worker_env,
+)
 
 __all__ = ["ROOT", "free_port"]
 
@@ -57,17 +64,12 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture()
 def settings(clean_redis: str, sim: SimServer, tmp_path: Path) -> Settings:
-    return Settings(
-        redis_url=clean_redis,
-        upstream_url=sim.url,
+    return fast_settings(
+        clean_redis,
+        sim.url,
+        tmp_path,
         upstream_api_version="v1beta",
         gemini_api_key=None,
-        results_url=f"file://{tmp_path / 'results'}",
-        poll_initial_s=0.2,
-        poll_max_s=1.0,
-        retry_initial_s=0.2,
-        retry_max_s=2.0,
-        worker_poll_delay_s=0.05,
         worker_metrics_port=0,
         step_timeout_s=10.0,
         webhook_allow_private=True,
@@ -78,13 +80,8 @@ def settings(clean_redis: str, sim: SimServer, tmp_path: Path) -> Settings:
 
 @pytest.fixture()
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    from api import create_app
-
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://interq") as client:
-            yield client
+    async with app_client(settings) as client:
+        yield client
 
 
 @pytest.fixture()

@@ -5,9 +5,11 @@ receiver is ``jobs.dev.receiver.Receiver``; processes run under
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -121,11 +123,7 @@ async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[
     try:
         yield w
     finally:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await cancelled(task)
         # let in-flight steps end (a cancelled one re-runs later, as after a crash)
         for t in w.tasks.values():
             t.cancel()
@@ -146,11 +144,14 @@ async def supervised_worker(
     try:
         yield task
     finally:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await cancelled(task)
+
+
+async def cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def job_body(text: str = "Say hello", webhook: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -170,3 +171,31 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "INTERQ_STEP_TIMEOUT_S": "5",
     }
     return env_for(settings, **{**defaults, **extra})
+
+
+def fast_settings(redis_url: str, upstream_url: str, results_dir: Path, **changes: Any) -> Settings:
+    """The settings the tests run with: this Redis and upstream, results under
+    ``results_dir``, short poll and retry intervals; ``changes`` on top."""
+    base: dict[str, Any] = {
+        "redis_url": redis_url,
+        "upstream_url": upstream_url,
+        "results_url": f"file://{results_dir / 'results'}",
+        "poll_initial_s": 0.2,
+        "poll_max_s": 1.0,
+        "retry_initial_s": 0.2,
+        "retry_max_s": 2.0,
+        "worker_poll_delay_s": 0.05,
+    }
+    return Settings(**(base | changes))
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API app with its lifespan run, and a client calling it in process."""
+    from api import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://interq") as client:
+            yield client

@@ -43,7 +43,7 @@ async def test_a_refused_batch_of_1000_pauses_after_its_first_failures_then_canc
         assert b["pause_error"]["code"] == "upstream_rejected"
         assert "outcome=bogus" in b["pause_error"]["message"]
         assert b["counts"]["failed"] >= settings.batch_pause_after
-        assert b["counts"]["queued"] > 900  # held, not sent
+        assert b["counts"]["queued"] > 750  # held, not sent
 
         r = await api.post(f"/v1/batches/{bid}/cancel")
         assert r.status_code == 202, r.text
@@ -51,10 +51,11 @@ async def test_a_refused_batch_of_1000_pauses_after_its_first_failures_then_canc
             lambda: _ended(api, bid), timeout=120, what="the cancelled batch to end"
         )
     assert done["status"] == "cancelled"
-    assert done["counts"]["cancelled"] > 900
+    assert done["counts"]["cancelled"] > 750
     # only the jobs already handed to the workers when it paused (at most the
-    # model's concurrency) reached upstream; the held ones never did
-    assert sim.state.stats()["creates"] == done["counts"]["failed"] < 200
+    # model's concurrency; a few of them cancelled while their create was out)
+    # reached upstream: the held ones never did
+    assert done["counts"]["failed"] <= sim.state.stats()["creates"] < 250
 
 
 async def _ended(api: httpx.AsyncClient, bid: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from jobs.http import deps
 from jobs.http.routes import batches, jobs, ops, upstream, webhooks
 from jobs.settings import Settings
 from jobs.ui import page
+from tests.helpers import app_client
 
 ROUTERS = [
     jobs.router,
@@ -93,13 +94,8 @@ def test_the_upstream_webhook_is_in_the_schema_with_its_own_errors(
 
 
 async def call(settings: Settings, method: str, path: str, **kw: Any) -> httpx.Response:
-    from api import create_app
-
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://interq") as c:
-            return await c.request(method, path, **kw)
+    async with app_client(settings) as c:
+        return await c.request(method, path, **kw)
 
 
 async def test_a_declared_401_is_what_a_call_without_a_key_gets(settings: Settings) -> None:

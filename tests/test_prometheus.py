@@ -27,9 +27,8 @@ import pytest
 import redis
 import yaml
 
-from jobs.settings import Settings
 from tests.conftest import ROOT, free_port
-from tests.helpers import Receiver, SimServer, worker_env
+from tests.helpers import Receiver, SimServer, fast_settings, worker_env
 from tests.prom_run import poll, small_run
 
 # Whole module: Prometheus start-up, a ~10 s run and the scrapes after it.
@@ -152,17 +151,7 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
 
 
 def interq_env(redis_url: str, sim_url: str, tmp: Path, metrics_port: int) -> dict[str, str]:
-    cfg = Settings(
-        redis_url=redis_url,
-        upstream_url=sim_url,
-        results_url=f"file://{tmp / 'results'}",
-        poll_initial_s=0.2,
-        poll_max_s=1.0,
-        retry_initial_s=0.2,
-        retry_max_s=1.0,
-        worker_poll_delay_s=0.05,
-        webhook_schedule_s=[0.2, 0.2],
-    )
+    cfg = fast_settings(redis_url, sim_url, tmp, retry_max_s=1.0, webhook_schedule_s=[0.2, 0.2])
     return worker_env(cfg, INTERQ_WORKER_METRICS_PORT=str(metrics_port))
 
 

@@ -17,7 +17,7 @@ from moto.server import ThreadedMotoServer
 from jobs.settings import Settings
 from jobs.storage.results import ResultNotFound, ResultStore
 from tests.conftest import free_port
-from tests.helpers import job_body, running_worker, wait_terminal
+from tests.helpers import app_client, job_body, running_worker, wait_terminal
 
 REGION = "us-east-1"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -70,13 +70,8 @@ def s3_settings(settings: Settings, bucket: str) -> Settings:
 
 @pytest.fixture()
 async def s3_api(s3_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    from api import create_app
-
-    app = create_app(s3_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://interq") as client:
-            yield client
+    async with app_client(s3_settings) as client:
+        yield client
 
 
 def keys_under(s3: Any, bucket: str, prefix: str) -> list[str]:
