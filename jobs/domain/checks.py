@@ -27,10 +27,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from functools import cache
 from typing import Any
 
-from google.genai._gaos.types.interactions.createagentinteraction import CreateAgentInteraction
-from google.genai._gaos.types.interactions.createmodelinteraction import CreateModelInteraction
 from pydantic import BaseModel, ValidationError
 
 from jobs.errors import InvalidRequest
@@ -81,9 +80,21 @@ def _encodable(s: str) -> bool:
     return True
 
 
+@cache
+def request_models() -> tuple[type[BaseModel], type[BaseModel]]:
+    """The SDK's create models (for a model, for an agent), imported on first
+    use: google-genai takes seconds to import, which a worker (it checks no
+    body) and the API's start-up need not pay."""
+    from google.genai._gaos.types.interactions import createagentinteraction as agent
+    from google.genai._gaos.types.interactions import createmodelinteraction as model
+
+    return model.CreateModelInteraction, agent.CreateAgentInteraction
+
+
 def sdk_problems(body: dict[str, Any], *, forward_unknown: bool = False) -> list[Problem]:
     """What the SDK's request model finds wrong with ``body`` (paths inside it)."""
-    model = CreateAgentInteraction if "agent" in body else CreateModelInteraction
+    for_model, for_agent = request_models()
+    model = for_agent if "agent" in body else for_model
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # deprecated fields
