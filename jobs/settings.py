@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     # --- intake limits -----------------------------------------------------------
     tenant_requests_per_s: int = Field(default=0, ge=0, description="0 = no limit")
 
+    # --- create bodies ------------------------------------------------------------
+    # Unknown field names in a create body pass intake (for fields newer than the
+    # google-genai SDK interq checks bodies with) instead of a 422.
+    forward_unknown_fields: bool = False
+
     # --- API auth ----------------------------------------------------------------
     # JSON object mapping tenant -> sha256 hex of its API key (`interq hash-key KEY`).
     api_keys: dict[str, str] = Field(default_factory=dict)

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.delivery import url_safety
-from jobs.domain import batch_pause, cancel
+from jobs.domain import batch_pause, cancel, checks
 from jobs.domain import lifecycle as outcomes
 from jobs.domain.records import Batch, Job
 from jobs.domain.requests import WebhookSpec, check_interaction_body
@@ -32,6 +32,7 @@ from jobs.domain.statuses import BATCH_COMPLETED, TERMINAL, JobStatus
 from jobs.errors import BatchError
 from jobs.observe import metrics
 from jobs.services import Services
+from jobs.settings import get_settings
 from jobs.storage.keys import lane_of
 from jobs.storage.store import Page
 from jobs.upstream import answers as interactions
@@ -80,7 +81,13 @@ def explain(e: ValidationError) -> str:
     )
 
 
-def validate_lines(items: Iterable[tuple[int, Any]], max_jobs: int) -> list[BatchLine]:
+def validate_lines(
+    items: Iterable[tuple[int, Any]], max_jobs: int, *, forward_unknown: bool | None = None
+) -> list[BatchLine]:
+    """Every line checked (``BatchLine``, then the SDK's types: ``checks.py``);
+    ``forward_unknown`` defaults to ``INTERQ_FORWARD_UNKNOWN_FIELDS``."""
+    if forward_unknown is None:
+        forward_unknown = get_settings().forward_unknown_fields
     lines: list[BatchLine] = []
     errors: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -97,6 +104,12 @@ def validate_lines(items: Iterable[tuple[int, Any]], max_jobs: int) -> list[Batc
             line = BatchLine.model_validate(item)
         except ValidationError as e:
             errors.append({"line": n, "error": explain(e)})
+            continue
+        problem = checks.batch_line_problem(
+            line.interaction, line.metadata, forward_unknown=forward_unknown
+        )
+        if problem:
+            errors.append({"line": n, "error": problem})
             continue
         if line.custom_id in seen:
             errors.append(

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
+from jobs.domain.checks import explain, json_value_problems
+
 
 class WebhookSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -62,12 +64,23 @@ class JobCreate(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _check_metadata(cls, v: Any) -> Any:
+        check_json_values(v)
         if len(json.dumps(v)) > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
         return v
 
 
+def check_json_values(v: Any) -> None:
+    """No lone surrogates, NaN or Infinity (JSON cannot carry them)."""
+    problems = json_value_problems(v)
+    if problems:
+        raise ValueError(explain(problems))
+
+
 def check_interaction_body(v: dict[str, Any], *, need_input: bool = True) -> dict[str, Any]:
+    """interq's own rules for a create body; the SDK's types are checked by
+    ``jobs/domain/checks.py`` where the settings are known."""
+    check_json_values(v)
     model, agent = v.get("model"), v.get("agent")
     if (model is None) == (agent is None):
         raise ValueError("interaction needs exactly one of 'model' or 'agent'")
@@ -82,6 +95,8 @@ def check_interaction_body(v: dict[str, Any], *, need_input: bool = True) -> dic
         raise ValueError("interq runs interactions in the background, which needs store=true")
     if v.get("background") is False:
         raise ValueError("interq always sets background=true; do not send background=false")
+    if "webhook_config" in v:
+        raise ValueError("webhook_config is interq's to set (see INTERQ_PUBLIC_URL); use 'webhook'")
     if v.get("stream"):
         raise ValueError("stream is not supported; interq polls the interaction")
     if need_input and v.get("input") in (None, "", []):

@@ -4,6 +4,7 @@ routers of ``jobs/http/routes/`` and the ops page."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
+from jobs.domain import checks
 from jobs.http import errors as http_errors
 from jobs.http.deps import DEFAULT_TENANT
 from jobs.http.middleware import BodyLimit
@@ -33,6 +35,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.svc = Services.open(cfg, upstream_transport=upstream_transport)
         app.state.probe = redis_client(cfg, retries=0, socket_timeout=5.0)  # for /readyz
+        # the SDK's request models (seconds to import), loaded beside the start so
+        # that the first create does not pay for them
+        warm = asyncio.create_task(asyncio.to_thread(checks.request_models))
         if not cfg.api_keys:
             log.warning(
                 "no INTERQ_API_KEYS configured: serving one tenant, %r, without auth",
@@ -41,6 +46,7 @@ def create_app(
         try:
             yield
         finally:
+            await warm
             await app.state.probe.aclose()
             await app.state.svc.close()
 

@@ -60,7 +60,9 @@ async def create_batch(
             body = BatchCreate.model_validate_json(raw)
             items = list(enumerate(body.jobs, start=1))
             hook, metadata = body.webhook, body.metadata
-        lines = batches.validate_lines(items, s.settings.max_batch_jobs)
+        lines = batches.validate_lines(
+            items, s.settings.max_batch_jobs, forward_unknown=s.settings.forward_unknown_fields
+        )
         if hook is not None and hook.secret is None:
             hook = WebhookSpec(url=hook.url, secret=signing.generate_secret())
             response.headers["X-Webhook-Secret"] = hook.secret or ""

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 
 from jobs.delivery import signing, url_safety
-from jobs.domain import batches, cancel, lifecycle
+from jobs.domain import batches, cancel, checks, lifecycle
 from jobs.domain.records import Job
 from jobs.domain.requests import ContinueBody, JobCreate
 from jobs.domain.statuses import JobStatus
@@ -49,6 +49,8 @@ async def create_job(
     """Queue one interaction. A webhook without a ``secret`` gets a generated
     one, returned once in ``X-Webhook-Secret``. The same ``Idempotency-Key``
     with the same body answers the first job (``Idempotent-Replayed: true``)."""
+    forward = s.settings.forward_unknown_fields
+    await checks.check_create(s.store, t, body.interaction, forward_unknown=forward)  # 422
     secret = ""
     if body.webhook is not None:
         await url_safety.resolve(str(body.webhook.url), s.webhook_policy)  # 422 UnsafeURL

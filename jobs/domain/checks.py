@@ -1,0 +1,201 @@
+"""Create bodies checked at intake the way the real API would check them.
+
+A body the Gemini API refuses would otherwise pass intake and fail later, once
+per job (a 50,000-line batch, 50,000 failures). So every create body (the
+``interaction`` of ``POST /v1/jobs`` and of each batch line) is validated here
+with the google-genai SDK's own request models, ``CreateModelInteraction`` and
+``CreateAgentInteraction`` (``google.genai._gaos.types.interactions``):
+
+* a wrong type (``generation_config.temperature: "hot"``) is the SDK's own
+  pydantic error, reported at its field path (the SDK's union member names are
+  left out of the path);
+* an unknown variant (a tool ``type`` the SDK does not know: it parses it as its
+  ``Unknown*`` placeholder) is refused at its path;
+* an unknown field name (``temprature``; the SDK's models keep extra fields,
+  the real API answers 400 "Unknown name") is refused unless
+  ``INTERQ_FORWARD_UNKNOWN_FIELDS`` lets fields newer than the SDK through.
+  Free-form objects (a function ``result``, ``arguments``, a JSON schema) are
+  models without declared fields or plain dicts in the SDK, and are not checked.
+
+JSON values that cannot be sent (a lone surrogate, NaN, Infinity) are found by
+:func:`json_value_problems`, for ``metadata`` too. The stored body is the
+caller's own dict, never the SDK's dump of it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from jobs.errors import InvalidRequest
+from jobs.storage.store import Store
+
+Path = tuple[str | int, ...]
+Problem = tuple[Path, str]
+
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_PROBLEMS = 20
+
+
+def dotted(path: Path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def explain(problems: list[Problem], prefix: str = "") -> str:
+    head: Path = (prefix,) if prefix else ()
+    return "; ".join(f"{dotted((*head, *path)) or 'value'}: {msg}" for path, msg in problems)
+
+
+def json_value_problems(value: Any, path: Path = ()) -> list[Problem]:
+    """Strings that cannot be encoded as UTF-8 (a lone surrogate such as
+    ``"\\ud800"``) and non-finite numbers (NaN, Infinity): JSON has neither."""
+    out: list[Problem] = []
+    stack: list[tuple[Path, Any]] = [(path, value)]
+    while stack and len(out) < MAX_PROBLEMS:
+        where, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            out.append((where, f"{v} is not a JSON number"))
+        elif isinstance(v, str) and not _encodable(v):
+            out.append((where, "the string holds a lone surrogate and cannot be encoded"))
+        elif isinstance(v, dict):
+            for k, x in reversed(list(v.items())):
+                if isinstance(k, str) and not _encodable(k):
+                    out.append((where, "a key holds a lone surrogate and cannot be encoded"))
+                stack.append(((*where, str(k)), x))
+        elif isinstance(v, list):
+            stack.extend(((*where, i), x) for i, x in reversed(list(enumerate(v))))
+    return out
+
+
+def _encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@cache
+def request_models() -> tuple[type[BaseModel], type[BaseModel]]:
+    """The SDK's create models (for a model, for an agent), imported on first
+    use: google-genai takes seconds to import, which a worker (it checks no
+    body) and the API's start-up need not pay."""
+    from google.genai._gaos.types.interactions import createagentinteraction as agent
+    from google.genai._gaos.types.interactions import createmodelinteraction as model
+
+    return model.CreateModelInteraction, agent.CreateAgentInteraction
+
+
+def sdk_problems(body: dict[str, Any], *, forward_unknown: bool = False) -> list[Problem]:
+    """What the SDK's request model finds wrong with ``body`` (paths inside it)."""
+    for_model, for_agent = request_models()
+    model = for_agent if "agent" in body else for_model
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # deprecated fields
+            parsed = model.model_validate(body)
+    except ValidationError as e:
+        return _from_validation(e, body)
+    out: list[Problem] = []
+    _unknowns(parsed, (), out, forward_unknown)
+    return out[:MAX_PROBLEMS]
+
+
+def _from_validation(e: ValidationError, body: dict[str, Any]) -> list[Problem]:
+    """One problem per data path, its distinct messages joined (a value no
+    member of a union accepts gets each member's complaint, most alike)."""
+    by_path: dict[Path, list[str]] = {}
+    for err in e.errors(include_url=False):
+        msgs = by_path.setdefault(_data_path(err["loc"], body), [])
+        if err["msg"] not in msgs:
+            msgs.append(err["msg"])
+    return [(p, " | ".join(m[:3])) for p, m in list(by_path.items())[:MAX_PROBLEMS]]
+
+
+def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
+    """The part of a pydantic error location that is a path in ``data``: the
+    names pydantic gives union members (``TextContent``, ``list[...]``) go."""
+    path: list[str | int] = []
+    cur = data
+    for i, p in enumerate(loc):
+        if isinstance(cur, dict) and isinstance(p, str) and p in cur:
+            path.append(p)
+            cur = cur[p]
+        elif isinstance(cur, list) and isinstance(p, int) and 0 <= p < len(cur):
+            path.append(p)
+            cur = cur[p]
+        elif i == len(loc) - 1 and isinstance(cur, dict) and _FIELD_NAME.match(str(p)):
+            path.append(p)  # a missing field
+    return tuple(path)
+
+
+def _unknowns(v: Any, path: Path, out: list[Problem], forward_unknown: bool) -> None:
+    if isinstance(v, BaseModel):
+        if getattr(v, "is_unknown", False) is True:  # the SDK's Unknown* placeholder
+            raw = getattr(v, "raw", None)
+            kind = raw.get("type") if isinstance(raw, dict) else None
+            out.append(((*path, "type"), f"unknown type {kind!r} (google-genai knows no such)"))
+            return
+        fields = type(v).model_fields
+        open_model = not fields or "__pydantic_extra__" in vars(type(v)).get("__annotations__", {})
+        if not forward_unknown and not open_model:
+            for k in v.__pydantic_extra__ or {}:
+                out.append(((*path, k), "unknown field (the API answers 400 'Unknown name')"))
+        for name in v.model_fields_set:
+            if name in fields:
+                alias = fields[name].alias or name
+                _unknowns(v.__dict__.get(name), (*path, alias), out, forward_unknown)
+    elif isinstance(v, list | tuple):
+        for i, x in enumerate(v):
+            _unknowns(x, (*path, i), out, forward_unknown)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _unknowns(x, (*path, str(k)), out, forward_unknown)
+
+
+async def previous_problem(store: Store, tenant: str, body: dict[str, Any]) -> str | None:
+    """``previous_interaction_id`` must be an interaction of one of the
+    tenant's own jobs: interq's key would otherwise read another's context."""
+    prev = body.get("previous_interaction_id")
+    if prev is None:
+        return None
+    job_id = await store.job_for_interaction(prev) if isinstance(prev, str) else None
+    job = await store.get_job(job_id) if job_id else None
+    if job is None or job.tenant != tenant:
+        return f"previous_interaction_id {prev!r} is not an interaction of one of your jobs"
+    return None
+
+
+async def check_create(
+    store: Store, tenant: str, body: dict[str, Any], *, forward_unknown: bool
+) -> None:
+    """``POST /v1/jobs``: the SDK's types, then the chain; 422
+    ``invalid_request`` naming the field (``details``: each ``loc`` and ``msg``)."""
+    problems = sdk_problems(body, forward_unknown=forward_unknown)
+    if not problems:
+        wrong_chain = await previous_problem(store, tenant, body)
+        problems = [(("previous_interaction_id",), wrong_chain)] if wrong_chain else []
+    if problems:
+        details = [{"loc": ["body", "interaction", *p], "msg": m} for p, m in problems]
+        raise InvalidRequest(explain(problems, "interaction"), details=details)
+
+
+def batch_line_problem(
+    interaction: dict[str, Any], metadata: Any, *, forward_unknown: bool
+) -> str | None:
+    """What is wrong with a batch line that its model did not catch, as the
+    line's error, or ``None``. A line cannot chain: ``previous_interaction_id``
+    is checked against the tenant's jobs on ``POST /v1/jobs`` only."""
+    meta = json_value_problems(metadata)
+    if meta:
+        return explain(meta, "metadata")
+    problems = sdk_problems(interaction, forward_unknown=forward_unknown)
+    if not problems and "previous_interaction_id" in interaction:
+        msg = "not accepted in a batch line; chain with POST /v1/jobs"
+        problems = [(("previous_interaction_id",), msg)]
+    return explain(problems, "interaction") if problems else None
