@@ -91,6 +91,7 @@ from jobs.dev.simulator.wire import (
     error_body,
     retry_delay_str,
     retry_info,
+    styled,
 )
 
 __all__ = [
@@ -178,6 +179,8 @@ async def _serve(request: Request, op: str) -> Response:
 
     def reply(answer: tuple[JSON, int]) -> Response:
         entry["status"] = answer[1]
+        if answer[1] >= 400:
+            return _json(styled(answer[0], sim.config.error_style), answer[1])
         return _json(*answer)
 
     refused = _refusal(request, sim.config)
@@ -191,7 +194,9 @@ async def _serve(request: Request, op: str) -> Response:
     if stop is not None:
         return stop
     if op == "create":
-        over = sim.faults.quota_error(time.monotonic(), entry)
+        over = sim.faults.daily_quota_error(entry) or sim.faults.quota_error(
+            time.monotonic(), entry
+        )
         if over is not None:
             return reply(over)
     answer = _run(sim, op, iid, body, entry)

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from jobs.dev.simulator.wire import ApiError, is_http_url
+from jobs.dev.simulator.wire import ERROR_STYLES, ApiError, is_http_url
 
 
 @dataclass
@@ -24,6 +24,13 @@ class SimConfig:
     retry_delay_s: float = 1.0
     quota_rpm: int | None = None
     quota_window_s: float = 60.0  # window length for quota_rpm (sliding)
+    # creates per day before a per-day quota 429 (QuotaFailure naming a per-day
+    # limit) until midnight Pacific; None: no daily quota
+    quota_rpd: int | None = None
+    # how error bodies look: "object" ({"error": {...}}, int code), "list" (the
+    # same wrapped in a list, as seen live), "string_code" (the SDK's declared
+    # schema: a string code)
+    error_style: str = "object"
     fault_ops: set[str] = field(default_factory=lambda: {"create", "get", "cancel"})
     faults_after_create: bool = False
     # Project-level ("static") webhooks: every background interaction's events go
@@ -47,6 +54,8 @@ def config_from_env() -> SimConfig:
         ("INTERQ_SIM_FAULT_5XX", "fault_5xx", float),
         ("INTERQ_SIM_FAULT_TIMEOUT", "fault_timeout", float),
         ("INTERQ_SIM_QUOTA_RPM", "quota_rpm", int),
+        ("INTERQ_SIM_QUOTA_RPD", "quota_rpd", int),
+        ("INTERQ_SIM_ERROR_STYLE", "error_style", str),
     ):
         if env.get(var):
             setattr(cfg, name, conv(env[var]))
@@ -84,6 +93,8 @@ def check_update(data: Any) -> dict[str, Any]:
     bad = set(data) - {f.name for f in fields(SimConfig)}
     if bad:
         raise ApiError(400, f"unknown config fields: {sorted(bad)}")
+    if data.get("error_style", "object") not in ERROR_STYLES:
+        raise ApiError(400, f"error_style must be one of {sorted(ERROR_STYLES)}.")
     urls = data.get("webhook_urls", [])
     if not (isinstance(urls, list) and all(map(is_http_url, urls))):
         raise ApiError(400, "webhook_urls must be a list of http(s) URLs.")

@@ -11,6 +11,9 @@ import asyncio
 import logging
 import random
 from collections import deque
+from datetime import datetime, timedelta
+from datetime import time as dt_time
+from zoneinfo import ZoneInfo
 
 import httpx
 from starlette.requests import Request
@@ -18,7 +21,15 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from jobs.dev.simulator.config import SimConfig
-from jobs.dev.simulator.wire import JSON, QUOTA_FAILURE, error_body, retry_info
+from jobs.dev.simulator.wire import (
+    JSON,
+    QUOTA_FAILURE,
+    QUOTA_FAILURE_PER_DAY,
+    error_body,
+    retry_info,
+)
+
+PACIFIC = ZoneInfo("America/Los_Angeles")  # where the API's daily quotas reset
 
 
 class SimulatedDrop(httpx.RemoteProtocolError):
@@ -52,6 +63,7 @@ class Faults:
     def reset(self) -> None:
         self.rng = random.Random(self.config.seed)
         self._quota: deque[float] = deque()
+        self._day, self._day_count = "", 0  # creates counted toward quota_rpd
 
     def roll(self, op: str) -> str | None:
         c = self.config
@@ -92,6 +104,24 @@ class Faults:
             msg = "Internal error encountered." if code == 500 else "The model is overloaded."
             return error_body(code, msg), code
         return None
+
+    def daily_quota_error(self, entry: JSON) -> tuple[JSON, int] | None:
+        """(body, status) of a create past ``quota_rpd`` today (Pacific), else None."""
+        rpd = self.config.quota_rpd
+        if rpd is None:
+            return None
+        now = datetime.now(PACIFIC)
+        today = now.date().isoformat()
+        if self._day != today:
+            self._day, self._day_count = today, 0
+        if self._day_count < rpd:
+            self._day_count += 1
+            return None
+        midnight = datetime.combine(now.date() + timedelta(days=1), dt_time(), PACIFIC)
+        delay = (midnight - now).total_seconds()
+        entry.update(fault="quota_day", retry_delay_s=delay)
+        msg = "You exceeded your current quota: requests per day for this model."
+        return error_body(429, msg, details=[QUOTA_FAILURE_PER_DAY, retry_info(delay)]), 429
 
     def quota_error(self, now: float, entry: JSON) -> tuple[JSON, int] | None:
         """(body, status) of a create over ``quota_rpm``, else None."""

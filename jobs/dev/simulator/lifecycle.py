@@ -36,12 +36,27 @@ from jobs.dev.simulator.wire import (
     iso,
     new_id,
 )
+from jobs.domain import checks
+
+
+def unknown_fields(body: JSON) -> list[str]:
+    """Top-level fields of a create body that the SDK's create types do not
+    have (the API refuses them with 400 "Unknown name")."""
+    model, agent = checks.request_models()
+    cls = agent if "agent" in body else model
+    known = {f.alias or name for name, f in cls.model_fields.items()}
+    return sorted(set(body) - known)
 
 
 def check_create(body: JSON) -> tuple[bool, bool]:
     """The checks a create body must pass on its own: (background, store)."""
     if ("model" in body) == ("agent" in body):
         raise ApiError(400, "Exactly one of 'model' or 'agent' must be set.")
+    unknown = unknown_fields(body)
+    if unknown:  # the real API's answer to a misspelt field
+        raise ApiError(
+            400, f'Invalid JSON payload received. Unknown name "{unknown[0]}": Cannot find field.'
+        )
     keys = body.keys()
     if {"agent", "generation_config"} <= keys or {"model", "agent_config"} <= keys:
         raise ApiError(400, "generation_config is for models, agent_config for agents.")

@@ -44,6 +44,16 @@ QUOTA_FAILURE = {
     "@type": "type.googleapis.com/google.rpc.QuotaFailure",
     "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_requests"}],
 }
+QUOTA_FAILURE_PER_DAY = {
+    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+    "violations": [
+        {
+            "quotaMetric": "generativelanguage.googleapis.com/generate_requests_per_model_per_day",
+            "quotaId": "GenerateRequestsPerDayPerProjectPerModel",
+        }
+    ],
+}
+ERROR_STYLES = frozenset({"object", "list", "string_code"})
 GRPC = {
     400: "INVALID_ARGUMENT",
     403: "PERMISSION_DENIED",
@@ -93,3 +103,17 @@ def new_id(prefix: str, nbytes: int = 18) -> str:
     """A fresh id, drawn at random, never from the seed: ids never repeat
     across restarts."""
     return prefix + base64.urlsafe_b64encode(secrets.token_bytes(nbytes)).decode().rstrip("=")
+
+
+def styled(body: Any, style: str) -> Any:
+    """An error body as ``SimConfig.error_style`` says: as built, wrapped in a
+    list, or with the SDK schema's string code (its gRPC status, lower case)."""
+    if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
+        return body
+    if style == "list":
+        return [body]
+    if style == "string_code":
+        err = dict(body["error"])
+        err["code"] = str(err.get("status") or err.get("code")).lower()
+        return {"error": err}
+    return body
