@@ -15,6 +15,7 @@ import redis.asyncio as aredis
 
 from jobs.settings import Settings, hash_api_key
 from jobs.storage.keys import Keys
+from tests.helpers import app_client
 
 MODEL = "sim-model"
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -129,14 +130,9 @@ async def test_a_typed_input_of_steps_is_accepted(api: httpx.AsyncClient) -> Non
 
 @pytest.fixture()
 async def two_tenants(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    from api import create_app
-
     keys = {"team-a": hash_api_key("key-a"), "team-b": hash_api_key("key-b")}
-    app = create_app(settings.model_copy(update={"api_keys": keys}))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://interq") as client:
-            yield client
+    async with app_client(settings.model_copy(update={"api_keys": keys})) as client:
+        yield client
 
 
 async def test_previous_interaction_must_be_the_tenants_own(
@@ -159,10 +155,18 @@ async def test_previous_interaction_must_be_the_tenants_own(
     assert (await two_tenants.post("/v1/jobs", json=unknown, headers=a)).status_code == 422
     own = await two_tenants.post("/v1/jobs", json=chained, headers=a)
     assert own.status_code == 202, own.text
-    line = {"custom_id": "c", **chained}
-    in_batch = await two_tenants.post("/v1/batches", json={"jobs": [line]}, headers=a)
-    assert in_batch.status_code == 422
-    assert "previous_interaction_id" in in_batch.json()["error"]["lines"][0]["error"]
+    lines = [{"custom_id": "c1", **chained}, {"custom_id": "c2", **chained}]
+    own_batch = await two_tenants.post("/v1/batches", json={"jobs": lines}, headers=a)
+    assert own_batch.status_code == 202, own_batch.text  # a batch line may chain to its own
+    theirs_batch = await two_tenants.post(
+        "/v1/batches",
+        json={"jobs": [{"custom_id": "ok", "interaction": body()}, *lines]},
+        headers=b,
+    )
+    assert theirs_batch.status_code == 422
+    err = theirs_batch.json()["error"]
+    assert err["code"] == "invalid_batch" and [x["line"] for x in err["lines"]] == [2, 3]
+    assert "previous_interaction_id" in err["lines"][0]["error"]
 
 
 async def test_forward_setting_lets_an_unknown_field_through(

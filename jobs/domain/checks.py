@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from jobs.errors import InvalidRequest
+from jobs.errors import BatchError, InvalidRequest
 from jobs.storage.store import Store
 
 Path = tuple[str | int, ...]
@@ -189,13 +189,24 @@ def batch_line_problem(
     interaction: dict[str, Any], metadata: Any, *, forward_unknown: bool
 ) -> str | None:
     """What is wrong with a batch line that its model did not catch, as the
-    line's error, or ``None``. A line cannot chain: ``previous_interaction_id``
-    is checked against the tenant's jobs on ``POST /v1/jobs`` only."""
+    line's error, or ``None``. A line's ``previous_interaction_id`` is checked
+    against the tenant's jobs afterwards (``check_batch_chains``)."""
     meta = json_value_problems(metadata)
     if meta:
         return explain(meta, "metadata")
     problems = sdk_problems(interaction, forward_unknown=forward_unknown)
-    if not problems and "previous_interaction_id" in interaction:
-        msg = "not accepted in a batch line; chain with POST /v1/jobs"
-        problems = [(("previous_interaction_id",), msg)]
     return explain(problems, "interaction") if problems else None
+
+
+async def check_batch_chains(store: Store, tenant: str, interactions: list[dict[str, Any]]) -> None:
+    """Each batch line that chains (``previous_interaction_id``) must chain to
+    one of the tenant's own interactions; 422 ``invalid_batch`` listing the
+    lines (numbered from 1, in input order) that do not."""
+    bad = []
+    for n, body in enumerate(interactions, start=1):
+        problem = await previous_problem(store, tenant, body)
+        if problem:
+            bad.append({"line": n, "error": f"interaction.previous_interaction_id: {problem}"})
+    if bad:
+        n = len(interactions)
+        raise BatchError(f"{len(bad)} of {n} lines are invalid; nothing was queued", lines=bad)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from jobs.delivery import signing
-from jobs.domain import batch_pause, batches
+from jobs.domain import batch_pause, batches, checks
 from jobs.domain.requests import BatchCreate, WebhookSpec
 from jobs.errors import Conflict, InvalidRequest
 from jobs.http.deps import Svc, Tenant, own_batch
@@ -63,6 +63,7 @@ async def create_batch(
         lines = batches.validate_lines(
             items, s.settings.max_batch_jobs, forward_unknown=s.settings.forward_unknown_fields
         )
+        await checks.check_batch_chains(s.store, t, [ln.interaction for ln in lines])
         if hook is not None and hook.secret is None:
             hook = WebhookSpec(url=hook.url, secret=signing.generate_secret())
             response.headers["X-Webhook-Secret"] = hook.secret or ""
