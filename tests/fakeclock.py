@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +22,7 @@ import httpx
 from jobs.domain.lifecycle import new_job
 from jobs.domain.records import Job
 from jobs.services import Services
+from jobs.settings import Settings
 from jobs.work.dispatch import lane_of
 from jobs.work.engine import DueEngine
 
@@ -134,3 +137,24 @@ async def turn(engine: DueEngine) -> None:
     await engine.step()
     await asyncio.gather(*engine.active.values())
     await engine.flush()
+
+
+@asynccontextmanager
+async def clocked_services(
+    redis_url: str, results_dir: Path, upstream: Upstream, **settings: Any
+) -> AsyncIterator[Services]:
+    """Services on this Redis with ``upstream`` as the Gemini API (no key, no
+    auth, results under ``results_dir``) and ``settings`` on top."""
+    cfg = Settings(
+        redis_url=redis_url,
+        upstream_url="http://up",
+        gemini_api_key=None,
+        results_url=f"file://{results_dir / 'results'}",
+        api_keys={},
+        **settings,
+    )
+    s = Services.open(cfg, upstream_transport=upstream.transport())
+    try:
+        yield s
+    finally:
+        await s.close()

@@ -21,12 +21,12 @@ from jobs.domain.records import EventState
 from jobs.domain.statuses import JobStatus
 from jobs.observe import metrics
 from jobs.services import Services
-from jobs.settings import Settings
 from jobs.work.poller import CANCEL_404_MAX_TRIES, PollEngine
 from jobs.work.steps import submit
 from tests.fakeclock import (
     FakeClock,
     Upstream,
+    clocked_services,
     due_ms,
     error,
     interaction,
@@ -53,11 +53,10 @@ def upstream() -> Upstream:
 
 @pytest.fixture()
 async def svc(clean_redis: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Services]:
-    cfg = Settings(
-        redis_url=clean_redis,
-        upstream_url="http://up",
-        gemini_api_key=None,
-        results_url=f"file://{tmp_path / 'results'}",
+    async with clocked_services(
+        clean_redis,
+        tmp_path,
+        upstream,
         poll_initial_s=POLL_INITIAL_S,
         poll_multiplier=POLL_MULTIPLIER,
         poll_jitter=0.0,
@@ -68,11 +67,8 @@ async def svc(clean_redis: str, tmp_path: Path, upstream: Upstream) -> AsyncIter
         webhook_schedule_s=WEBHOOK_SCHEDULE_S,
         webhook_jitter=0.0,
         webhook_per_destination=2,
-        api_keys={},
-    )
-    s = Services.open(cfg, upstream_transport=upstream.transport())
-    yield s
-    await s.close()
+    ) as s:
+        yield s
 
 
 # --------------------------------------------------------------------------- polls

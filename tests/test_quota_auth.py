@@ -30,13 +30,22 @@ from jobs.domain.statuses import JobStatus
 from jobs.http.errors import readiness
 from jobs.observe import metrics
 from jobs.services import Services
-from jobs.settings import ModelLimit, Settings, get_settings
+from jobs.settings import ModelLimit, get_settings
 from jobs.upstream.backends import Answer
 from jobs.upstream.client import QuotaExhausted, Retryable, daily_reset, error_from_answer
 from jobs.work.dispatch import Dispatcher
 from jobs.work.poller import PollEngine
 from jobs.work.steps import PAUSE_RECHECK_S, submit
-from tests.fakeclock import FakeClock, Upstream, error, interaction, queued_job, reread, turn
+from tests.fakeclock import (
+    FakeClock,
+    Upstream,
+    clocked_services,
+    error,
+    interaction,
+    queued_job,
+    reread,
+    turn,
+)
 
 MODEL = "sim-model"
 PER_DAY = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
@@ -77,21 +86,17 @@ def upstream() -> Upstream:
 
 @pytest.fixture()
 async def svc(clean_redis: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Services]:
-    cfg = Settings(
-        redis_url=clean_redis,
-        upstream_url="http://up",
-        gemini_api_key=None,
-        results_url=f"file://{tmp_path / 'results'}",
+    async with clocked_services(
+        clean_redis,
+        tmp_path,
+        upstream,
         poll_initial_s=2.0,
         poll_jitter=0.0,
         retry_initial_s=10.0,
         retry_max_s=600.0,
         limits={MODEL: ModelLimit(rpm=100)},
-        api_keys={},
-    )
-    s = Services.open(cfg, upstream_transport=upstream.transport())
-    yield s
-    await s.close()
+    ) as s:
+        yield s
 
 
 async def lane_length(svc: Services) -> int:
