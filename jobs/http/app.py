@@ -5,6 +5,7 @@ routers of ``jobs/http/routes/`` and the ops page."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,7 +47,8 @@ def create_app(
         try:
             yield
         finally:
-            await warm
+            with contextlib.suppress(Exception):  # a failed import fails the first create
+                await warm
             await app.state.probe.aclose()
             await app.state.svc.close()
 
