@@ -101,5 +101,36 @@ def test_usage_total_adds_counts_and_lists_by_their_key() -> None:
             {"modality": "image", "tokens": 7},
         ],
         "grounding_tool_count": [{"type": "google_search", "count": 3}],
+        "initial_input_tokens": 4,  # the first hop's input, not a sum
     }
     assert usage.total([a]) == a and usage.total([None, None]) is None
+
+
+def test_usage_total_agrees_with_the_sdks_merge_of_hops() -> None:
+    from google.genai._interactions_continuation import _merge_usages
+
+    hops: list[dict[str, Any]] = [
+        {"total_tokens": 30, "total_input_tokens": 20, "total_output_tokens": 10},
+        {
+            "total_tokens": 50,
+            "total_input_tokens": 35,
+            "total_output_tokens": 15,
+            "initial_input_tokens": 35,
+            "output_tokens_by_modality": [{"modality": "text", "tokens": 15}],
+        },
+        {
+            "total_tokens": 12,
+            "total_input_tokens": 8,
+            "total_output_tokens": 4,
+            "total_thought_tokens": 3,
+            "output_tokens_by_modality": [
+                {"modality": "text", "tokens": 2},
+                {"modality": "image", "tokens": 2},
+            ],
+        },
+    ]
+    for n in range(2, len(hops) + 1):  # one interaction: its own usage, nothing merged
+        assert usage.total(hops[:n]) == _merge_usages(hops[:n]), n
+    assert usage.total(hops[:1]) == hops[0]
+    with_initial = [{**hops[0], "initial_input_tokens": 5}, hops[1]]
+    assert usage.total(with_initial) == _merge_usages(with_initial)

@@ -4,8 +4,12 @@ interactions upstream, each with its own ``usage``).
 
 ``total`` sums them the way the fields add up: every integer field, and the
 per-modality (``*_by_modality``: ``{modality, tokens}``) and per-tool
-(``grounding_tool_count``: ``{type, count}``) lists by their key. A job of
-one interaction reports that interaction's usage unchanged."""
+(``grounding_tool_count``: ``{type, count}``) lists by their key, except
+``initial_input_tokens``, which is the first hop's (its
+``total_input_tokens`` when it has none), as the SDK's own merge of
+continuation hops does (``_merge_usages`` in
+``google/genai/_interactions_continuation.py``). A job of one interaction
+reports that interaction's usage unchanged."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 # list fields of ``usage``: the key that names an entry, the field that counts
 KEYED_LISTS = {"grounding_tool_count": ("type", "count")}
 BY_MODALITY = ("modality", "tokens")
+INITIAL = "initial_input_tokens"  # the turn's own input: the first hop's, not a sum
 
 
 def total(usages: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -25,7 +30,14 @@ def total(usages: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for u in present:
         for field, value in u.items():
-            out[field] = _add(field, out.get(field), value)
+            if field != INITIAL:
+                out[field] = _add(field, out.get(field), value)
+    first, last = present[0], present[-1]
+    initial = first.get(INITIAL)
+    if initial is None:
+        initial = first.get("total_input_tokens")
+    if initial is not None or last.get(INITIAL) is not None:
+        out[INITIAL] = initial
     return out
 
 
