@@ -15,6 +15,7 @@ import redis
 
 from jobs.dev.harness import ROOT, Stack, free_port
 from jobs.settings import Settings
+from tests.fakeclock import FakeClock, Upstream
 from tests.helpers import (
     Receiver,
     SimServer,
@@ -96,3 +97,15 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     logs in ``tmp_path/stack/logs``; all stopped at the end."""
     with Stack(tmp_path / "stack", base=worker_env(settings)) as st:
         yield st
+
+
+@pytest.fixture()
+def clock() -> FakeClock:
+    """A clock the clocked step tests move by hand (``tests/fakeclock.py``)."""
+    return FakeClock()
+
+
+@pytest.fixture()
+def upstream() -> Upstream:
+    """A scripted upstream (``httpx.MockTransport``) for the clocked step tests."""
+    return Upstream()

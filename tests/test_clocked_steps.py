@@ -42,16 +42,6 @@ WEBHOOK_SCHEDULE_S = [5.0, 50.0]
 
 
 @pytest.fixture()
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture()
-def upstream() -> Upstream:
-    return Upstream()
-
-
-@pytest.fixture()
 async def svc(clean_redis: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Services]:
     async with clocked_services(
         clean_redis,

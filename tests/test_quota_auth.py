@@ -75,16 +75,6 @@ def created(status: str = "in_progress") -> httpx.Response:
 
 
 @pytest.fixture()
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture()
-def upstream() -> Upstream:
-    return Upstream()
-
-
-@pytest.fixture()
 async def svc(clean_redis: str, tmp_path: Path, upstream: Upstream) -> AsyncIterator[Services]:
     async with clocked_services(
         clean_redis,
@@ -213,7 +203,7 @@ async def test_an_operator_lifts_a_hold_with_interq_quota_resume(
 
 
 async def ready(svc: Services) -> tuple[int, dict[str, Any]]:
-    out = await readiness(svc.redis, svc.store.keys.readyz)
+    out = await readiness(svc.redis, svc.store.keys)
     if isinstance(out, dict):
         return 200, out
     return out.status_code, json.loads(bytes(out.body))

@@ -164,6 +164,9 @@ def submit_and_finish(u: Up) -> dict[str, Any]:
 
 @pytest.mark.timeout(180)
 def test_up_restarts_a_killed_worker_and_leaves_no_orphans(up: Up) -> None:
+    # supervision starts once `up` has started everything (a child that dies
+    # while `up` is still starting it ends `up`: a config error, not a crash)
+    up.wait(lambda: "interq is up" in up.log.read_text(errors="replace"), "up to finish starting")
     up.wait(lambda: (r := get(f"{up.api}/healthz")) is not None and r.status_code == 200, "API")
     up.wait(lambda: worker_up(up.metrics), "the worker's /metrics")
     old = up.wait(up.worker_pid, "one worker process")

@@ -46,19 +46,24 @@ async def after_finish(
     limit = svc.settings.batch_pause_after
     if limit <= 0:
         return False
+    broken = _known_broken(svc)
+    if batch_id in broken:  # decided: no I/O on the finish path for the rest
+        return False
     key = svc.store.keys.batch(batch_id)
     r = svc.redis
     sig = refusal(status, error)
     if sig is None:
         await r.hset(key, "streak_broken", "1")  # type: ignore[misc]
+        broken[batch_id] = None
         return False
     async with r.pipeline(transaction=False) as pipe:
         pipe.hsetnx(key, "first_rejection", sig)
         pipe.hmget(key, ["first_rejection", "streak_broken"])
-        _, (first, broken) = await pipe.execute()
+        _, (first, was_broken) = await pipe.execute()
     first = first.decode() if isinstance(first, bytes) else first
-    if broken or first != sig:
+    if was_broken or first != sig:
         await r.hset(key, "streak_broken", "1")  # type: ignore[misc]
+        broken[batch_id] = None
         return False
     if int(await r.hincrby(key, "rejections", 1)) != limit:  # type: ignore[misc]
         return False
@@ -66,6 +71,19 @@ async def after_finish(
     metrics.BATCHES_PAUSED.inc()
     log.warning("batch %s paused: its first %d jobs were refused upstream alike", batch_id, limit)
     return True
+
+
+KNOWN_BROKEN_MAX = 10_000
+
+
+def _known_broken(svc: Services) -> dict[str, None]:
+    """Batches this process has seen break the streak (they can never pause):
+    a bounded per-process memo, emptied when full."""
+    memo = svc.cache.setdefault("batch_streak_broken", {})
+    assert isinstance(memo, dict)
+    if len(memo) >= KNOWN_BROKEN_MAX:
+        memo.clear()
+    return memo
 
 
 async def is_paused(svc: Services, batch_id: str) -> bool:

@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.errors import ApiError
-from jobs.observe.metrics import key_refused_key, redis_error_kind
+from jobs.observe.metrics import redis_error_kind
 from jobs.storage.keys import Keys
 
 log = logging.getLogger("interq.api")
@@ -188,18 +188,17 @@ def install(app: FastAPI) -> None:
 UPSTREAM_KEY_MESSAGE = "the upstream refuses the API key (401/403); work is paused until it works"
 
 
-async def readiness(probe: Redis, key: str) -> JSONResponse | dict[str, str]:
+async def readiness(probe: Redis, keys: Keys) -> JSONResponse | dict[str, str]:
     """Ready when Redis answers PING and takes a write (a short-lived key):
     a read-only, full or loading Redis answers PING but cannot take a job.
     While the upstream refuses the API key (the flag ``jobs/work/budgets.py``
     sets on a 401/403) it stays ready, since intake still works and taking the
     API out of service would refuse jobs too, and says ``"upstream_key":
-    "refused"`` (else ``"ok"``): none is sent until the key works. ``key`` is
-    ``Keys.readyz``, which names the prefix."""
+    "refused"`` (else ``"ok"``): none is sent until the key works."""
     try:
         await probe.ping()
-        await probe.set(key, str(time.time()), px=10_000)
-        refused = await probe.exists(key_refused_key(Keys(key.rsplit(":", 1)[0])))
+        await probe.set(keys.readyz, str(time.time()), px=10_000)
+        refused = await probe.exists(keys.key_refused)
     except (RedisError, OSError) as e:
         kind = redis_error_kind(e)
         log.warning("readyz: redis %s (%s)", kind, type(e).__name__)

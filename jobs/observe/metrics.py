@@ -183,24 +183,6 @@ UPSTREAM_KEY_HEALTHY = Gauge(
 )
 
 
-# The pause keys (jobs/work/budgets.py sets them, the dispatcher, the submit
-# step and /readyz read them); named here so that the gauges can read them too.
-def quota_hold_key(keys: Keys, model: str) -> str:
-    return f"{keys.prefix}:hold:{model}"
-
-
-def quota_holds_key(keys: Keys) -> str:
-    return f"{keys.prefix}:holds"
-
-
-def key_refused_key(keys: Keys) -> str:
-    return f"{keys.prefix}:upstream_key:refused"
-
-
-def key_ok_key(keys: Keys) -> str:
-    return f"{keys.prefix}:upstream_key:ok"
-
-
 JOB_STATUSES = tuple(s.value for s in JobStatus)
 TERMINAL_STATUSES = tuple(s.value for s in JobStatus if s in TERMINAL)
 
@@ -328,11 +310,11 @@ async def refresh_queue_gauges(redis: Redis, keys: Keys) -> None:
 
 async def refresh_pause_gauges(redis: Redis, keys: Keys) -> None:
     """``interq_quota_held`` per model and ``interq_upstream_key_healthy``."""
-    held = [_s(x) for x in await redis.smembers(quota_holds_key(keys))]  # type: ignore[misc]
+    held = [_s(x) for x in await redis.smembers(keys.quota_holds)]  # type: ignore[misc]
     async with redis.pipeline(transaction=False) as pipe:
         for m in held:
-            pipe.exists(quota_hold_key(keys, m))
-        pipe.exists(key_refused_key(keys))
+            pipe.exists(keys.quota_hold(m))
+        pipe.exists(keys.key_refused)
         res = await pipe.execute()
     on = {model_label(m) for m, n in zip(held, res[:-1], strict=True) if n}
     for model in (*KNOWN_MODELS, "other"):

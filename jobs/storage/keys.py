@@ -195,6 +195,25 @@ class Keys:
     def readyz(self) -> str:
         return f"{self.prefix}:readyz"
 
+    # -- pauses (jobs/work/budgets.py sets them; the dispatcher, the submit
+    # step, /readyz and the gauges read them) ------------------------------------
+    def quota_hold(self, model: str) -> str:
+        """Set (until the daily reset) while a per-day quota holds ``model``."""
+        return f"{self.prefix}:hold:{model}"
+
+    @property
+    def quota_holds(self) -> str:
+        return f"{self.prefix}:holds"
+
+    @property
+    def key_refused(self) -> str:
+        """Set (for a minute, renewed) while the upstream answers 401/403."""
+        return f"{self.prefix}:upstream_key:refused"
+
+    @property
+    def key_ok(self) -> str:
+        return f"{self.prefix}:upstream_key:ok"
+
     # -- arq's own names --------------------------------------------------------
     @staticmethod
     def arq_job(step_id: str) -> str:

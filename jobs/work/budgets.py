@@ -42,7 +42,6 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
-from jobs.observe.metrics import key_ok_key, key_refused_key, quota_hold_key, quota_holds_key
 from jobs.settings import Settings
 from jobs.storage.keys import Keys
 
@@ -146,13 +145,13 @@ class Budgets:
     async def hold(self, model: str, until: float) -> None:
         """Hold the model's dispatch until ``until`` (epoch s): a per-day quota."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(quota_hold_key(self.keys, model), f"{until:.3f}", pxat=int(until * 1000))
-            pipe.sadd(quota_holds_key(self.keys), model)
+            pipe.set(self.keys.quota_hold(model), f"{until:.3f}", pxat=int(until * 1000))
+            pipe.sadd(self.keys.quota_holds, model)
             await pipe.execute()
 
     async def held_until(self, model: str, now: float) -> float:
         """When the model's hold ends (epoch s), or 0 when it is not held."""
-        raw = await self.redis.get(quota_hold_key(self.keys, model))
+        raw = await self.redis.get(self.keys.quota_hold(model))
         until = float(raw) if raw else 0.0
         return until if until > now else 0.0
 
@@ -160,22 +159,22 @@ class Budgets:
         """Every model on hold, with the hold's end (epoch s)."""
         models = sorted(
             m.decode() if isinstance(m, bytes) else str(m)
-            for m in await self.redis.smembers(quota_holds_key(self.keys))  # type: ignore[misc]
+            for m in await self.redis.smembers(self.keys.quota_holds)  # type: ignore[misc]
         )
         out: dict[str, float] = {}
         for m in models:
-            raw = await self.redis.get(quota_hold_key(self.keys, m))
+            raw = await self.redis.get(self.keys.quota_hold(m))
             if raw:
                 out[m] = float(raw)
             else:
-                await self.redis.srem(quota_holds_key(self.keys), m)  # type: ignore[misc]
+                await self.redis.srem(self.keys.quota_holds, m)  # type: ignore[misc]
         return out
 
     async def release(self, model: str) -> bool:
         """Lift a model's hold before its reset (an operator). True if it was held."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(quota_hold_key(self.keys, model))
-            pipe.srem(quota_holds_key(self.keys), model)
+            pipe.delete(self.keys.quota_hold(model))
+            pipe.srem(self.keys.quota_holds, model)
             n, _ = await pipe.execute()
         return bool(n)
 
@@ -183,7 +182,7 @@ class Budgets:
 
     async def key_refused(self) -> None:
         """The upstream answered 401/403: the key is unhealthy for a while."""
-        await self.redis.set(key_refused_key(self.keys), "1", ex=KEY_FLAG_TTL_S)
+        await self.redis.set(self.keys.key_refused, "1", ex=KEY_FLAG_TTL_S)
         self._ok_written = 0.0  # the next success here clears it at once
 
     async def key_ok(self) -> None:
@@ -193,15 +192,15 @@ class Budgets:
             return
         self._ok_written = now
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(key_refused_key(self.keys))
-            pipe.set(key_ok_key(self.keys), "1", ex=KEY_TRUST_S)
+            pipe.delete(self.keys.key_refused)
+            pipe.set(self.keys.key_ok, "1", ex=KEY_TRUST_S)
             await pipe.execute()
 
     async def key_unhealthy(self) -> float:
         """Seconds the unhealthy-key flag has left (0: the key is healthy)."""
-        ms = int(await self.redis.pttl(key_refused_key(self.keys)))
+        ms = int(await self.redis.pttl(self.keys.key_refused))
         return ms / 1000 if ms > 0 else 0.0
 
     async def key_trusted(self) -> bool:
         """Whether the key answered well within ``KEY_TRUST_S``."""
-        return bool(await self.redis.exists(key_ok_key(self.keys)))
+        return bool(await self.redis.exists(self.keys.key_ok))

@@ -30,7 +30,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request, s: Svc) -> Any:
     """Ready while Redis answers and takes writes; 503 with a ``detail``
     (readonly, oom, loading, connection, timeout) otherwise."""
-    return await http_errors.readiness(request.app.state.probe, s.store.keys.readyz)
+    return await http_errors.readiness(request.app.state.probe, s.store.keys)
 
 
 @router.get("/metrics", responses=errors(503))
