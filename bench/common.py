@@ -58,18 +58,22 @@ class Stack(harness.Stack):
 
 @contextlib.contextmanager
 def stack(
-    workers: int = 1, api: bool = True, api_port: int | None = None, **interq_env: str
+    workers: int = 1,
+    api: bool = True,
+    api_port: int | None = None,
+    api_log_level: str = "WARNING",
+    **interq_env: str,
 ) -> Iterator[Stack]:
     """redis-server + simulator (+ API + workers) with INTERQ_* overrides; the
     processes' output goes to $BENCH_LOG_DIR/<name>.log when that is set, else
-    to a temporary folder removed at exit."""
+    to a temporary folder removed at exit. The API logs at ``api_log_level``."""
     log_dir = os.environ.get("BENCH_LOG_DIR") or True
     st = Stack(extra_env=interq_env, log_dir=log_dir)
     with st:
         st.start_redis()
         st.start_simulator()
-        if api:  # as uvicorn --log-level warning: no access log line per request
-            st.start_api(port=api_port, INTERQ_LOG_LEVEL="WARNING")
+        if api:  # WARNING, as uvicorn --log-level warning: no access log line per request
+            st.start_api(port=api_port, INTERQ_LOG_LEVEL=api_log_level)
         for i in range(workers):
             st.start_worker(f"worker-{i}")
         yield st

@@ -1,25 +1,43 @@
 """Intake benchmark: how fast the API accepts work, with no worker running (jobs
 just queue).
 
+* ``POST /v1/jobs`` by ``wrk`` (``bench/wrk.py``, ``bench/wrk_post_job.lua``):
+  one wrk thread at each ``--wrk-conns`` connection count for ``--wrk-seconds``,
+  a realistic body (model, a ~330-character prompt, generation_config, a
+  webhook with its secret, metadata, custom_id, ``timeout_s``), an
+  ``Idempotency-Key`` and an API key on every request. req/s, p50, p99 and every
+  non-2xx answer per count; any non-2xx (a 429 above all) makes the run invalid.
+  wrk is taken from PATH, or installed with ``apt-get install -y wrk``.
+* The ceiling, same run, same connection counts: ``GET /healthz`` by wrk (the
+  same process, through the same middleware, with no work behind it).
+* ``--before REF``: a second API from git REF (``git archive`` into a temporary
+  folder), on the same Redis, measured by the same wrk runs interleaved with
+  this tree's: before and after from one run.
 * ``POST /v1/jobs`` open loop: ``--rate`` requests/s for ``--seconds`` from one
   asyncio httpx client, each request sent at its scheduled time whether or not
   earlier ones answered. Latency is measured from the *scheduled* send time, so a
   server that falls behind shows it (no coordinated omission).
-* ``POST /v1/jobs`` closed loop: N clients each sending the next request when the
-  last one answered, for a few seconds per N; the best jobs/s is the sustainable
-  rate on this box (the client shares the 2 cores with the API and Redis).
+* ``POST /v1/jobs`` closed loop (the in-process baseline): N httpx clients each
+  sending the next request when the last one answered; the client shares the
+  process (and the 2 cores) with nothing but itself, and at 32+ clients it is
+  the client that saturates, not the API: kept for comparison with wrk.
 * ``POST /v1/batches``: a ``--batch``-line NDJSON body, time to the 202, best of
   ``--batch-reps``.
 * Baselines, same Redis, same run: arq's own ``ArqRedis.enqueue_job`` for the
   same number of no-op jobs (100 concurrent tasks), and the raw floor, a pipeline of
   the two commands arq's enqueue writes (``PSETEX`` job + ``ZADD`` queue).
 
-    .venv/bin/python -m bench.intake [--rate 200] [--seconds 20] [--batch 10000] [--quick]
+The API runs with ``--log-level`` (default INFO, what ``interq api`` runs with
+when nothing is set) and one API key.
+
+    .venv/bin/python -m bench.intake [--wrk-conns 1,8,32,128] [--before main] [--quick]
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import json
 import statistics
 import sys
@@ -30,11 +48,50 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from bench import wrk
 from bench.common import cli_app, fmt, options, pct, save, stack, table
 
 MODEL = "sim-model"
-BODY = json.dumps({"interaction": {"model": MODEL, "input": "hello [sim duration=1]"}}).encode()
-HEADERS = {"content-type": "application/json"}
+PROMPT = (
+    "Summarise the attached customer ticket in three sentences, then list the product areas "
+    "it touches and a suggested priority from P0 to P3. Ticket: the export button on the "
+    "billing page times out for accounts with more than ten thousand invoices; the customer "
+    "retried four times and opened a second ticket. [sim duration=1]"
+)
+_seq = itertools.count()
+
+
+def job_body(n: int) -> bytes:
+    """The body ``bench/wrk_post_job.lua`` sends, for the httpx loops."""
+    return json.dumps(
+        {
+            "interaction": {
+                "model": MODEL,
+                "input": PROMPT,
+                "generation_config": {"temperature": 0.2, "max_output_tokens": 512},
+            },
+            "webhook": {
+                "url": "https://93.184.215.14/hooks/interq",
+                "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            },
+            "metadata": {"ticket": f"T-py-{n}", "team": "billing"},
+            "custom_id": f"ticket-py-{n}",
+            "timeout_s": 3600,
+        }
+    ).encode()
+
+
+def post_job(c: httpx.AsyncClient) -> Any:
+    """One POST /v1/jobs as wrk sends it: own Idempotency-Key, the API key."""
+    n = next(_seq)
+    headers = {
+        "content-type": "application/json",
+        "authorization": f"Bearer {wrk.API_KEY}",
+        "idempotency-key": f"bench-py-{n}",
+    }
+    return c.post("/v1/jobs", content=job_body(n), headers=headers)
+
+
 MAX_OUTSTANDING = 2000  # open loop: requests in flight past this are counted as not sent
 
 
@@ -63,7 +120,7 @@ async def open_loop(api: str, rate: float, seconds: float) -> dict[str, Any]:
         async def one(due: float) -> None:
             nonlocal errors
             try:
-                r = await c.post("/v1/jobs", content=BODY, headers=HEADERS)
+                r = await post_job(c)
                 if r.status_code == 202:
                     lat.append(time.monotonic() - due)
                 else:
@@ -108,7 +165,7 @@ async def closed_loop(api: str, clients: int, seconds: float) -> dict[str, Any]:
                     return
                 t = time.monotonic()
                 try:
-                    r = await c.post("/v1/jobs", content=BODY, headers=HEADERS)
+                    r = await post_job(c)
                     if r.status_code == 202:
                         lat.append(time.monotonic() - t)
                     else:
@@ -143,9 +200,11 @@ def batch_intake(api: str, n: int, reps: int) -> dict[str, Any]:
         for rep in range(reps):
             body = batch_body(n, rep)
             t0 = time.monotonic()
-            r = c.post(
-                "/v1/batches", content=body, headers={"content-type": "application/x-ndjson"}
-            )
+            headers = {
+                "content-type": "application/x-ndjson",
+                "authorization": f"Bearer {wrk.API_KEY}",
+            }
+            r = c.post("/v1/batches", content=body, headers=headers)
             dt = time.monotonic() - t0
             r.raise_for_status()
             if r.json()["total"] != n:
@@ -212,6 +271,10 @@ Opt = typer.Option
 
 def command(
     ctx: typer.Context,
+    wrk_conns: Annotated[str, Opt(help="wrk: connection counts")] = "1,8,32,128",
+    wrk_seconds: Annotated[float, Opt(help="wrk: seconds per count")] = 10.0,
+    before: Annotated[str, Opt(help="git ref: also measure an API from it")] = "",
+    log_level: Annotated[str, Opt(help="the API's INTERQ_LOG_LEVEL")] = "INFO",
     rate: Annotated[float, Opt(help="open loop: offered requests/s")] = 200.0,
     seconds: Annotated[float, Opt(help="open loop: duration")] = 20.0,
     clients: Annotated[str, Opt(help="closed loop: client counts")] = "1,8,32,128",
@@ -223,10 +286,14 @@ def command(
     a = options(ctx)
     if a.quick:
         a.seconds, a.clients, a.closed_seconds, a.batch, a.batch_reps = 3.0, "1,16", 2.0, 1000, 1
+        a.wrk_conns, a.wrk_seconds = "1,32", 3.0
     counts = [int(x) for x in a.clients.split(",") if x.strip()]
+    wrk_bin = wrk.find_wrk()
+    keys = json.dumps({"bench": hashlib.sha256(wrk.API_KEY.encode()).hexdigest()})
 
-    with stack(workers=0) as st:
+    with stack(workers=0, api_log_level=a.log_level, INTERQ_API_KEYS=keys) as st:
         asyncio.run(closed_loop(st.api_url, 8, 1.0))  # warm-up: connections, caches
+        by_wrk = wrk.sweeps(st, a, wrk_bin, keys)
         print(f"open loop: {a.rate:g} req/s for {a.seconds:g} s ...", flush=True)
         opened = asyncio.run(open_loop(st.api_url, a.rate, a.seconds))
         closed = []
@@ -238,11 +305,13 @@ def command(
         print(f"arq: {a.batch} x enqueue_job, then a pipeline ...", flush=True)
         floor = asyncio.run(arq_floor(st.redis_url, a.batch))
 
+    print(wrk.report(by_wrk))
     ratios = report(a, opened, closed, batch, floor)
     path = save(
         "intake-quick" if a.quick else "intake",
         {
             "args": vars(a),
+            "wrk": by_wrk,
             "open_loop": opened,
             "closed_loop": closed,
             "closed_loop_best_per_s": max(r["per_s"] for r in closed),
