@@ -13,14 +13,24 @@ from jobs.settings import get_settings, hash_api_key
 
 
 def api(port: int = API_PORT, host: str = "127.0.0.1") -> None:
-    """Run the HTTP API."""
+    """Run the HTTP API: uvicorn on uvloop with the httptools parser (both
+    pinned dependencies; uvicorn's "auto" falls back to asyncio and h11 if one
+    is missing), an access log line per request only with INTERQ_ACCESS_LOG."""
     import uvicorn
 
     from jobs.observe.logs import setup as setup_logs
 
     cfg = get_settings()
     setup_logs(cfg.log_level, cfg.log_format)
-    uvicorn.run("api:app", host=host, port=port, log_config=None)
+    uvicorn.run(
+        "api:app",
+        host=host,
+        port=port,
+        log_config=None,
+        loop="auto",
+        http="auto",
+        access_log=cfg.access_log,
+    )
 
 
 def worker() -> None:

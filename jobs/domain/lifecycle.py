@@ -54,15 +54,18 @@ def new_job(
     timeout_s: float | None = None,
     batch_id: str = "",
 ) -> Job:
-    """A new job's record, as the API and batch intake write it."""
+    """A new job's record, as the API and batch intake write it. Its times are
+    rounded to the millisecond, as they are stored ("%.3f"), so that the record
+    is its own stored form (the API answers a create with it, not read back)."""
     timeout = min(timeout_s or settings.default_timeout_s, settings.max_timeout_s)
+    now = round(now, 3)
     return Job(
         id="job_" + uuid.uuid4().hex,
         status=JobStatus.queued,
         tenant=tenant,
         created_at=now,
         updated_at=now,
-        deadline=now + timeout,
+        deadline=round(now + timeout, 3),
         request=json.dumps(interaction),
         model=str(interaction.get("model") or interaction.get("agent")),
         metadata=metadata,

@@ -80,6 +80,23 @@ def _codecs(cls: type) -> dict[str, Codec]:
     return found
 
 
+def _plan(cls: type) -> list[tuple[str, Any, Callable[[Any], str]]]:
+    """Per field of ``cls`` (not ``extra``): its name, its default (a default
+    factory's value, made once: only compared with, never handed out) and its
+    encoder; computed once per class, as ``whole`` runs once per record written."""
+    found: list[tuple[str, Any, Callable[[Any], str]]] | None = cls.__dict__.get("_plan_cache")
+    if found is None:
+        codecs = _codecs(cls)
+        found = [
+            (f.name, f.default_factory() if callable(f.default_factory) else f.default,
+             codecs[f.name].encode)
+            for f in fields(cls)
+            if f.name != "extra"
+        ]  # fmt: skip
+        cls._plan_cache = found  # type: ignore[attr-defined]
+    return found
+
+
 def decode(cls: type, raw: Mapping[Any, Any]) -> dict[str, Any]:
     """The arguments of a ``cls`` record, from a hash as Redis returns it
     (str or bytes)."""
@@ -106,15 +123,11 @@ def encode(cls: type, changes: Mapping[str, Any]) -> Fields:
 def whole(record: Any, always: frozenset[str]) -> Fields:
     """Every field that is set (not None, not its default), the ``always``
     ones in any case, and the unknown ones: the stored form of a record."""
-    codecs = _codecs(type(record))
     out: Fields = {}
-    for f in fields(record):
-        if f.name == "extra":
-            continue
-        value = getattr(record, f.name)
-        default = f.default_factory() if callable(f.default_factory) else f.default
-        if f.name in always or (value is not None and value != default):
-            out[f.name] = codecs[f.name].encode(value)
+    for name, default, enc in _plan(type(record)):
+        value = getattr(record, name)
+        if name in always or (value is not None and value != default):
+            out[name] = enc(value)
     out.update(record.extra)
     return out
 

@@ -20,7 +20,8 @@ they touch passed in ``KEYS`` (each file's header names its KEYS and ARGV).
   purge_batch          a batch's own keys deleted once its jobs are gone
 
 Fields of a hash travel flat, ``field, value, ...``, after a script's
-positional ARGV (``pairs``).
+positional ARGV (``pairs``); ``create_job``'s whole new record travels as one
+JSON object (one argument to encode per job, decoded by the script's ``cjson``).
 """
 
 from __future__ import annotations

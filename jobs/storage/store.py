@@ -5,7 +5,8 @@ a hash without the fields every record has (a job's status, an event's
 state, a batch's id) reads as no record.
 State changes are the transitions of ``transitions.py``, which ``Store``
 inherits; a job is created with its indexes, lane and Idempotency-Key in one
-script (``lua/create_job.lua``). A plain write (``set_fields``,
+script (``lua/create_job.lua``), sent with the other creates in flight in one
+pipeline (``coalesce.py``). A plain write (``set_fields``,
 ``update_event``, ``log_attempt``) only writes a record that still exists,
 so a step still running when its job was purged cannot bring a piece back.
 Key names are in ``jobs/keys.py``, the scripts in ``jobs/lua/``.
@@ -30,6 +31,7 @@ from jobs.domain.records import (
     event_fields,
     job_fields,
 )
+from jobs.storage.coalesce import Coalescer
 from jobs.storage.keys import Keys
 from jobs.storage.scripts import pairs, register
 from jobs.storage.transitions import Outcome, Step, Transitions
@@ -57,6 +59,7 @@ class Store(Transitions):
         super().__init__(redis, Keys(prefix, queue), retention_s)
         more = register(redis, "create_job", "update_record", "dead_letter", "log_attempt")
         self._lua.update(more)
+        self._creates = Coalescer(redis, self._lua["create_job"])
 
     # -- jobs -----------------------------------------------------------------
     async def create_job(
@@ -81,11 +84,12 @@ class Store(Transitions):
         if job.batch_id:
             keys.append(k.batch_jobs(job.batch_id))
         args: list[Any] = [job.id, job.status.value, lane, idem[1] if idem else ""]
-        args += [idem_ttl_s, "1" if job.batch_id else "", *pairs(job.to_redis())]
+        record = json.dumps(job.to_redis(), ensure_ascii=False, separators=(",", ":"))
+        args += [idem_ttl_s, "1" if job.batch_id else "", record]
         if pipe is not None:
             await self._lua["create_job"](keys=keys, args=args, client=pipe)
             return True, ""
-        res = await self._lua["create_job"](keys=keys, args=args)
+        res = await self._creates.call(keys, args)  # with the creates in flight beside it
         return bool(res[0]), _s(res[1])
 
     async def get_job(self, job_id: str) -> Job | None:

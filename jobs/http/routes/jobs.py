@@ -12,7 +12,7 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from jobs.delivery import signing, url_safety
 from jobs.domain import batches, cancel, checks, lifecycle
@@ -41,14 +41,16 @@ router = APIRouter(responses=errors(401, 422, 429, 503))
 @router.post("/v1/jobs", status_code=202, response_model=JobView, responses=errors(413))
 async def create_job(
     body: JobCreate,
-    s: Svc,
+    request: Request,
     t: Tenant,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> Any:
+) -> Response:
     """Queue one interaction. A webhook without a ``secret`` gets a generated
     one, returned once in ``X-Webhook-Secret``. The same ``Idempotency-Key``
     with the same body answers the first job (``Idempotent-Replayed: true``)."""
+    # the services straight from the app, not by ``Svc``: FastAPI runs a plain
+    # ``def`` dependency in a worker thread, a thread hop per request
+    s: Services = request.app.state.svc
     forward = s.settings.forward_unknown_fields
     await checks.check_create(s.store, t, body.interaction, forward_unknown=forward)  # 422
     secret = ""
@@ -68,12 +70,22 @@ async def create_job(
     )
     replayed = await store_new_job(s, job, body, idempotency_key)
     if replayed is not None:
-        response.headers["Idempotent-Replayed"] = "true"
-        return job_view(await own_job(s, t, replayed))
+        first = job_view(await own_job(s, t, replayed))
+        return view_response(first, {"Idempotent-Replayed": "true"})
+    headers = {}
     if body.webhook is not None and not body.webhook.secret:
-        response.headers["X-Webhook-Secret"] = secret
+        headers["X-Webhook-Secret"] = secret
     metrics.JOBS_ACCEPTED.labels(model=metrics.model_label(job.model)).inc()
-    return job_view(Job.from_redis(job.to_redis()))  # as stored
+    # the record is its own stored form (``new_job``): no read back, no re-decoding
+    return view_response(job_view(job), headers)
+
+
+def view_response(view: JobView, headers: dict[str, str]) -> Response:
+    """The 202 with the view as JSON, serialized once by pydantic (returning
+    the model would have FastAPI validate it again against ``response_model``
+    and encode it with ``json.dumps``)."""
+    content = view.model_dump_json().encode()
+    return Response(content, 202, headers, media_type="application/json")
 
 
 async def store_new_job(s: Services, job: Job, body: JobCreate, key: str | None) -> str | None:
