@@ -136,6 +136,7 @@ def before_api(st: Any, ref: str, log_level: str, keys: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="intake-before-") as tmp:
         archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        hide_new_dependencies(Path(tmp))
         env = {"INTERQ_REDIS_URL": st.redis_url, "INTERQ_UPSTREAM_URL": st.sim_url}
         env |= {"INTERQ_API_KEYS": keys, "INTERQ_LOG_LEVEL": log_level}
         old = harness.Stack(extra_env=env, cwd=tmp, log_dir=st.log_dir)
@@ -143,6 +144,20 @@ def before_api(st: Any, ref: str, log_level: str, keys: str) -> Iterator[str]:
             url = old.start_api(name="api-before")
             print(f"before: the API of {ref} at {url}", flush=True)
             yield url
+
+
+def hide_new_dependencies(tree: Path) -> None:
+    """uvloop and httptools, which uvicorn picks up when they are installed,
+    made unimportable for an old tree that did not pin them (a package of that
+    name on its path that raises ImportError): it runs as it did, on asyncio
+    and h11."""
+    lock = (tree / "requirements.lock").read_text()
+    for name in ("uvloop", "httptools"):
+        if f"\n{name}==" not in lock:
+            (tree / name).mkdir()
+            (tree / name / "__init__.py").write_text(
+                f"raise ImportError('{name} is not a dependency of this tree')\n"
+            )
 
 
 def report(w: dict[str, Any]) -> str:

@@ -123,3 +123,32 @@ async def test_the_202_is_the_job_as_get_shows_it(api: httpx.AsyncClient) -> Non
 def test_the_access_log_is_off_by_default() -> None:
     assert Settings().access_log is False
     assert Settings(access_log=True).access_log is True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"interaction": {"model": "m", "input": "x"}},
+        {
+            "interaction": {"agent": "a", "input": [{"type": "text", "text": "ü"}], "z": {"b": 1}},
+            "webhook": {
+                "url": "https://93.184.215.14:8443/h?q=1#f",
+                "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            },
+            "metadata": {"b": [1, 2.5, None, True], "a": "ß"},
+            "timeout_s": 3600,
+            "custom_id": "c",
+        },
+        {"interaction": {"model": "m", "input": "x"}, "webhook": {"url": "http://Hook.Example"}},
+    ],
+)
+def test_the_idempotency_digest_covers_the_body_as_before(body: dict[str, Any]) -> None:
+    import json
+
+    from jobs.domain.requests import JobCreate
+    from jobs.http.routes import jobs
+
+    parsed = JobCreate.model_validate(body)
+    assert tuple(JobCreate.model_fields) == jobs.CANONICAL_FIELDS  # a new field: add it there
+    before = json.dumps(parsed.model_dump(mode="json"), sort_keys=True)
+    assert jobs.canonical(parsed) == before

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from jobs.domain.records import (
@@ -84,7 +85,7 @@ class Store(Transitions):
         if job.batch_id:
             keys.append(k.batch_jobs(job.batch_id))
         args: list[Any] = [job.id, job.status.value, lane, idem[1] if idem else ""]
-        record = json.dumps(job.to_redis(), ensure_ascii=False, separators=(",", ":"))
+        record = orjson.dumps(job.to_redis())  # UTF-8 JSON, for the script's cjson
         args += [idem_ttl_s, "1" if job.batch_id else "", record]
         if pipe is not None:
             await self._lua["create_job"](keys=keys, args=args, client=pipe)
