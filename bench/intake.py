@@ -42,6 +42,7 @@ import json
 import statistics
 import sys
 import time
+import uuid
 from types import SimpleNamespace
 from typing import Annotated, Any
 
@@ -59,6 +60,7 @@ PROMPT = (
     "retried four times and opened a second ticket. [sim duration=1]"
 )
 _seq = itertools.count()
+_RUN = uuid.uuid4().hex[:8]  # Idempotency-Keys unique to this process
 
 
 def job_body(n: int) -> bytes:
@@ -87,7 +89,7 @@ def post_job(c: httpx.AsyncClient) -> Any:
     headers = {
         "content-type": "application/json",
         "authorization": f"Bearer {wrk.API_KEY}",
-        "idempotency-key": f"bench-py-{n}",
+        "idempotency-key": f"bench-py-{_RUN}-{n}",
     }
     return c.post("/v1/jobs", content=job_body(n), headers=headers)
 

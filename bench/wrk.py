@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,6 +53,7 @@ def run(
     requests, per_s, p50/p90/p99/max (ms), socket errors and the count of each
     non-2xx status (``non2xx``)."""
     env = {**os.environ, "WRK_METHOD": method, "WRK_API_KEY": api_key}
+    env["WRK_RUN"] = uuid.uuid4().hex[:12]  # Idempotency-Keys unique to this run
     cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(LUA), url]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")]
@@ -66,11 +68,14 @@ def run(
 
 def invalid(runs: list[dict[str, Any]]) -> list[str]:
     """Why a sweep does not count: a 429 (a rate limit answered, not the API's
-    speed), or any other non-2xx answer or socket error, named."""
+    speed), any other non-2xx answer, a socket error, or an answer that
+    replayed an earlier job (a reused Idempotency-Key), named."""
     why = []
     for r in runs:
         if r["non2xx"]:
             why.append(f"{r['method']} at {r['conns']} conns: non-2xx {r['non2xx']}")
+        if r.get("replayed"):
+            why.append(f"{r['method']} at {r['conns']} conns: {r['replayed']} replays, not creates")
         if r["socket_errors_total"]:
             why.append(f"{r['method']} at {r['conns']} conns: socket errors {r['socket_errors']}")
     return why

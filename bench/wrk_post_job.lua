@@ -1,8 +1,9 @@
 -- wrk script for bench/intake.py: POST /v1/jobs with a realistic job body, or
 -- GET (the /healthz ceiling) when WRK_METHOD=GET.
 --
--- Each request carries its own custom_id and Idempotency-Key (so every POST is
--- a new job that goes through the idempotency path), a bearer key when
+-- Each request carries its own custom_id and Idempotency-Key, unique across
+-- runs (WRK_RUN), so every POST is a new job that goes through the idempotency
+-- path, a bearer key when
 -- WRK_API_KEY is set, a webhook to a literal public address (no DNS at intake)
 -- with its own secret, metadata and a generation_config.
 -- done() prints one line, "WRK_JSON {...}", that bench/intake.py parses:
@@ -11,10 +12,14 @@
 
 local api_key = os.getenv("WRK_API_KEY") or ""
 local method = os.getenv("WRK_METHOD") or "POST"
+-- unique per wrk run: an Idempotency-Key (and custom_id) used by an earlier
+-- run against the same Redis would make every request a replay
+local run = os.getenv("WRK_RUN") or tostring(os.time())
 local threads = {}
 local counter = 0
 tid = 0 -- a global: setup() gives each thread its own number (thread:set)
 statuses = {} -- a global: done() reads each thread's (thread:get)
+replayed = 0 -- answers with Idempotent-Replayed: not a new job (a reused key)
 
 local prompt = "Summarise the attached customer ticket in three sentences, then list "
   .. "the product areas it touches and a suggested priority from P0 to P3. Ticket: "
@@ -29,7 +34,7 @@ function setup(thread)
 end
 
 local function body(n)
-  local id = tid .. "-" .. n
+  local id = run .. "-" .. tid .. "-" .. n
   return '{"interaction":{"model":"sim-model","input":"' .. prompt .. '",'
     .. '"generation_config":{"temperature":0.2,"max_output_tokens":512}},'
     .. '"webhook":{"url":"https://93.184.215.14/hooks/interq",'
@@ -48,11 +53,14 @@ function request()
     return wrk.format("GET", nil, headers)
   end
   headers["Content-Type"] = "application/json"
-  headers["Idempotency-Key"] = "bench-" .. tid .. "-" .. counter
+  headers["Idempotency-Key"] = "bench-" .. run .. "-" .. tid .. "-" .. counter
   return wrk.format("POST", nil, headers, body(counter))
 end
 
 function response(status, headers, body)
+  if headers["idempotent-replayed"] or headers["Idempotent-Replayed"] then
+    replayed = replayed + 1
+  end
   if status < 200 or status > 299 then
     local k = tostring(status)
     statuses[k] = (statuses[k] or 0) + 1
@@ -61,7 +69,9 @@ end
 
 function done(summary, latency, requests)
   local non2xx = {}
+  local replays = 0
   for _, t in ipairs(threads) do
+    replays = replays + (t:get("replayed") or 0)
     local s = t:get("statuses")
     for k, v in pairs(s or {}) do
       non2xx[k] = (non2xx[k] or 0) + v
@@ -77,9 +87,9 @@ function done(summary, latency, requests)
     'WRK_JSON {"requests":%d,"duration_s":%.3f,"per_s":%.1f,'
       .. '"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f,'
       .. '"socket_errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d},'
-      .. '"non2xx":{%s}}\n',
+      .. '"non2xx":{%s},"replayed":%d}\n',
     summary.requests, secs, summary.requests / secs,
     latency:percentile(50) / 1000, latency:percentile(90) / 1000,
     latency:percentile(99) / 1000, latency.max / 1000,
-    e.connect, e.read, e.write, e.timeout, table.concat(parts, ",")))
+    e.connect, e.read, e.write, e.timeout, table.concat(parts, ","), replays))
 end
