@@ -107,11 +107,12 @@ def table_rows(
 
 def sweeps(st: Any, a: SimpleNamespace, wrk_bin: str, keys: str) -> dict[str, Any]:
     """The wrk sweeps, interleaved by connection count: /healthz, POST to this
-    tree's API, then (``--before``) POST to the API of that ref."""
+    tree's API, then (``--before``) /healthz and POST of the API of that ref."""
     conns = [int(x) for x in a.wrk_conns.split(",") if x.strip()]
     with before_api(st, a.before, a.log_level, keys) as old_url:
         urls = {"healthz": f"{st.api_url}/healthz", "post": f"{st.api_url}/v1/jobs"}
         if old_url:
+            urls["healthz_before"] = f"{old_url}/healthz"
             urls["post_before"] = f"{old_url}/v1/jobs"
         for url in urls.values():  # warm-up: connections, the SDK's models, caches
             method = "GET" if url.endswith("/healthz") else "POST"
@@ -119,7 +120,7 @@ def sweeps(st: Any, a: SimpleNamespace, wrk_bin: str, keys: str) -> dict[str, An
         out: dict[str, Any] = {name: [] for name in urls}
         for n in conns:
             for name, url in urls.items():
-                method = "GET" if name == "healthz" else "POST"
+                method = "GET" if name.startswith("healthz") else "POST"
                 print(f"wrk: {name}, {n} connections, {a.wrk_seconds:g} s", flush=True)
                 out[name].append(
                     run(wrk_bin, url, n, a.wrk_seconds, method=method, api_key=API_KEY)
@@ -166,13 +167,22 @@ def hide_new_dependencies(tree: Path) -> None:
 
 
 def report(w: dict[str, Any]) -> str:
-    head = ("what (wrk, 1 thread)", "req/s", "p50 ms", "p99 ms", "requests", "non-2xx", "x healthz")
+    head = (
+        "what (wrk, 1 thread)",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "requests",
+        "non-2xx",
+        "x its healthz",
+    )
     rows = [head, *table_rows("GET /healthz (ceiling)", w["healthz"], w["healthz"])]
     rows += table_rows("POST /v1/jobs", w["post"], w["healthz"])
     if "post_before" in w:
-        rows += table_rows(
-            f"POST /v1/jobs before ({w['before_ref']})", w["post_before"], w["healthz"]
-        )
+        ref = w["before_ref"]
+        before = w["healthz_before"]
+        rows += table_rows(f"before ({ref}): GET /healthz", before, before)
+        rows += table_rows(f"before ({ref}): POST /v1/jobs", w["post_before"], before)
     b = w["best_post"]
     lines = [
         table(rows),
