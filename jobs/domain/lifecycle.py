@@ -123,13 +123,12 @@ async def new_event(svc: Services, owner: Job | Batch, etype: str, data: dict[st
 
 
 def _result_fields(job: Job, interaction: dict[str, Any], extra: dict[str, Any]) -> JobUpdate:
-    """Fields (and event data) read out of an interaction that stopped. Text
-    from earlier interactions of a continuation chain comes first."""
+    """Fields (and event data) read out of an interaction that stopped. Its
+    text is the turn's: with the earlier hops of a continuation chain, as the
+    SDK merges them (``answers.turn_text``)."""
     fields: JobUpdate = {"upstream_status": str(interaction.get("status"))}
     extra["upstream_status"] = fields["upstream_status"]
-    text = interactions.output_text(interaction)
-    prefix = job.output_prefix
-    extra["output_text"] = prefix + (text or "") if prefix or text is not None else None
+    extra["output_text"], _ = interactions.turn_text(interaction, earlier_hops(job))
     hops = [*job.usage_by_interaction, hop_usage(interaction)]
     extra["usage"] = usage.total(hops)
     fields["usage_by_interaction"] = hops
@@ -138,6 +137,11 @@ def _result_fields(job: Job, interaction: dict[str, Any], extra: dict[str, Any])
     if extra["usage"] is not None:
         fields["usage"] = extra["usage"]
     return fields
+
+
+def earlier_hops(job: Job) -> tuple[str, str] | None:
+    """What the turn's earlier interactions left (``answers.turn_text``)."""
+    return None if job.output_carry is None else (job.output_carry, job.output_prefix)
 
 
 def hop_usage(interaction: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -244,21 +248,23 @@ async def chain(
     job: Job,
     expect: JobStatus,
     body: dict[str, Any],
-    output_prefix: str = "",
     ended: dict[str, Any] | None = None,
 ) -> bool:
-    """Queue a follow-up create for the job (continue after requires_action,
-    or a continuation token): status ``running``, the body kept on the record,
-    and a submit step, atomically. ``ended`` is the interaction the chain
-    leaves behind when nothing recorded it yet (a continuation token's): its
-    usage joins the job's."""
+    """Queue a follow-up create for the job: status ``running``, the body kept
+    on the record, and a submit step, atomically. With ``ended`` (a
+    continuation token's interaction, which nothing recorded yet) the next
+    interaction goes on the same turn: its text and usage join the job's.
+    Without it (continue after requires_action) a new turn starts."""
     changes: JobUpdate = {
         "pending_create": json.dumps(body),
         "hop_body": json.dumps(body),
         "pending_calls": None,
-        "output_prefix": job.output_prefix + output_prefix,
+        "output_prefix": "",
+        "output_carry": None,
     }
     if ended is not None:
+        carry, run = interactions.turn_text(ended, earlier_hops(job))
+        changes["output_prefix"], changes["output_carry"] = run, carry or ""
         hops = [*job.usage_by_interaction, hop_usage(ended)]
         changes["usage_by_interaction"] = hops
         changes["usage"] = usage.total(hops)

@@ -165,7 +165,11 @@ class Job:
     hop_body: str = ""  # the last follow-up create sent (JSON text)
     pending_calls: list[dict[str, Any]] | None = field(default=None, metadata=json_codec(None))
     # the outcome
-    output_prefix: str = ""  # text of earlier interactions of a continuation chain
+    # what the earlier interactions of this turn (requires_continuation hops)
+    # left for answers.turn_text: their open text run, and their output_text
+    # (None: the current interaction is the turn's first)
+    output_prefix: str = ""
+    output_carry: str | None = None
     output_text: str | None = None
     usage: dict[str, Any] | None = field(default=None, metadata=json_codec(None))  # all hops
     # each interaction's own usage, in the order of interaction_ids
@@ -228,6 +232,7 @@ class JobUpdate(TypedDict, total=False):
     hop_body: str
     pending_calls: list[dict[str, Any]] | None
     output_prefix: str
+    output_carry: str | None
     output_text: str | None
     usage: dict[str, Any] | None
     usage_by_interaction: list[dict[str, Any] | None]

@@ -268,9 +268,8 @@ async def continue_decoding(svc: Services, job: Job, inter: dict[str, Any]) -> N
         note = "upstream asked for continuation without a continuation_token"
         await finish(svc, job, JobStatus.incomplete, interaction=inter, note=note)
         return
-    partial = interactions.output_text(inter) or ""
     body = follow_up_body(job, inter, continuation_token=token)
-    await chain(svc, job, JobStatus.running, body, output_prefix=partial, ended=inter)
+    await chain(svc, job, JobStatus.running, body, ended=inter)
 
 
 async def send_cancel(svc: Services, job: Job) -> Next | None:
