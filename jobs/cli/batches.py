@@ -280,3 +280,28 @@ def cancel(
         view = client.cancel_batch(target)
         typer.echo(f"cancel requested for {target}")
         print_batch(view)
+
+
+def rerun(
+    target: Annotated[str, typer.Argument(metavar="ID", help="bat_... (or a single job_...)")],
+    status: Annotated[
+        list[str] | None,
+        typer.Option(help="rerun the lines in this status (repeatable; default failed, expired)"),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="an Idempotency-Key: a repeat runs nothing again")
+    ] = None,
+    url: UrlOpt = DEFAULT_API_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Run again what ended without an answer: a batch's failed and expired lines
+    (they keep their custom ids and order), or one job."""
+    from jobs.client import Client
+
+    with talking_to(url), Client(url, api_key=api_key) as client:
+        view = client.rerun(target, status, key)
+        if target.startswith("job_"):
+            typer.echo(f"{target}: {view.get('status')} (attempt {view.get('attempt')})")
+            return
+        typer.echo(f"{target}: {view['rerun']['rerun']} jobs queued again")
+        print_batch(view)

@@ -41,6 +41,7 @@ app.command()(batches.submit)
 app.command()(batches.results)
 app.command()(batches.status)
 app.command()(batches.cancel)
+app.command()(batches.rerun)
 app.add_typer(quota.app, name="quota")
 
 

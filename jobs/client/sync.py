@@ -180,3 +180,12 @@ class Client:
 
     def cancel_batch(self, batch_id: str) -> JSON:
         return _json_body(self._http.post(f"/v1/batches/{batch_id}/cancel"))
+
+    def rerun(self, target: str, statuses: list[str] | None = None, key: str | None = None) -> JSON:
+        """Rerun a job (``job_...``) or a batch's lines in ``statuses``
+        (default failed and expired). ``key``: an Idempotency-Key."""
+        headers = {"Idempotency-Key": key} if key else {}
+        kind = "jobs" if target.startswith("job_") else "batches"
+        params = {"status": statuses} if statuses else None
+        url = f"/v1/{kind}/{target}/rerun"
+        return _json_body(self._http.post(url, params=params, headers=headers))

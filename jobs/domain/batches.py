@@ -216,6 +216,7 @@ async def batch_view(svc: Services, batch: Batch) -> dict[str, Any]:
         "metadata": batch.metadata,
         "usage": {"input_tokens": batch.input_tokens, "output_tokens": batch.output_tokens},
         "cancel_requested": batch.cancel_requested,
+        "reruns": batch.reruns,
     } | batch_pause.view_fields(batch)
 
 
@@ -320,8 +321,8 @@ async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
     """Every job of the batch has ended: fire ``batch.completed`` once."""
     svc: Services = ctx["svc"]
     batch = await svc.store.get_batch(batch_id)
-    if batch is None or batch.status != "in_progress":
-        return
+    if batch is None or batch.status != "in_progress" or batch.done < batch.total:
+        return  # ended already, or a rerun took jobs back since this was queued
     now = round(time.time(), 3)  # as stored
     tokens_in, tokens_out = await total_usage(svc, batch_id)
     ended = replace(batch, input_tokens=tokens_in, output_tokens=tokens_out, finished_at=now)

@@ -142,6 +142,9 @@ class Job:
     webhook_secret: str = ""
     batch_id: str = ""
     idem_key: str = ""  # the Redis key of its Idempotency-Key (deleted with the job)
+    attempt: int = 1  # 1, then 2 after a rerun, ...
+    # the earlier attempts (jobs/domain/rerun.py attempt_summary), oldest first
+    attempts: list[dict[str, Any]] = field(default_factory=list, metadata=json_codec([]))
     # the upstream interaction
     submitted_at: float | None = None
     finished_at: float | None = None
@@ -332,6 +335,7 @@ class Batch:
     input_tokens: int = 0
     output_tokens: int = 0
     event_id: str = ""
+    reruns: int = 0  # jobs run again (POST /v1/jobs/{id}/rerun, /v1/batches/{id}/rerun)
     extra: Fields = field(default_factory=dict)
 
     ALWAYS = frozenset(

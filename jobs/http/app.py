@@ -17,12 +17,16 @@ from jobs.domain import checks
 from jobs.http import errors as http_errors
 from jobs.http.deps import DEFAULT_TENANT
 from jobs.http.middleware import BodyLimit
-from jobs.http.routes import batches, jobs, ops, upstream, webhooks
+from jobs.http.routes import batches, jobs, ops, rerun, upstream, webhooks
 from jobs.services import Services, redis_client
 from jobs.settings import Settings, get_settings
 from jobs.ui import page as ui
 
 log = logging.getLogger("interq.api")
+
+
+ROUTERS = (jobs.router, batches.router, rerun.router, webhooks.router, upstream.router)
+ROUTERS += (ops.router, ui.router)
 
 
 def create_app(
@@ -58,13 +62,6 @@ def create_app(
     )
     app.add_middleware(http_errors.CatchAll)  # outermost of ours: errors become JSON
     http_errors.install(app)  # every error answer is JSON (jobs/http/errors.py)
-    for r in (
-        jobs.router,
-        batches.router,
-        webhooks.router,
-        upstream.router,
-        ops.router,
-        ui.router,
-    ):
+    for r in ROUTERS:
         app.include_router(r)
     return app

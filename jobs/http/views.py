@@ -29,6 +29,10 @@ class JobView(BaseModel):
     interaction_id: str | None = None
     interaction_ids: list[str] = Field(default_factory=list)
     possible_duplicate: bool = False
+    attempt: int = 1
+    """1, then 2 after a rerun, and so on."""
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    """The earlier attempts (status, error, interaction ids, usage, result key), oldest first."""
     poll_count: int = 0
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
@@ -68,6 +72,8 @@ def job_view(job: Job) -> JobView:
         interaction_id=job.interaction_id or None,
         interaction_ids=job.interaction_ids,
         possible_duplicate=job.possible_duplicate,
+        attempt=job.attempt,
+        attempts=job.attempts,
         poll_count=job.poll_count,
         error=job.error,
         usage=job.usage,

@@ -53,6 +53,7 @@ def model_label(name: str | None) -> str:
 
 
 JOBS_ACCEPTED = Counter("interq_jobs_accepted_total", "Jobs accepted by the API", ["model"])
+JOBS_RERUN = Counter("interq_jobs_rerun_total", "Ended jobs queued again by a rerun", ["model"])
 BATCHES_PAUSED = Counter(
     "interq_batches_paused_total",
     "Batches paused because their first jobs were all refused upstream with the same 400",
@@ -192,6 +193,7 @@ def _init_series() -> None:
     first increments after a start are seen by rate() and increase()."""
     for model in (*sorted(KNOWN_MODELS), "other"):
         JOBS_ACCEPTED.labels(model=model)
+        JOBS_RERUN.labels(model=model)
         for status in TERMINAL_STATUSES:
             JOBS_FINISHED.labels(status=status, model=model)
         IN_FLIGHT.labels(model=model)

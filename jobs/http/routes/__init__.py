@@ -9,5 +9,6 @@ caller's tenant only (another tenant's object is a 404):
   default endpoint and its secret rotation;
 - ``upstream.py``: ``/v1/upstream/webhook``, the Gemini API's own webhooks
   (a JWT or a Standard Webhooks signature; no tenant key);
+- ``rerun.py``: ``POST /v1/jobs/{id}/rerun`` and ``POST /v1/batches/{id}/rerun``;
 - ``ops.py``: ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/ops/summary``.
 """
