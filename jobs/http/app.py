@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from jobs.domain import checks
 from jobs.http import errors as http_errors
@@ -25,8 +25,8 @@ from jobs.ui import page as ui
 log = logging.getLogger("interq.api")
 
 
-ROUTERS = (jobs.router, batches.router, rerun.router, webhooks.router, upstream.router)
-ROUTERS += (ops.router, ui.router)
+ROUTERS: tuple[APIRouter, ...] = (jobs.router, batches.router, rerun.router, webhooks.router)
+ROUTERS += (upstream.router, ops.router, ui.router)
 
 
 def create_app(
