@@ -29,9 +29,10 @@ async def post(
     msg_id: str,
     body: bytes,
     policy: Policy,
+    extra_headers: dict[str, str] | None = None,
 ) -> AttemptResult:
     """One signed delivery attempt to the checked address. Redirects are not
-    followed (a 3xx is a failure)."""
+    followed (a 3xx is a failure). ``extra_headers``: the trace context."""
     start = time.perf_counter()
     try:
         ip = await resolve(url, policy)
@@ -41,6 +42,7 @@ async def post(
     host_header = target.host if target.port is None else f"{target.host}:{target.port}"
     headers = headers_for(secrets_, msg_id, body)
     headers["host"] = host_header
+    headers.update(extra_headers or {})
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     try:
         resp = await client.post(

@@ -13,7 +13,7 @@ from jobs.delivery import endpoints
 from jobs.domain import batch_pause, usage
 from jobs.domain.records import Batch, Event, EventState, Job, JobUpdate
 from jobs.domain.statuses import JobStatus, event_type
-from jobs.observe import metrics
+from jobs.observe import metrics, tracing
 from jobs.services import Services
 from jobs.settings import Settings
 from jobs.storage import media
@@ -70,6 +70,7 @@ def new_job(
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
         batch_id=batch_id,
+        traceparent=tracing.current_traceparent(),
     )
 
 
@@ -119,6 +120,7 @@ async def new_event(svc: Services, owner: Job | Batch, etype: str, data: dict[st
         state=EventState.pending if deliverable else EventState.no_endpoint,
         attempts=0,
         created_at=time.time(),
+        traceparent=getattr(owner, "traceparent", ""),
     )
 
 
@@ -169,6 +171,22 @@ async def finish(
     """Mark the job terminal (from ``expect``, by default the status it was
     read with), create its event and enqueue its delivery, in one atomic step.
     The result (if any) must already be in storage."""
+    with tracing.job_span("interq.finish", job, **{"interq.status": status.value}):
+        return await _finish(
+            svc, job, status, expect=expect, interaction=interaction, error=error, note=note
+        )
+
+
+async def _finish(
+    svc: Services,
+    job: Job,
+    status: JobStatus,
+    *,
+    expect: JobStatus | None = None,
+    interaction: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    note: str | None = None,
+) -> bool:
     extra: dict[str, Any] = {"status": status.value, "error": error, "note": note}
     fields: JobUpdate = {"finished_at": time.time(), "pending_create": ""}
     if interaction is not None:
@@ -277,6 +295,11 @@ async def chain(
 
 async def store_result(svc: Services, job: Job, inter: dict[str, Any]) -> str:
     """Write the interaction (inline media split out into their own files)."""
+    with tracing.job_span("interq.store_result", job):
+        return await _store_result(svc, job, inter)
+
+
+async def _store_result(svc: Services, job: Job, inter: dict[str, Any]) -> str:
     jid = job.id
     stored, files = media.extract(inter, lambda name: f"/v1/jobs/{jid}/files/{name}")
     for f in files:

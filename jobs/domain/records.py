@@ -142,6 +142,7 @@ class Job:
     webhook_secret: str = ""
     batch_id: str = ""
     idem_key: str = ""  # the Redis key of its Idempotency-Key (deleted with the job)
+    traceparent: str = ""  # W3C trace context of the request that made it (tracing.py)
     attempt: int = 1  # 1, then 2 after a rerun, ...
     # the earlier attempts (jobs/domain/rerun.py attempt_summary), oldest first
     attempts: list[dict[str, Any]] = field(default_factory=list, metadata=json_codec([]))
@@ -280,6 +281,7 @@ class Event:
     last_error: str = ""
     faults: int = 0
     redeliveries: int = 0
+    traceparent: str = ""  # its owner's trace (sent on with each attempt)
     extra: Fields = field(default_factory=dict)
 
     ALWAYS = frozenset(

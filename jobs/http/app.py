@@ -18,6 +18,8 @@ from jobs.http import errors as http_errors
 from jobs.http.deps import DEFAULT_TENANT
 from jobs.http.middleware import BodyLimit
 from jobs.http.routes import batches, jobs, ops, rerun, upstream, webhooks
+from jobs.http.trace import TraceRequests
+from jobs.observe import tracing
 from jobs.services import Services, redis_client
 from jobs.settings import Settings, get_settings
 from jobs.ui import page as ui
@@ -43,6 +45,7 @@ def create_app(
         # the SDK's request models (seconds to import), loaded beside the start so
         # that the first create does not pay for them
         warm = asyncio.create_task(asyncio.to_thread(checks.request_models))
+        traced = tracing.setup("interq-api")  # only when OTEL_* asks for it
         if not cfg.api_keys:
             log.warning(
                 "no INTERQ_API_KEYS configured: serving one tenant, %r, without auth",
@@ -55,12 +58,15 @@ def create_app(
                 await warm
             await app.state.probe.aclose()
             await app.state.svc.close()
+            if traced:
+                tracing.shutdown()
 
     app = FastAPI(title="interq", version="0.1.0", lifespan=lifespan)
     app.add_middleware(
         BodyLimit, max_bytes=cfg.max_body_bytes, large=("/v1/batches", cfg.max_batch_bytes)
     )
-    app.add_middleware(http_errors.CatchAll)  # outermost of ours: errors become JSON
+    app.add_middleware(http_errors.CatchAll)  # errors become JSON
+    app.add_middleware(TraceRequests)  # outermost: a request's span sees its answer
     http_errors.install(app)  # every error answer is JSON (jobs/http/errors.py)
     for r in ROUTERS:
         app.include_router(r)

@@ -29,7 +29,7 @@ from arq import Retry
 from jobs.domain.lifecycle import finish
 from jobs.domain.records import Job, JobUpdate
 from jobs.domain.statuses import JobStatus
-from jobs.observe import logs, metrics
+from jobs.observe import logs, metrics, tracing
 from jobs.services import Services
 from jobs.storage.keys import Keys
 from jobs.upstream.client import KeyRefused, QuotaExhausted, Retryable, UpstreamError, daily_reset
@@ -197,13 +197,16 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
     )
     if not marked.ok:
         return
-    try:
-        inter = await svc.upstream.create(body)
-    except UpstreamError as e:
-        await create_failed(ctx, svc, job, e, clock)
-        return
-    await svc.budgets.key_ok()
-    await record_interaction(svc, job, inter, clock)
+    if state == JobStatus.queued:
+        tracing.queued_span(job)
+    with tracing.job_span("interq.create", job, **{"interq.attempt": job.submit_attempts + 1}):
+        try:
+            inter = await svc.upstream.create(body)
+        except UpstreamError as e:
+            await create_failed(ctx, svc, job, e, clock)
+            return
+        await svc.budgets.key_ok()
+        await record_interaction(svc, job, inter, clock)
 
 
 # --------------------------------------------------------------------------- pauses
