@@ -15,6 +15,7 @@ from jobs.domain import batch_pause, batches, checks
 from jobs.domain.requests import BatchCreate, WebhookSpec
 from jobs.errors import Conflict, InvalidRequest
 from jobs.http.deps import Svc, Tenant, own_batch
+from jobs.http.tenant_guard import DailyTokens
 from jobs.http.views import errors
 from jobs.work import retention
 
@@ -33,7 +34,13 @@ BATCH_BODY = {
 }
 
 
-@router.post("/v1/batches", status_code=202, openapi_extra=BATCH_BODY, responses=errors(413))
+@router.post(
+    "/v1/batches",
+    status_code=202,
+    openapi_extra=BATCH_BODY,
+    responses=errors(413),
+    dependencies=[DailyTokens],
+)
 async def create_batch(
     request: Request,
     response: Response,

@@ -29,6 +29,7 @@ from jobs.errors import (
     UnknownCallId,
 )
 from jobs.http.deps import Svc, Tenant, own_batch, own_job
+from jobs.http.tenant_guard import DailyTokens
 from jobs.http.views import JobView, errors, job_view
 from jobs.observe import metrics
 from jobs.services import Services
@@ -38,7 +39,13 @@ from jobs.work import retention
 router = APIRouter(responses=errors(401, 422, 429, 503))
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobView, responses=errors(413))
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobView,
+    responses=errors(413),
+    dependencies=[DailyTokens],
+)
 async def create_job(
     body: JobCreate,
     s: Svc,
