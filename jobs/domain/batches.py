@@ -205,22 +205,19 @@ async def batch_view(svc: Services, batch: Batch) -> dict[str, Any]:
         name = k.decode() if isinstance(k, bytes) else str(k)
         if name in counts:
             counts[name] = int(v)
-    return (
-        {
-            "id": batch.id,
-            "status": batch.status,
-            "total": batch.total,
-            "counts": counts,
-            "done": sum(counts[s.value] for s in TERMINAL),
-            "created_at": batch.created_at,
-            "finished_at": batch.finished_at,
-            "metadata": batch.metadata,
-            "usage": {"input_tokens": batch.input_tokens, "output_tokens": batch.output_tokens},
-            "cancel_requested": batch.cancel_requested,
-        }
-        | batch_pause.view_fields(batch)
-        | await tenants.batch_view_fields(svc, batch)
-    )
+    view = {
+        "id": batch.id,
+        "status": batch.status,
+        "total": batch.total,
+        "counts": counts,
+        "done": sum(counts[s.value] for s in TERMINAL),
+        "created_at": batch.created_at,
+        "finished_at": batch.finished_at,
+        "metadata": batch.metadata,
+        "usage": {"input_tokens": batch.input_tokens, "output_tokens": batch.output_tokens},
+        "cancel_requested": batch.cancel_requested,
+    } | batch_pause.view_fields(batch)
+    return view | await tenants.batch_view_fields(svc, batch)  # cost, a tenant's hold
 
 
 async def job_ids(svc: Services, batch_id: str, start: int, count: int) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Annotated
 
 from fastapi import Depends
 
@@ -35,4 +36,4 @@ async def within_daily_tokens(s: Svc, t: Tenant) -> None:
         )
 
 
-DailyTokens = Depends(within_daily_tokens)
+DailyTokens = Annotated[None, Depends(within_daily_tokens)]

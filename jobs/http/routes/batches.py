@@ -34,18 +34,13 @@ BATCH_BODY = {
 }
 
 
-@router.post(
-    "/v1/batches",
-    status_code=202,
-    openapi_extra=BATCH_BODY,
-    responses=errors(413),
-    dependencies=[DailyTokens],
-)
+@router.post("/v1/batches", status_code=202, openapi_extra=BATCH_BODY, responses=errors(413))
 async def create_batch(
     request: Request,
     response: Response,
     s: Svc,
     t: Tenant,
+    _: DailyTokens,  # 429 tenant_daily_tokens (jobs/http/tenant_guard.py)
     x_webhook_url: Annotated[str | None, Header()] = None,
     x_webhook_secret: Annotated[str | None, Header()] = None,
 ) -> Any:

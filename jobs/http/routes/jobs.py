@@ -39,17 +39,12 @@ from jobs.work import retention
 router = APIRouter(responses=errors(401, 422, 429, 503))
 
 
-@router.post(
-    "/v1/jobs",
-    status_code=202,
-    response_model=JobView,
-    responses=errors(413),
-    dependencies=[DailyTokens],
-)
+@router.post("/v1/jobs", status_code=202, response_model=JobView, responses=errors(413))
 async def create_job(
     body: JobCreate,
     s: Svc,
     t: Tenant,
+    _: DailyTokens,  # 429 tenant_daily_tokens (jobs/http/tenant_guard.py)
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Any:
