@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.delivery import url_safety
-from jobs.domain import batch_pause, cancel, checks
+from jobs.domain import batch_pause, cancel, checks, tenants
 from jobs.domain import lifecycle as outcomes
 from jobs.domain.records import Batch, Job
 from jobs.domain.requests import WebhookSpec, check_interaction_body
@@ -205,7 +205,7 @@ async def batch_view(svc: Services, batch: Batch) -> dict[str, Any]:
         name = k.decode() if isinstance(k, bytes) else str(k)
         if name in counts:
             counts[name] = int(v)
-    return {
+    view = {
         "id": batch.id,
         "status": batch.status,
         "total": batch.total,
@@ -218,6 +218,7 @@ async def batch_view(svc: Services, batch: Batch) -> dict[str, Any]:
         "cancel_requested": batch.cancel_requested,
         "reruns": batch.reruns,
     } | batch_pause.view_fields(batch)
+    return view | await tenants.batch_view_fields(svc, batch)  # cost, a tenant's hold
 
 
 async def job_ids(svc: Services, batch_id: str, start: int, count: int) -> list[str]:

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from jobs.delivery import endpoints
-from jobs.domain import batch_pause, usage
+from jobs.domain import batch_pause, costs, tenants, usage
 from jobs.domain.records import Batch, Event, EventState, Job, JobUpdate
 from jobs.domain.statuses import JobStatus, event_type
 from jobs.observe import metrics, tracing
@@ -89,7 +89,7 @@ def job_data(job: Job, extra: dict[str, Any]) -> dict[str, Any]:
         "interaction_id": job.interaction_id or None,
         "result_url": f"/v1/jobs/{job.id}/result",
     }
-    for k in ("output_text", "usage", "error", "pending_calls", "note"):
+    for k in ("output_text", "usage", "estimated_cost_usd", "error", "pending_calls", "note"):
         if extra.get(k) is not None:
             data[k] = extra[k]
     return data
@@ -152,12 +152,6 @@ def hop_usage(interaction: dict[str, Any] | None) -> dict[str, Any] | None:
     return u if isinstance(u, dict) else None
 
 
-def _count_tokens(job: Job, usage: Any) -> None:
-    model = metrics.model_label(job.model)
-    for kind, n in interactions.token_counts(usage).items():
-        metrics.TOKENS.labels(model=model, kind=kind).inc(n)
-
-
 async def finish(
     svc: Services,
     job: Job,
@@ -191,6 +185,7 @@ async def _finish(
     fields: JobUpdate = {"finished_at": time.time(), "pending_create": ""}
     if interaction is not None:
         fields.update(_result_fields(job, interaction, extra))
+        costs.stamp(svc.settings, job.model, fields, extra)
     if error is not None:
         fields["error"] = error
     if note is not None:
@@ -211,15 +206,20 @@ async def _finish(
         metrics.JOB_DURATION.labels(status=status.value).observe(
             time.time() - (job.created_at or time.time())
         )
-        _count_tokens(job, hop_usage(interaction))  # earlier hops were counted at theirs
+        # earlier hops were counted at theirs
+        await tenants.record_usage(svc, job, hop_usage(interaction))
         if job.batch_id:
-            await add_batch_usage(svc, job.batch_id, extra.get("usage"))
+            await add_batch_usage(
+                svc, job.batch_id, extra.get("usage"), fields.get("cost_nano_usd")
+            )
             await batch_pause.after_finish(svc, job.batch_id, status, error)
         log.info("job %s %s", job.id, status.value)
     return out.ok
 
 
-async def add_batch_usage(svc: Services, batch_id: str, usage: Any) -> None:
+async def add_batch_usage(
+    svc: Services, batch_id: str, usage: Any, cost_nano: int | None = None
+) -> None:
     counts = interactions.token_counts(usage)
     if counts:
         key = svc.store.keys.batch(batch_id)
@@ -227,6 +227,8 @@ async def add_batch_usage(svc: Services, batch_id: str, usage: Any) -> None:
             for kind in ("input", "output"):
                 if counts.get(kind):
                     pipe.hincrby(key, f"{kind}_tokens", counts[kind])
+            if cost_nano:  # the running total (jobs/domain/costs.py)
+                pipe.hincrby(key, "cost_nano_usd", cost_nano)
             await pipe.execute()
 
 
@@ -237,12 +239,13 @@ async def pause(svc: Services, job: Job, interaction: dict[str, Any]) -> bool:
     extra: dict[str, Any] = {"status": JobStatus.requires_action.value, "pending_calls": calls}
     fields = _result_fields(job, interaction, extra)
     fields["pending_calls"] = calls
+    costs.stamp(svc.settings, job.model, fields, extra)
     event = await make_event(svc, job, event_type(JobStatus.requires_action), extra)
     # a paused job is not polled: its entry in the poll index moves to the
     # deadline, where the poll engine expires it if it is still paused
     out = await svc.store.pause(job, fields, event, poll_at=job.deadline)
     if out.ok:
-        _count_tokens(job, hop_usage(interaction))
+        await tenants.record_usage(svc, job, hop_usage(interaction))
     return out.ok
 
 
@@ -286,10 +289,11 @@ async def chain(
         hops = [*job.usage_by_interaction, hop_usage(ended)]
         changes["usage_by_interaction"] = hops
         changes["usage"] = usage.total(hops)
+        costs.stamp(svc.settings, job.model, changes, {})
     step = submit_step(job.id, n=len(job.interaction_ids))
     out = await svc.store.resume(job, expect, changes, step)
     if out.ok and ended is not None:
-        _count_tokens(job, hop_usage(ended))
+        await tenants.record_usage(svc, job, hop_usage(ended))
     return out.ok
 
 

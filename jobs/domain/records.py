@@ -41,6 +41,7 @@ class Codec(NamedTuple):
 STR = Codec(lambda v: v, lambda x: "" if x is None else str(x))
 INT = Codec(lambda v: int(v) if v else 0, str)
 FLOAT = Codec(lambda v: float(v) if v else 0.0, lambda x: f"{x:.3f}")
+OPT_INT = Codec(lambda v: int(v) if v else None, lambda x: "" if x is None else str(x))
 OPT_FLOAT = Codec(lambda v: float(v) if v else None, lambda x: "" if x is None else f"{x:.3f}")
 FLAG = Codec(lambda v: v == "1", lambda x: "1" if x else "0")
 BY_TYPE = {
@@ -181,6 +182,9 @@ class Job:
         default_factory=list, metadata=json_codec([])
     )
     error: dict[str, Any] | None = field(default=None, metadata=json_codec(None))
+    # the estimated cost of ``usage`` in nano-USD (INTERQ_PRICES at the time of
+    # use); None: no usage yet, or no price for its model (``jobs/domain/costs.py``)
+    cost_nano_usd: int | None = field(default=None, metadata={"codec": OPT_INT})
     note: str = ""
     event_id: str = ""
     result_key: str = ""
@@ -241,6 +245,7 @@ class JobUpdate(TypedDict, total=False):
     usage: dict[str, Any] | None
     usage_by_interaction: list[dict[str, Any] | None]
     error: dict[str, Any] | None
+    cost_nano_usd: int | None
     note: str
     event_id: str
     result_key: str
@@ -336,6 +341,8 @@ class Batch:
     cancel_requested: bool = False
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_nano_usd: int = 0  # running total of its ended jobs' costs (jobs/domain/costs.py)
+    cost_final_nano_usd: int | None = field(default=None, metadata={"codec": OPT_INT})
     event_id: str = ""
     reruns: int = 0  # jobs run again (POST /v1/jobs/{id}/rerun, /v1/batches/{id}/rerun)
     extra: Fields = field(default_factory=dict)

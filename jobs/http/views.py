@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jobs.domain import costs
 from jobs.domain.records import Job
 from jobs.domain.statuses import JobStatus
 
@@ -39,6 +40,8 @@ class JobView(BaseModel):
     """Summed over every interaction of the job."""
     usage_by_interaction: list[dict[str, Any] | None] = Field(default_factory=list)
     """Each interaction's own usage, in the order of ``interaction_ids``."""
+    estimated_cost_usd: float | None = None
+    """``usage`` priced by ``INTERQ_PRICES`` (USD; None: no usage, or no price)."""
     output_text: str | None = None
     pending_calls: list[dict[str, Any]] | None = None
     result_url: str | None = None
@@ -78,6 +81,7 @@ def job_view(job: Job) -> JobView:
         error=job.error,
         usage=job.usage,
         usage_by_interaction=job.usage_by_interaction,
+        estimated_cost_usd=costs.usd(job.cost_nano_usd),
         output_text=job.output_text,
         pending_calls=job.pending_calls,
         result_url=f"/v1/jobs/{job.id}/result" if job.result_key else None,

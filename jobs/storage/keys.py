@@ -21,6 +21,11 @@ keys of one batch ``{<batch id>}``, the keys of one event ``{<event id>}``.
   {p}:idem:<tenant>:<key digest>    str   "job_id|body digest" for Idempotency-Key
   {p}:iid:<interaction id>          str   job id (for the upstream's own webhooks)
   {p}:endpoint:<tenant>             hash  the tenant's default webhook endpoint
+  {p}:t:<tenant>:day:<YYYY-MM-DD>   hash  the tenant's Pacific day: tokens, cost_nano_usd
+  {p}:t:<tenant>:tokens_hold        str   the day's end while over tokens_per_day
+                                          ("lifted" once an operator lifted it)
+  {p}:t:<tenant>:dispatched         zset  job id -> dispatch ms, sent to arq, not started
+  {p}:tenant_holds                  set   tenants that have a tokens_hold (no SCAN)
   {p}:polls                         zset  job id -> due ms: the poll engine's index
   {p}:deliveries                    zset  event id -> due ms: the delivery engine's index
   {p}:ready:<tenant>|<batch or ->   list  job ids waiting for dispatch (a lane)
@@ -132,6 +137,22 @@ class Keys:
 
     def endpoint(self, tenant: str) -> str:
         return f"{self.prefix}:endpoint:{tenant}"
+
+    def tenant_day(self, tenant: str, day: str) -> str:
+        """The tenant's tokens and cost of one Pacific day (``YYYY-MM-DD``)."""
+        return f"{self.prefix}:t:{tenant}:day:{day}"
+
+    def tenant_hold(self, tenant: str) -> str:
+        """Set until the day's turn while the tenant is over its tokens_per_day."""
+        return f"{self.prefix}:t:{tenant}:tokens_hold"
+
+    @property
+    def tenant_holds(self) -> str:
+        return f"{self.prefix}:tenant_holds"
+
+    def tenant_dispatched(self, tenant: str) -> str:
+        """The tenant's jobs moved to arq and still queued (its in-flight cap)."""
+        return f"{self.prefix}:t:{tenant}:dispatched"
 
     def iid(self, interaction_id: str) -> str:
         return f"{self.prefix}:iid:{interaction_id}"

@@ -12,6 +12,7 @@ they touch passed in ``KEYS`` (each file's header names its KEYS and ARGV).
   dead_letter          an event's fields and its entry in the dead letters
   log_attempt          a delivery attempt appended to an event's log
   dispatch             a lane's head to arq's queue, within the budget granted
+  tenant_tokens        a hop's usage into its tenant's day; the daily-tokens hold
   renew_lease          the dispatcher's lease
   claim_due            due entries of a due-time index, leased (engines, sweeper)
   reschedule_poll      a pending poll written back

@@ -15,6 +15,7 @@ from jobs.domain import batch_pause, batches, checks
 from jobs.domain.requests import BatchCreate, WebhookSpec
 from jobs.errors import Conflict, InvalidRequest
 from jobs.http.deps import Svc, Tenant, own_batch
+from jobs.http.tenant_guard import DailyTokens
 from jobs.http.views import errors
 from jobs.work import retention
 
@@ -39,6 +40,7 @@ async def create_batch(
     response: Response,
     s: Svc,
     t: Tenant,
+    _: DailyTokens,  # 429 tenant_daily_tokens (jobs/http/tenant_guard.py)
     x_webhook_url: Annotated[str | None, Header()] = None,
     x_webhook_secret: Annotated[str | None, Header()] = None,
 ) -> Any:

@@ -29,6 +29,7 @@ from jobs.errors import (
     UnknownCallId,
 )
 from jobs.http.deps import Svc, Tenant, own_batch, own_job
+from jobs.http.tenant_guard import DailyTokens
 from jobs.http.views import JobView, errors, job_view
 from jobs.observe import metrics
 from jobs.services import Services
@@ -43,6 +44,7 @@ async def create_job(
     body: JobCreate,
     s: Svc,
     t: Tenant,
+    _: DailyTokens,  # 429 tenant_daily_tokens (jobs/http/tenant_guard.py)
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Any:
