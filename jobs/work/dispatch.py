@@ -104,9 +104,10 @@ class Dispatcher:
 
     async def serve_lane(self, lane: str, blocked: set[str]) -> tuple[int, float]:
         """Move the lane's head jobs (same model, within budget) to arq; none
-        from a paused batch's lane (``jobs/domain/batch_pause.py``)."""
+        from a paused batch's lane (``jobs/domain/batch_pause.py``) or from one
+        not committed yet (``jobs/storage/batch_write.py``)."""
         batch_id = lane.split("|", 1)[1]
-        if batch_id != "-" and await batch_pause.is_paused(self.svc, batch_id):
+        if batch_id != "-" and await batch_pause.held(self.svc, batch_id):
             return 0, 0.0
         raw_ids = await self.redis.lrange(self.keys.ready(lane), 0, QUANTUM - 1)  # type: ignore[misc]
         ids = [x.decode() if isinstance(x, bytes) else str(x) for x in raw_ids]
