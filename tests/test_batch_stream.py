@@ -218,3 +218,39 @@ async def test_too_many_lines_are_counted_not_checked(settings: Settings, tmp_pa
         r = await client.post("/v1/batches", content=ndjson(rows), headers=NDJSON)
         assert r.status_code == 422
         assert "at most 10 jobs; this one has 12" in r.json()["error"]["message"]
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (the peak) of a process, from /proc, in kB."""
+    out = {}
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = row.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            out[name] = int(rest.split()[0])
+    return out
+
+
+def test_a_200_mb_batch_costs_the_api_less_than_twice_its_size(stack: Any) -> None:
+    """The API as a real process (``interq api``): its peak resident set grows
+    by less than twice the body, and what it took is given back. A memory
+    bound, not a timing one."""
+    n, size = 50_000, 200_000_000
+    pad = "x" * (size // n - 120)
+    rows = [line(i, metadata=None) for i in range(n)]
+    for r in rows:
+        r["interaction"]["input"] += pad
+    body = ndjson(rows)
+    del rows
+    assert len(body) >= size
+    stack.start_api()
+    pid = stack.proc("api").pid
+    with httpx.Client(base_url=stack.api_url, timeout=900) as c:
+        c.post("/v1/batches", content=ndjson([line(i) for i in range(100)]), headers=NDJSON)
+        before = memory_kb(pid)
+        r = c.post("/v1/batches", content=body, headers=NDJSON)
+        assert r.status_code == 202, r.text[:500]
+        assert r.json()["total"] == n
+        after = memory_kb(pid)
+    grown = after["VmHWM"] - before["VmRSS"]
+    assert grown * 1024 <= 2 * len(body), (before, after)
+    assert (after["VmRSS"] - before["VmRSS"]) * 1024 <= len(body) // 2, (before, after)
