@@ -99,7 +99,8 @@ async def test_a_write_that_fails_midway_leaves_nothing(
         return await real(self, job, **kw)
 
     monkeypatch.setattr(Store, "create_job", failing)
-    r = await api.post("/v1/batches", content=ndjson([line(i) for i in range(1200)]), headers=NDJSON)
+    rows = ndjson([line(i) for i in range(1200)])
+    r = await api.post("/v1/batches", content=rows, headers=NDJSON)
     assert r.status_code == 503, r.text
     assert seen_while_staged["tenant_queued"] == 2 * FRAME  # written, staged ...
     assert seen_while_staged["arq_queue"] == 0  # ... and not dispatched
