@@ -78,12 +78,18 @@ def _probe_loop(kind: str, target: str, stop: Any, out: Any) -> None:
         def probe() -> Any:
             return c.get("/healthz")
 
+    out.send("ready")
+    every = PROBE_EVERY_S[kind]
     lat: list[tuple[float, float]] = []
-    due = time.monotonic()
+    due = ended = time.monotonic()
     while not stop.is_set() and len(lat) < 2_000_000:
+        woke = time.monotonic()
+        if woke - due > every and ended <= due:  # the prober was not run: not the server
+            due = woke
         probe()
-        lat.append((due, time.monotonic() - due))  # from when it was due: a stall counts
-        due += PROBE_EVERY_S[kind]
+        ended = time.monotonic()
+        lat.append((due, ended - due))  # from when it was due: a stall counts
+        due += every
         stop.wait(max(0.0, due - time.monotonic()))
     out.send(lat)
 
@@ -99,6 +105,8 @@ class Prober:
         self._recv, send = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_probe_loop, args=(kind, target, self._stop, send))
         self._proc.start()
+        if self._recv.recv() != "ready":
+            raise RuntimeError(f"the {kind} prober did not start")
         self.lat: list[tuple[float, float]] = []
 
     def window(self, t0: float, t1: float) -> dict[str, Any]:
@@ -157,7 +165,6 @@ def command(
         with httpx.Client(base_url=st.api_url, timeout=60) as c:  # warm-up
             c.post("/v1/batches", content=body(100, 0, "w"), headers=NDJSON).raise_for_status()
         pings, health = Prober("ping", st.redis_url), Prober("healthz", st.api_url)
-        time.sleep(1.0)  # the probers start (spawned processes)
         t0 = time.monotonic()
         time.sleep(a.baseline_s)
         base_window = (t0, time.monotonic())
@@ -178,7 +185,9 @@ def command(
 
 
 def report(base: dict[str, Any], runs: list[dict[str, Any]]) -> None:
-    rows = [("what", "to 202 s", "PING p50/p99/max ms", "/healthz p50/p99 ms", "RSS MB")]
+    rows: list[tuple[str, ...]] = [
+        ("what", "to 202 s", "PING p50/p99/max ms", "/healthz p50/p99 ms", "RSS MB")
+    ]
     p, h = base["ping"], base["healthz"]
     rows.append(
         (
