@@ -90,6 +90,14 @@ async def is_paused(svc: Services, batch_id: str) -> bool:
     return bool(await svc.redis.hget(svc.store.keys.batch(batch_id), "paused"))  # type: ignore[misc]
 
 
+async def held(svc: Services, batch_id: str) -> bool:
+    """Whether the dispatcher leaves the batch's lane alone: paused, or not
+    committed yet (``staging``: ``jobs/storage/batch_write.py``)."""
+    key = svc.store.keys.batch(batch_id)
+    paused, staging = await svc.redis.hmget(key, ["paused", "staging"])  # type: ignore[misc]
+    return bool(paused or staging)
+
+
 async def resume(svc: Services, batch: Batch) -> None:
     """Send the paused batch's queued jobs after all (it will not pause again)."""
     if not batch.extra.get("paused"):

@@ -111,9 +111,10 @@ class Dispatcher:
 
     async def serve_lane(self, lane: str, blocked: set[str]) -> tuple[int, float]:
         """Move the lane's head jobs (same model, within budget) to arq; none
-        from a paused batch's lane (``jobs/domain/batch_pause.py``)."""
+        from a paused batch's lane (``jobs/domain/batch_pause.py``) or from one
+        not committed yet (``jobs/storage/batch_write.py``)."""
         tenant, batch_id = lane.split("|", 1)
-        if batch_id != "-" and await batch_pause.is_paused(self.svc, batch_id):
+        if batch_id != "-" and await batch_pause.held(self.svc, batch_id):
             return 0, 0.0
         room, tenant_wait = await self.tenants.allowance(tenant)
         if room == 0:
