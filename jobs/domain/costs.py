@@ -88,7 +88,8 @@ async def batch_cost(svc: Services, batch: Batch) -> float | None:
 
 
 async def exact_batch_cost(svc: Services, batch_id: str) -> int:
-    """The sum of the costs recorded on the batch's jobs (nano-USD)."""
+    """The sum of the costs recorded on the batch's jobs, their earlier
+    attempts' included (nano-USD)."""
     keys = svc.store.keys
     total = 0
     start = 0
@@ -98,9 +99,8 @@ async def exact_batch_cost(svc: Services, batch_id: str) -> int:
             return total
         async with svc.redis.pipeline(transaction=False) as pipe:
             for jid in raw:
-                pipe.hget(
-                    keys.job(jid.decode() if isinstance(jid, bytes) else str(jid)), "cost_nano_usd"
-                )
-            for v in await pipe.execute():
-                total += int(v) if v else 0
+                job_key = keys.job(jid.decode() if isinstance(jid, bytes) else str(jid))
+                pipe.hmget(job_key, ["cost_nano_usd", "earlier_cost_nano_usd"])
+            for pair in await pipe.execute():
+                total += sum(int(v) for v in pair if v)
         start += len(raw)

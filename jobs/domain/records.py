@@ -185,6 +185,7 @@ class Job:
     # the estimated cost of ``usage`` in nano-USD (INTERQ_PRICES at the time of
     # use); None: no usage yet, or no price for its model (``jobs/domain/costs.py``)
     cost_nano_usd: int | None = field(default=None, metadata={"codec": OPT_INT})
+    earlier_cost_nano_usd: int = 0  # the job's earlier attempts' (reruns)
     note: str = ""
     event_id: str = ""
     result_key: str = ""

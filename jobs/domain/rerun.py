@@ -52,6 +52,7 @@ def attempt_summary(job: Job) -> dict[str, Any]:
         "submitted_at": job.submitted_at,
         "finished_at": job.finished_at,
         "result_key": job.result_key or None,
+        "cost_nano_usd": job.cost_nano_usd,
     }
 
 
@@ -76,6 +77,7 @@ def fresh(job: Job, now: float) -> Job:
         idem_key=job.idem_key,
         attempt=job.attempt + 1,
         attempts=[*job.attempts, attempt_summary(job)],
+        earlier_cost_nano_usd=job.earlier_cost_nano_usd + (job.cost_nano_usd or 0),
         extra=dict(job.extra),
     )
 

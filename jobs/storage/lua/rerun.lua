@@ -4,7 +4,7 @@
 -- keeps the earlier attempts), its status indexes and the counts, back in its
 -- dispatch lane, out of the expiry index; in a batch, the batch's counts and
 -- done count, and a batch that had ended is in progress again (out of the
--- batch expiry index, its finished_at cleared). With an Idempotency-Key
+-- batch expiry index, its finished_at and final cost cleared). With an Idempotency-Key
 -- (ARGV[6] not ''), a key already used returns its value and changes nothing.
 -- KEYS[1] the job   KEYS[2] counts   KEYS[3] the tenant's index of ARGV[2]
 -- KEYS[4] the tenant's index of queued   KEYS[5] its dispatch lane   KEYS[6] lanes
@@ -44,7 +44,7 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBY', KEYS[9], 'reruns', 1)
   if redis.call('HGET', KEYS[9], 'status') ~= 'in_progress' then
     redis.call('HSET', KEYS[9], 'status', 'in_progress')
-    redis.call('HDEL', KEYS[9], 'finished_at')
+    redis.call('HDEL', KEYS[9], 'finished_at', 'cost_final_nano_usd')
   end
   redis.call('ZREM', KEYS[11], ARGV[5])
 end
