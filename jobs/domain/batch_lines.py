@@ -31,7 +31,7 @@ from jobs.domain import lifecycle as outcomes
 from jobs.domain.records import Job
 from jobs.domain.requests import WebhookSpec, check_interaction_body
 from jobs.errors import BatchError
-from jobs.observe import metrics
+from jobs.observe import metrics, tracing
 from jobs.settings import Settings
 
 MAX_REPORTED_ERRORS = 100
@@ -117,6 +117,7 @@ class Intake:
         self._rest: list[bytes] = []  # NDJSON: the start of a line not ended yet
         self._frame: list[Job] = []
         self._spool: IO[bytes] = tempfile.TemporaryFile()  # closed by close()
+        self.traceparent = tracing.current_traceparent()  # the POST's, for every job
 
     # -- input ------------------------------------------------------------------
     def feed(self, chunk: bytes, final: bool = False) -> None:
@@ -199,6 +200,7 @@ class Intake:
             webhook_secret=(line.webhook.secret or "") if line.webhook else "",
             timeout_s=line.timeout_s,
             batch_id=self.batch_id,
+            traceparent=self.traceparent,
         )
         self._frame.append(job)
         if len(self._frame) >= FRAME:

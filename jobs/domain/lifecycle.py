@@ -53,8 +53,10 @@ def new_job(
     webhook_secret: str = "",
     timeout_s: float | None = None,
     batch_id: str = "",
+    traceparent: str | None = None,
 ) -> Job:
-    """A new job's record, as the API and batch intake write it."""
+    """A new job's record, as the API and batch intake write it (``traceparent``:
+    the request's trace, read from the current span when not given)."""
     timeout = min(timeout_s or settings.default_timeout_s, settings.max_timeout_s)
     return Job(
         id="job_" + uuid.uuid4().hex,
@@ -70,7 +72,7 @@ def new_job(
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
         batch_id=batch_id,
-        traceparent=tracing.current_traceparent(),
+        traceparent=tracing.current_traceparent() if traceparent is None else traceparent,
     )
 
 
