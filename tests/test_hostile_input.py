@@ -173,7 +173,7 @@ async def test_a_body_too_deep_for_the_json_parser_is_a_4xx(api: httpx.AsyncClie
     raw = '{"interaction": {"model": "m", "input": "x"}, "metadata": ' + "[" * levels
     raw += "]" * levels + "}"
     r = await api.post("/v1/jobs", content=raw, headers={"content-type": "application/json"})
-    assert 400 <= r.status_code < 500 and r.json()["error"]["code"], r.text
+    assert_error(r, 400, "invalid_request")
     await assert_nothing_stored(api)
 
 
@@ -235,3 +235,29 @@ async def test_a_chunked_body_over_the_limit_is_413_through_uvicorn(small: Setti
             await assert_nothing_stored(api)
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- the 500
+
+
+async def test_an_unexpected_error_is_a_json_500_and_only_the_log_has_the_traceback(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from api import create_app
+
+    async def broken() -> None:
+        raise ValueError("a detail only the log may show")
+
+    app = create_app(settings)
+    app.add_api_route("/v1/_broken", broken)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://interq") as api:
+            with caplog.at_level("ERROR", logger="interq.api"):
+                r = await api.get("/v1/_broken")
+            err = assert_error(r, 500, "internal")
+            assert "a detail" not in r.text and r.headers["x-request-id"] == err["request_id"]
+            [rec] = [x for x in caplog.records if x.name == "interq.api" and x.exc_info]
+            assert err["request_id"] in rec.getMessage()
+            assert "a detail only the log may show" in caplog.text and "Traceback" in caplog.text
+            await assert_nothing_stored(api)
