@@ -104,13 +104,16 @@ async def test_ids_with_a_key_suffix_are_unknown_ids_and_reach_no_key(
         ("GET", f"/v1/jobs?batch_id={bid}:jobs"),
         ("GET", f"/v1/batches/{theirs}:jobs"),
         ("POST", f"/v1/webhooks/events/{eid}:attempts/redeliver"),
+        ("GET", "/v1/jobs/" + "x" * 10_000),
+        ("GET", "/v1/jobs/%00"),
     ]
     redis = Redis.from_url(cfg.effective_redis_url)
     try:
         for method, path in hostile:
             before = await key_lookups(redis)
-            assert_error(await api.request(method, path), 404, "not_found")
+            err = assert_error(await api.request(method, path), 404, "not_found")
             assert await key_lookups(redis) == before, f"{method} {path} built a key"
+            assert len(err["message"]) < 100  # a long id is not echoed whole
         # the probe works: an id of the right form is looked up (and unknown)
         before = await key_lookups(redis)
         assert_error(await api.get("/v1/jobs/job_" + "0" * 32), 404, "not_found")
