@@ -41,9 +41,10 @@ class WebhookSpec(BaseModel):
         return v
 
 
-# Bounds on the free-form JSON a caller sends (docs/api.md, "Limits"). A value
-# nested some hundreds of levels deep is accepted by the JSON parser but cannot
-# be rendered back, so it is refused at intake (422) rather than stored.
+# Bounds on the free-form JSON a caller sends (README.md, "Limits on what a
+# request carries"). A value nested some hundreds of levels deep is accepted by
+# the JSON parser but cannot be rendered back, so it is refused at intake (422)
+# rather than stored.
 MAX_METADATA_BYTES = 16_384  # metadata as JSON (json.dumps)
 MAX_METADATA_DEPTH = 32  # levels of objects / arrays in metadata
 MAX_INTERACTION_DEPTH = 64  # in an interaction body, a continue input
