@@ -202,8 +202,9 @@ async def test_a_line_nested_too_deep_is_refused_by_number(
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["code"] == "invalid_batch"
-    assert [x["line"] for x in err["lines"]] == [2, 4]
-    assert all("nested deeper than 100 levels" in x["error"] for x in err["lines"])
+    assert [x["line"] for x in err["lines"]] == [2, 4, 5]
+    assert all("nested deeper than 100 levels" in x["error"] for x in err["lines"][:2])
+    assert "metadata is nested more than 32 levels" in err["lines"][2]["error"]  # as a job's
     body = b'{"jobs": [' + json.dumps(line(1)).encode() + b", " + nested(150) + b"]}"
     r = await api.post("/v1/batches", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text

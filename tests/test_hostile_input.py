@@ -156,6 +156,24 @@ async def test_batch_metadata_nested_too_deep_is_refused(api: httpx.AsyncClient)
     await assert_nothing_stored(api)
 
 
+async def test_a_batch_lines_metadata_and_interaction_are_bounded_as_a_jobs(
+    api: httpx.AsyncClient,
+) -> None:
+    deep_meta = job_body("x", custom_id="a", metadata=nested(MAX_METADATA_DEPTH + 1))
+    deep_inter = job_body("y", custom_id="b")
+    deep_inter["interaction"]["generation_config"] = nested(MAX_INTERACTION_DEPTH)
+    fine = job_body("z", custom_id="c", metadata=nested(MAX_METADATA_DEPTH))
+    body = b"".join(json.dumps(x).encode() + b"\n" for x in (fine, deep_meta, deep_inter))
+    r = await api.post(
+        "/v1/batches", content=body, headers={"content-type": "application/x-ndjson"}
+    )
+    err = assert_error(r, 422, "invalid_batch")
+    assert [x["line"] for x in err["lines"]] == [2, 3]
+    assert f"nested more than {MAX_METADATA_DEPTH} levels" in err["lines"][0]["error"]
+    assert f"nested more than {MAX_INTERACTION_DEPTH} levels" in err["lines"][1]["error"]
+    await assert_nothing_stored(api)
+
+
 async def test_interaction_and_continue_input_nested_too_deep_are_refused(
     api: httpx.AsyncClient,
 ) -> None:

@@ -29,7 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jobs.domain import checks
 from jobs.domain import lifecycle as outcomes
 from jobs.domain.records import Job
-from jobs.domain.requests import WebhookSpec, check_interaction_body
+from jobs.domain.requests import (
+    MAX_INTERACTION_DEPTH,
+    WebhookSpec,
+    check_depth,
+    check_interaction_body,
+    check_metadata,
+)
 from jobs.errors import BatchError
 from jobs.observe import metrics, tracing
 from jobs.settings import Settings
@@ -50,7 +56,13 @@ class BatchLine(BaseModel):
     @field_validator("interaction")
     @classmethod
     def _check(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_depth(v, MAX_INTERACTION_DEPTH, "interaction")
         return check_interaction_body(v)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, v: Any) -> Any:
+        return check_metadata(v)  # as a job's: depth, JSON values, size
 
     @field_validator("webhook")
     @classmethod
@@ -67,17 +79,8 @@ def explain(e: ValidationError) -> str:
 
 
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether ``value`` nests arrays and objects deeper than ``limit`` (no
-    recursion: a walk with its own stack)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict | list):
-            if depth > limit:
-                return True
-            children = v.values() if isinstance(v, dict) else v
-            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
+    """Whether ``value`` nests arrays and objects deeper than ``limit``."""
+    return checks.nesting_depth(value, limit) > limit
 
 
 class TooDeep(ValueError):

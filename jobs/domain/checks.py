@@ -27,6 +27,7 @@ dict, never the SDK's dump of it.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -57,6 +58,11 @@ def explain(problems: list[Problem], prefix: str = "") -> str:
 def json_value_problems(value: Any, path: Path = ()) -> list[Problem]:
     """Strings that cannot be encoded as UTF-8 (a lone surrogate such as
     ``"\\ud800"``) and non-finite numbers (NaN, Infinity): JSON has neither."""
+    try:  # the C encoder finds there is nothing to report far faster than a walk
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        return []
+    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+        pass
     out: list[Problem] = []
     stack: list[tuple[Path, Any]] = [(path, value)]
     while stack and len(out) < MAX_PROBLEMS:
@@ -226,9 +232,6 @@ def batch_line_problem(
     """What is wrong with a batch line that its model did not catch, as the
     line's error, or ``None``. A line's ``previous_interaction_id`` is checked
     against the tenant's jobs afterwards (``check_batch_chains``)."""
-    meta = json_value_problems(metadata)
-    if meta:
-        return explain(meta, "metadata")
     problems = sdk_problems(interaction, forward_unknown=forward_unknown)
     return explain(problems, "interaction") if problems else None
 
