@@ -17,7 +17,7 @@ from jobs.domain import checks
 from jobs.http import errors as http_errors
 from jobs.http.deps import DEFAULT_TENANT
 from jobs.http.middleware import BodyLimit
-from jobs.http.routes import batches, jobs, ops, upstream, webhooks
+from jobs.http.routes import batches, events, jobs, ops, upstream, webhooks
 from jobs.services import Services, redis_client
 from jobs.settings import Settings, get_settings
 from jobs.ui import page as ui
@@ -64,6 +64,7 @@ def create_app(
         webhooks.router,
         upstream.router,
         ops.router,
+        events.router,
         ui.router,
     ):
         app.include_router(r)
