@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from jobs.dev.harness import free_port
 from jobs.http import deps
-from jobs.http.routes import batches, jobs, ops, upstream, webhooks
+from jobs.http.routes import batches, events, jobs, ops, upstream, webhooks
 from jobs.settings import Settings
 from jobs.ui import page
 from tests.helpers import app_client
@@ -29,6 +29,7 @@ ROUTERS = [
     webhooks.router,
     upstream.router,
     ops.router,
+    events.router,
     page.router,
 ]
 NO_KEY = {"/healthz", "/readyz", "/metrics", "/v1/upstream/webhook"}

@@ -70,23 +70,27 @@ class Reader:
     """One watcher's reads of one object's change stream, shared with every
     watcher of the process that reads the same thing at the same time."""
 
-    def __init__(self, s: Services, hub: Hub, stream: str) -> None:
-        self.s, self.hub, self.stream = s, hub, stream
+    def __init__(self, s: Services, hub: Hub, ref: str, stream: str) -> None:
+        self.s, self.hub, self.ref, self.stream = s, hub, ref, stream
 
     async def after(self, last: str) -> tuple[list[changes.Change], bool]:
         return await self.hub.shared(
-            ("after", self.stream, last), lambda: changes.after(self.s.redis, self.stream, last)
+            self.ref, ("after", last), lambda: changes.after(self.s.redis, self.stream, last)
         )
 
 
 async def job_events(s: Services, hub: Hub, job: Job, last: str | None) -> AsyncIterator[Any]:
     """The SSE events of one job (see the module's docstring)."""
-    reader = Reader(s, hub, s.store.keys.job_changes(job.id))
+    reader = Reader(s, hub, f"job:{job.id}", s.store.keys.job_changes(job.id))
     beat = s.settings.watch_heartbeat_s
+
+    async def snapshot() -> tuple[Job | None, str]:
+        return await hub.shared(f"job:{job.id}", "snapshot", lambda: job_snapshot(s, job.id))
+
     with hub.waiter(f"job:{job.id}") as woken:
         status = ""  # resumed: the status as of ``last`` is read below
         if last is None:
-            fresh, last = await job_snapshot(s, job.id)
+            fresh, last = await snapshot()
             if fresh is None:
                 return
             status = fresh.status.value
@@ -95,7 +99,7 @@ async def job_events(s: Services, hub: Hub, job: Job, last: str | None) -> Async
             woken.clear()
             found, gap = await reader.after(last)
             if gap:
-                fresh, last = await job_snapshot(s, job.id)
+                fresh, last = await snapshot()
                 if fresh is None:
                     return
                 status = fresh.status.value
@@ -105,7 +109,7 @@ async def job_events(s: Services, hub: Hub, job: Job, last: str | None) -> Async
                 last, status = c.id, c.status
                 yield event("status", c.data(job.id), last)
             if not found and not status:  # nothing after ``last``: the record is as of it
-                fresh, _ = await job_snapshot(s, job.id)
+                fresh, _ = await snapshot()
                 if fresh is None:
                     return
                 status = fresh.status.value
@@ -115,7 +119,7 @@ async def job_events(s: Services, hub: Hub, job: Job, last: str | None) -> Async
             if not await s.redis.exists(s.store.keys.job(job.id)):
                 return  # deleted meanwhile
             yield ServerSentEvent(comment="heartbeat")
-        final, _ = await job_snapshot(s, job.id)
+        final, _ = await snapshot()
         if final is not None:
             yield event("job", job_view(final).model_dump(mode="json"), last)
 
@@ -146,12 +150,14 @@ class BatchWatch:
 
     def __init__(self, s: Services, hub: Hub, batch_id: str) -> None:
         self.s, self.hub, self.id = s, hub, batch_id
-        self.reader = Reader(s, hub, s.store.keys.batch_changes(batch_id))
+        self.reader = Reader(s, hub, f"batch:{batch_id}", s.store.keys.batch_changes(batch_id))
         self.counts = Counts(s.settings.watch_counts_interval_s)
         self.last, self.status = START, ""
 
     async def snapshot(self) -> tuple[dict[str, Any] | None, str]:
-        return await self.hub.shared(("batch", self.id), lambda: batch_snapshot(self.s, self.id))
+        return await self.hub.shared(
+            f"batch:{self.id}", "snapshot", lambda: batch_snapshot(self.s, self.id)
+        )
 
     async def step(self) -> tuple[list[ServerSentEvent], bool]:
         """The events since the last step, and whether anything changed (or
@@ -206,6 +212,6 @@ async def batch_events(s: Services, hub: Hub, batch: Batch, last: str | None) ->
                 yield ServerSentEvent(comment="heartbeat")
             elif (pace := w.counts.due_in()) > 0:
                 await asyncio.sleep(pace)  # pacing the counts, not waiting on anything
-        final, _ = await batch_snapshot(s, batch.id)
+        final, _ = await w.snapshot()
         if final is not None:
             yield event("batch", final, w.last)

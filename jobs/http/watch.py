@@ -9,9 +9,11 @@ Redis outage, costs at most one heartbeat of delay, never a missed change,
 because the truth is the change stream, re-read on every wake. A waiter that
 goes away (a client disconnects) is one set entry removed.
 
-``shared(key, load)`` runs one read for every watcher that asks for the same
-thing at the same time (a thousand watchers of one batch woken together make
-one round trip, not a thousand).
+``shared(ref, key, load)`` runs one read for every watcher that asks for the
+same thing at the same time (a thousand watchers of one batch woken together
+make one round trip, not a thousand). A read is shared only by callers that
+asked before any wake-up of ``ref`` came after it started: a watcher never
+gets an answer older than the last wake-up it saw cleared.
 
 The hub is started and stopped by the lifespan of the events router
 (``jobs/http/routes/events.py``), inside the app's own.
@@ -40,6 +42,9 @@ class Hub:
         self.channel = channel
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._flights: dict[Any, asyncio.Future[Any]] = {}
+        self._wakes: dict[str, int] = {}  # per watched ref: the number of its last wake-up
+        self._seq = 0  # wake-ups (and first waiters) so far, all refs
+        self._epoch = 0  # wake_all()s so far
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()  # set while the subscription is up
 
@@ -91,6 +96,9 @@ class Hub:
     def waiter(self, ref: str) -> Iterator[asyncio.Event]:
         """An event set whenever ``ref`` ("job:<id>", "batch:<id>") changes."""
         ev = asyncio.Event()
+        if ref not in self._waiters:  # a number no read in flight can have
+            self._seq += 1
+            self._wakes[ref] = self._seq
         self._waiters.setdefault(ref, set()).add(ev)
         try:
             yield ev
@@ -100,12 +108,19 @@ class Hub:
                 group.discard(ev)
                 if not group:
                     del self._waiters[ref]
+                    self._wakes.pop(ref, None)
 
     def wake(self, ref: str) -> None:
-        for ev in self._waiters.get(ref, ()):
+        group = self._waiters.get(ref)
+        if not group:
+            return
+        self._seq += 1
+        self._wakes[ref] = self._seq
+        for ev in group:
             ev.set()
 
     def wake_all(self) -> None:
+        self._epoch += 1
         for group in self._waiters.values():
             for ev in group:
                 ev.set()
@@ -114,8 +129,10 @@ class Hub:
     def watchers(self) -> int:
         return sum(len(g) for g in self._waiters.values())
 
-    async def shared(self, key: Any, load: Callable[[], Awaitable[T]]) -> T:
-        """``load()``, run once for all callers that ask for ``key`` meanwhile."""
+    async def shared(self, ref: str, key: Any, load: Callable[[], Awaitable[T]]) -> T:
+        """``load()``, run once for all callers that ask for ``key`` of ``ref``
+        meanwhile (and since its last wake-up)."""
+        key = (ref, key, self._wakes.get(ref, 0), self._epoch)
         fut = self._flights.get(key)
         if fut is None:
             fut = asyncio.ensure_future(load())
