@@ -49,6 +49,12 @@ from jobs.domain.statuses import JobStatus
 from jobs.storage.keys import Keys
 from jobs.storage.scripts import pairs, register
 
+# A stream of changes costs ~4.7 KB of Redis (its first listpack node) however
+# few its entries: once the job or batch has ended it is kept this long (for a
+# watcher that reconnects with Last-Event-ID; later it gets a snapshot), not for
+# the whole retention.
+ENDED_CHANGES_KEPT_MS = 3_600_000
+
 
 @dataclass(frozen=True)
 class Step:
@@ -178,7 +184,8 @@ class Transitions:
         fields = self._fields(Job, changes, at)
         args: list[Any] = [job.id, status.value, expect.value, job.interaction_id, job.model]
         args += [event.id, _due(event, now_ms), int((at + self.retention_s) * 1000)]
-        args += [job.batch_id, *entry, k.changes_channel, len(fields), *pairs(fields)]
+        args += [job.batch_id, *entry, k.changes_channel, ENDED_CHANGES_KEPT_MS]
+        args += [len(fields), *pairs(fields)]
         args += pairs(event.to_redis())
         return await self._run("finish", keys, args)
 
@@ -208,7 +215,7 @@ class Transitions:
         fields = self._fields(Batch, changes, at)
         status = str(fields.get("status") or "completed")
         args: list[Any] = [event.id, _due(event, int(at * 1000)), batch.id, status]
-        args += [k.changes_channel, len(fields), *pairs(fields)]
+        args += [k.changes_channel, ENDED_CHANGES_KEPT_MS, len(fields), *pairs(fields)]
         args += pairs(event.to_redis())
         out = await self._run("finish_batch", keys, args)
         return out.ok

@@ -17,10 +17,10 @@
 -- ARGV[7] the event's delivery due time (ms), '' when it has nowhere to go
 -- ARGV[8] when it is purged (ms)   ARGV[9] batch id, '' when none
 -- ARGV[10..13] the batch_done step: id, payload, score, px ('' without a batch)
--- ARGV[14] the changes channel
--- ARGV[15] n   ARGV[16 .. 15+2n] job field, value, ...   then event field, value, ...
+-- ARGV[14] the changes channel   ARGV[15] how long the changes stream is kept now (ms)
+-- ARGV[16] n   ARGV[17 .. 16+2n] job field, value, ...   then event field, value, ...
 -- The change of status is added to the changes stream and published (watchers;
--- in a batch the batch's id too: its counts changed).
+-- in a batch the batch's id too: its counts changed); the stream then expires.
 -- Returns {1, previous status}, or {0, current status} ('' when there is no job).
 local jk, id, new = KEYS[1], ARGV[1], ARGV[2]
 local cur = redis.call('HGET', jk, 'status')
@@ -28,8 +28,8 @@ if not cur then return {0, ''} end
 if cur ~= ARGV[3] or (redis.call('HGET', jk, 'interaction_id') or '') ~= ARGV[4] then
   return {0, cur}
 end
-local last = 15 + 2 * tonumber(ARGV[15])
-redis.call('HSET', jk, unpack(ARGV, 16, last))
+local last = 16 + 2 * tonumber(ARGV[16])
+redis.call('HSET', jk, unpack(ARGV, 17, last))
 if new ~= cur then
   redis.call('ZREM', KEYS[7], id)
   redis.call('HINCRBY', KEYS[6], cur, -1)
@@ -39,6 +39,7 @@ if new ~= cur then
   redis.call('ZREM', KEYS[9], id)
   if redis.call('EXISTS', KEYS[9]) == 0 then redis.call('SREM', KEYS[10], ARGV[5]) end
   redis.call('XADD', KEYS[11], 'MAXLEN', '~', 200, '*', 'status', new, 'from', cur)
+  redis.call('PEXPIRE', KEYS[11], ARGV[15])
   redis.call('PUBLISH', ARGV[14], 'job:' .. id)
   local batch = ARGV[9]
   if batch ~= '' then
