@@ -36,6 +36,7 @@ class Served:
         self.server = AppServer(self.app, free_port(), lifespan="on")
         self.svc = Services.open(settings)
         self.registered = threading.Event()
+        self.released = threading.Event()
         self.client = httpx.AsyncClient(base_url=self.server.url, timeout=30)
 
     def spy(self) -> None:
@@ -44,9 +45,12 @@ class Served:
 
         @contextlib.contextmanager
         def waiter(ref: str) -> Iterator[asyncio.Event]:
-            with real(ref) as ev:
-                self.registered.set()
-                yield ev
+            try:
+                with real(ref) as ev:
+                    self.registered.set()
+                    yield ev
+            finally:
+                self.released.set()
 
         hub.waiter = waiter
 
@@ -57,7 +61,8 @@ class Served:
 
 @pytest.fixture()
 async def served(settings: Settings) -> AsyncIterator[Served]:
-    s = Served(settings.model_copy(update={"watch_counts_interval_s": 0.0}))
+    changes = {"watch_counts_interval_s": 0.0, "watch_heartbeat_s": 0.5}
+    s = Served(settings.model_copy(update=changes))
     s.server.start()
     s.spy()
     try:
@@ -112,6 +117,15 @@ async def finish(served: Served, job_id: str, expect: JobStatus = JobStatus.runn
     assert out.ok
 
 
+async def next_event(events: AsyncIterator[ServerSentEvent]) -> ServerSentEvent:
+    """The next event with data (httpx-sse also reports each heartbeat comment,
+    as an event without data)."""
+    async for ev in events:
+        if ev.data:
+            return ev
+    raise AssertionError("the stream ended")
+
+
 async def collect(
     served: Served, path: str, seen: asyncio.Queue[ServerSentEvent], last: str | None = None
 ) -> None:
@@ -120,7 +134,8 @@ async def collect(
     async with aconnect_sse(served.client, "GET", path, headers=headers) as source:
         assert source.response.status_code == 200
         async for ev in source.aiter_sse():
-            await seen.put(ev)
+            if ev.data:  # not a heartbeat comment
+                await seen.put(ev)
 
 
 async def test_a_job_watcher_sees_every_change_in_order(served: Served) -> None:
@@ -161,9 +176,9 @@ async def test_a_job_watcher_resumes_after_a_disconnect(served: Served) -> None:
     last = ""
     async with aconnect_sse(served.client, "GET", path) as source:
         events = source.aiter_sse()
-        assert (await anext(events)).event == "job"
+        assert (await next_event(events)).event == "job"
         await start(served, job_id)
-        ev = await anext(events)
+        ev = await next_event(events)
         assert (ev.event, ev.json()["status"]) == ("status", "running")
         last = ev.id
     # disconnected: two changes happen meanwhile
@@ -198,11 +213,11 @@ async def test_a_batch_watcher_sees_its_counts_and_status_and_resumes(served: Se
     path = f"/v1/batches/{batch_id}/events"
     async with aconnect_sse(served.client, "GET", path) as source:
         events = source.aiter_sse()
-        first = await anext(events)
+        first = await next_event(events)
         assert first.event == "batch" and first.json()["status"] == "in_progress"
         assert first.json()["counts"]["queued"] == 3
         await start(served, job_ids[0])
-        ev = await anext(events)
+        ev = await next_event(events)
         assert ev.event == "counts" and ev.json()["counts"]["running"] == 1
         last = ev.id
     for jid in job_ids:
@@ -294,3 +309,30 @@ async def test_unknown_or_foreign_objects_are_404(settings: Settings) -> None:
         await s.client.aclose()
         await s.svc.close()
         s.server.stop()
+
+
+async def test_a_lost_wake_up_is_made_good_by_the_heartbeat(served: Served) -> None:
+    """A change whose publish never came (a crash, a subscription being made
+    again) still reaches the watcher: it re-reads the stream on its heartbeat."""
+    job_id = (await served.client.post("/v1/jobs", json=BODY)).json()["id"]
+    k = served.svc.store.keys
+    async with aconnect_sse(served.client, "GET", f"/v1/jobs/{job_id}/events") as source:
+        events = source.aiter_sse()
+        assert (await next_event(events)).event == "job"
+        # the stream entry alone, as a transition writes it, without the PUBLISH
+        await served.svc.redis.xadd(k.job_changes(job_id), {"status": "running", "from": "queued"})
+        ev = await next_event(events)
+        assert (ev.event, ev.json()["status"], ev.json()["previous"]) == (
+            "status",
+            "running",
+            "queued",
+        )
+
+
+async def test_a_watcher_that_disconnects_leaves_nothing_behind(served: Served) -> None:
+    job_id = (await served.client.post("/v1/jobs", json=BODY)).json()["id"]
+    async with aconnect_sse(served.client, "GET", f"/v1/jobs/{job_id}/events") as source:
+        assert (await next_event(source.aiter_sse())).event == "job"
+        assert served.app.state.watch_hub.watchers == 1
+    assert await asyncio.to_thread(served.released.wait, 30)
+    assert served.app.state.watch_hub.watchers == 0

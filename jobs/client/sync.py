@@ -135,7 +135,8 @@ class Client:
                 source.response.read()
                 raise _error_from(source.response, source.response.content)
             for ev in source.iter_sse():
-                yield ev.event, ev.json(), ev.id
+                if ev.data:  # a heartbeat comment comes as an event without data
+                    yield ev.event, ev.json(), ev.id
 
     def watch_batch(self, batch_id: str, last_event_id: str | None = None) -> Iterator[JSON]:
         """The batch's view each time it changes (status, counts), from its

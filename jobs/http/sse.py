@@ -41,7 +41,18 @@ TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 
 
 def event(kind: str, data: Any, last: str) -> ServerSentEvent:
-    return ServerSentEvent(data=json.dumps(data, separators=(",", ":")), event=kind, id=last)
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return ServerSentEvent(data=text, event=kind, id=last)
+
+
+async def job_snap(s: Services, job_id: str) -> tuple[str, str, str] | None:
+    """(status, the job view as JSON, the stream's last id), or None: encoded
+    once for every watcher that shares the read."""
+    job, last = await job_snapshot(s, job_id)
+    if job is None:
+        return None
+    view = job_view(job).model_dump(mode="json")
+    return job.status.value, json.dumps(view, separators=(",", ":")), last
 
 
 async def job_snapshot(s: Services, job_id: str) -> tuple[Job | None, str]:
@@ -84,44 +95,40 @@ async def job_events(s: Services, hub: Hub, job: Job, last: str | None) -> Async
     reader = Reader(s, hub, f"job:{job.id}", s.store.keys.job_changes(job.id))
     beat = s.settings.watch_heartbeat_s
 
-    async def snapshot() -> tuple[Job | None, str]:
-        return await hub.shared(f"job:{job.id}", "snapshot", lambda: job_snapshot(s, job.id))
+    async def snapshot() -> tuple[str, str, str] | None:
+        return await hub.shared(f"job:{job.id}", "snapshot", lambda: job_snap(s, job.id))
 
     with hub.waiter(f"job:{job.id}") as woken:
         status = ""  # resumed: the status as of ``last`` is read below
         if last is None:
-            fresh, last = await snapshot()
-            if fresh is None:
+            if (snap := await snapshot()) is None:
                 return
-            status = fresh.status.value
-            yield event("job", job_view(fresh).model_dump(mode="json"), last)
+            status, view, last = snap
+            yield event("job", view, last)
         while status not in TERMINAL_VALUES:
             woken.clear()
             found, gap = await reader.after(last)
             if gap:
-                fresh, last = await snapshot()
-                if fresh is None:
+                if (snap := await snapshot()) is None:
                     return
-                status = fresh.status.value
-                yield event("job", job_view(fresh).model_dump(mode="json"), last)
+                status, view, last = snap
+                yield event("job", view, last)
                 continue
             for c in found:
                 last, status = c.id, c.status
                 yield event("status", c.data(job.id), last)
             if not found and not status:  # nothing after ``last``: the record is as of it
-                fresh, _ = await snapshot()
-                if fresh is None:
+                if (snap := await snapshot()) is None:
                     return
-                status = fresh.status.value
+                status = snap[0]
                 continue
             if found or await wait_for(woken, beat):
                 continue
             if not await s.redis.exists(s.store.keys.job(job.id)):
                 return  # deleted meanwhile
             yield ServerSentEvent(comment="heartbeat")
-        final, _ = await snapshot()
-        if final is not None:
-            yield event("job", job_view(final).model_dump(mode="json"), last)
+        if (snap := await snapshot()) is not None:
+            yield event("job", snap[1], last)
 
 
 class Counts:
