@@ -336,3 +336,16 @@ async def test_a_watcher_that_disconnects_leaves_nothing_behind(served: Served) 
         assert served.app.state.watch_hub.watchers == 1
     assert await asyncio.to_thread(served.released.wait, 30)
     assert served.app.state.watch_hub.watchers == 0
+
+
+async def test_the_client_waits_with_wait_not_a_poll_loop(served: Served) -> None:
+    from jobs.client import Client
+
+    job_id = (await served.client.post("/v1/jobs", json=BODY)).json()["id"]
+    with Client(served.server.url) as client:
+        waiting = asyncio.create_task(asyncio.to_thread(client.wait, job_id, timeout=100))
+        await served.waiting()  # its second GET waits on the change
+        await start(served, job_id)
+        await served.waiting()  # and its third
+        await finish(served, job_id)
+        assert (await waiting)["status"] == "completed"
