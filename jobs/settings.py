@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     # how long a finished job (a batch: its last job) is kept; then everything goes
     retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
+    # --- watching (SSE at /v1/jobs/{id}/events, ?wait=) --------------------------
+    # a comment line on an idle stream this often, and a re-read of the change
+    # stream (a lost wake-up costs at most this much delay)
+    watch_heartbeat_s: float = Field(default=15.0, gt=0)
+    # a batch's counts are sent to each watcher at most this often (0: every change)
+    watch_counts_interval_s: float = Field(default=1.0, ge=0)
+
     # --- logs ------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")

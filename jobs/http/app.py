@@ -17,7 +17,7 @@ from jobs.domain import checks
 from jobs.http import errors as http_errors
 from jobs.http.deps import DEFAULT_TENANT
 from jobs.http.middleware import BodyLimit
-from jobs.http.routes import batches, jobs, ops, rerun, upstream, webhooks
+from jobs.http.routes import batches, events, jobs, ops, rerun, upstream, webhooks
 from jobs.http.trace import TraceRequests
 from jobs.observe import tracing
 from jobs.services import Services, redis_client
@@ -28,7 +28,7 @@ log = logging.getLogger("interq.api")
 
 
 ROUTERS: tuple[APIRouter, ...] = (jobs.router, batches.router, rerun.router, webhooks.router)
-ROUTERS += (upstream.router, ops.router, ui.router)
+ROUTERS += (upstream.router, ops.router, events.router, ui.router)
 
 
 def create_app(

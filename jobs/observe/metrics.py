@@ -147,7 +147,7 @@ WEBHOOK_DEFERRED = Counter(
 )
 
 # Background loops (jobs/loops.py): each pass that ends well, each error by kind.
-LOOP_NAMES = ("dispatcher", "poller", "delivery", "sweeper", "worker")
+LOOP_NAMES = ("dispatcher", "poller", "delivery", "sweeper", "worker", "watch")
 LOOP_ERROR_KINDS = ("connection", "timeout", "readonly", "oom", "loading", "other")
 LOOP_ITERATIONS = Counter(
     "interq_loop_iterations_total", "Passes of a background loop that ended without error", ["loop"]

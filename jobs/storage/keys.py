@@ -11,6 +11,9 @@ keys of one batch ``{<batch id>}``, the keys of one event ``{<event id>}``.
   {p}:batch:{<batch>}:counts        hash  status -> number of the batch's jobs
   {p}:batch:{<batch>}:jobs          list  the batch's job ids, in input order
   {p}:batch:{<batch>}:events        list  its event ids (``batch.completed``)
+  {p}:job:{<job>}:changes           strm  its status changes, for watchers (capped ~200)
+  {p}:batch:{<batch>}:changes       strm  the batch's status changes, for watchers
+  {p}:changes                       chan  pub/sub: "job:<id>" / "batch:<id>" on every change
   {p}:event:{<event>}               hash  a webhook event (the outbox, ``records.Event``)
   {p}:event:{<event>}:attempts      list  its last 100 delivery attempts, JSON
   {p}:seq                           str   counter giving each job a unique, ordered ``seq``
@@ -234,6 +237,19 @@ class Keys:
     @property
     def key_ok(self) -> str:
         return f"{self.prefix}:upstream_key:ok"
+
+    # -- watching (jobs/http/watch.py): change streams, one pub/sub channel -------
+    def job_changes(self, job_id: str) -> str:
+        """A job's status changes (a stream; entry ids are the SSE event ids)."""
+        return f"{self.prefix}:job:{{{job_id}}}:changes"
+
+    def batch_changes(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{{{batch_id}}}:changes"
+
+    @property
+    def changes_channel(self) -> str:
+        """The one pub/sub channel: each change publishes "job:<id>" or "batch:<id>"."""
+        return f"{self.prefix}:changes"
 
     # -- arq's own names --------------------------------------------------------
     @staticmethod

@@ -17,6 +17,7 @@ from jobs.domain.batch_lines import Intake, explain
 from jobs.domain.requests import BatchCreate, WebhookSpec
 from jobs.errors import Conflict, InvalidRequest
 from jobs.http.deps import Svc, Tenant, own_batch
+from jobs.http.routes import events
 from jobs.http.tenant_guard import DailyTokens
 from jobs.http.views import errors
 from jobs.work import retention
@@ -110,9 +111,12 @@ async def read_json(request: Request, intake: Intake) -> tuple[WebhookSpec | Non
 
 
 @router.get("/v1/batches/{batch_id}", responses=errors(404))
-async def get_batch(batch_id: str, s: Svc, t: Tenant) -> Any:
-    """The batch's counts by status, its token usage and its webhook state."""
-    return await batches.batch_view(s, await own_batch(s, t, batch_id))
+async def get_batch(
+    batch_id: str, s: Svc, t: Tenant, request: Request, wait: events.Wait = None
+) -> Any:
+    """The batch's counts by status, its token usage and its webhook state; with
+    ``?wait=SECONDS``, once its status changes (at once if final)."""
+    return await events.waited_batch(request, s, t, batch_id, wait)
 
 
 @router.get("/v1/batches/{batch_id}/results", responses=errors(404))

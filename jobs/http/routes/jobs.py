@@ -12,7 +12,7 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from jobs.delivery import signing, url_safety
 from jobs.domain import batches, cancel, checks, lifecycle
@@ -29,6 +29,7 @@ from jobs.errors import (
     UnknownCallId,
 )
 from jobs.http.deps import Svc, Tenant, own_batch, own_job
+from jobs.http.routes import events
 from jobs.http.tenant_guard import DailyTokens
 from jobs.http.views import JobView, errors, job_view
 from jobs.observe import metrics
@@ -99,8 +100,11 @@ async def store_new_job(s: Services, job: Job, body: JobCreate, key: str | None)
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses=errors(404))
-async def get_job(job_id: str, s: Svc, t: Tenant) -> Any:
-    return job_view(await own_job(s, t, job_id))
+async def get_job(
+    job_id: str, s: Svc, t: Tenant, request: Request, wait: events.Wait = None
+) -> Any:
+    """The job; with ``?wait=SECONDS``, once its status changes (at once if final)."""
+    return job_view(await events.waited_job(request, s, t, job_id, wait))
 
 
 @router.get("/v1/jobs", responses=errors(404))
