@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     watch_heartbeat_s: float = Field(default=15.0, gt=0)
     # a batch's counts are sent to each watcher at most this often (0: every change)
     watch_counts_interval_s: float = Field(default=1.0, ge=0)
+    # a running job's watchers get its partial output, relayed from the upstream's
+    # own stream of the interaction (jobs/http/live.py); false: status events only
+    live_output: bool = True
 
     # --- logs ------------------------------------------------------------------
     log_level: str = "INFO"

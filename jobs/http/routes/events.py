@@ -22,12 +22,13 @@ from sse_starlette import EventSourceResponse
 from jobs.domain import batches
 from jobs.domain.records import Job
 from jobs.domain.statuses import TERMINAL
-from jobs.http import sse
+from jobs.http import live, sse
 from jobs.http.deps import Svc, Tenant, own_batch, own_job
 from jobs.http.views import errors
 from jobs.http.watch import Hub, wait_for
 from jobs.services import Services
 from jobs.storage import changes
+from jobs.upstream.stream import LiveStream, Relays
 
 MAX_WAIT_S = 60.0
 Wait = Annotated[
@@ -61,10 +62,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     hub = Hub(s.redis, s.store.keys.changes_channel)
     hub.start()
     app.state.watch_hub = hub
+    app.state.relays = Relays(LiveStream(s.settings)) if s.settings.live_output else None
     try:
         yield
     finally:
         await hub.stop()
+        if app.state.relays is not None:
+            await app.state.relays.aclose()
 
 
 router = APIRouter(responses=errors(401, 422, 429, 503), lifespan=lifespan)
@@ -90,12 +94,15 @@ async def job_events(
 ) -> EventSourceResponse:
     """The job's changes as they happen: ``job`` (the job, as ``GET`` returns
     it), then ``status`` (``{id, status, previous, at}``) for each change, and a
-    last ``job`` after the final status; then the stream ends. With
+    last ``job`` after the final status; then the stream ends. While it runs,
+    ``output`` (the partial text so far) and ``delta`` (the next piece) events
+    relay the upstream's own output (``jobs/http/live.py``). With
     ``Last-Event-ID``: only the ``status`` events after that id. A comment
     line comes every ``INTERQ_WATCH_HEARTBEAT_S`` while nothing happens."""
     job = await own_job(s, t, job_id)
     resume = changes.valid_id(last_event_id)
-    return respond(sse.job_events(s, hub_of(request), job, resume))
+    events = sse.job_events(s, hub_of(request), job, resume)
+    return respond(live.with_live_output(s, request.app.state.relays, job.id, events))
 
 
 @router.get(
