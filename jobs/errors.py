@@ -22,6 +22,9 @@ thing: what a *caller* of the API catches).
      │     │     └── JobInBatch   409 job_in_batch
      │     ├── TooLarge           413 body_too_large
      │     ├── RateLimited        429 rate_limited (Retry-After)
+     │     │     └── TenantDailyTokens  429 tenant_daily_tokens: the tenant used
+     │     │                      its INTERQ_TENANT_LIMITS tokens_per_day (Retry-After:
+     │     │                      the day's turn, midnight Pacific)
      │     └── Unavailable        503 unavailable (Retry-After)
      ├── UpstreamError            anything that went wrong talking upstream
      │     ├── Retryable          408, 409, 429, 5xx, timeouts, connection errors
@@ -132,6 +135,10 @@ class TooLarge(ApiError):
 class RateLimited(ApiError):
     http_status = 429
     code = "rate_limited"
+
+
+class TenantDailyTokens(RateLimited):
+    code = "tenant_daily_tokens"
 
 
 class Unavailable(ApiError):

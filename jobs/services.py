@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.delivery.signing import USER_AGENT
-from jobs.delivery.url_safety import Policy
+from jobs.delivery.url_safety import Policy, Resolver
 from jobs.settings import Settings
 from jobs.storage.results import ResultStore
 from jobs.storage.store import Store
@@ -69,6 +69,7 @@ class Services:
     http: httpx.AsyncClient  # outgoing webhooks
     budgets: Budgets
     cache: dict[str, object] = field(default_factory=dict)  # small per-process caches
+    resolver: Resolver | None = None  # webhook hosts' resolver; None: the system's (tests set one)
 
     @classmethod
     def open(
@@ -105,6 +106,7 @@ class Services:
             allowed_networks=tuple(
                 ipaddress.ip_network(n, strict=False) for n in cfg.webhook_allowed_networks
             ),
+            resolver=self.resolver,
         )
 
     async def close(self) -> None:

@@ -36,6 +36,31 @@ class ModelLimit(BaseModel):
     concurrency: int | None = Field(default=None, ge=1, description="interactions in flight")
 
 
+class TenantLimit(BaseModel):
+    """Limits for one tenant (``*`` for any tenant not named): unset means
+    no limit of that kind."""
+
+    model_config = ConfigDict(extra="forbid")
+    in_flight: int | None = Field(
+        default=None, ge=1, description="jobs dispatched and not ended (requires_action excluded)"
+    )
+    creates_per_minute: int | None = Field(
+        default=None, ge=1, description="jobs the dispatcher sends upstream per minute"
+    )
+    tokens_per_day: int | None = Field(
+        default=None, ge=1, description="input + output + thought tokens per Pacific day"
+    )
+
+
+class Price(BaseModel):
+    """USD per million tokens of one model or agent (``*`` for any other)."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    thought: float | None = Field(default=None, ge=0, description="unset: the output price")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INTERQ_", env_file=".env", extra="ignore", populate_by_name=True
@@ -85,6 +110,16 @@ class Settings(BaseSettings):
     # how long a finished job (a batch: its last job) is kept; then everything goes
     retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
 
+    # --- watching (SSE at /v1/jobs/{id}/events, ?wait=) --------------------------
+    # a comment line on an idle stream this often, and a re-read of the change
+    # stream (a lost wake-up costs at most this much delay)
+    watch_heartbeat_s: float = Field(default=15.0, gt=0)
+    # a batch's counts are sent to each watcher at most this often (0: every change)
+    watch_counts_interval_s: float = Field(default=1.0, ge=0)
+    # a running job's watchers get its partial output, relayed from the upstream's
+    # own stream of the interaction (jobs/http/live.py); false: status events only
+    live_output: bool = True
+
     # --- logs ------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
@@ -111,6 +146,14 @@ class Settings(BaseSettings):
         "same 400 (0: never)",
     )
     max_batch_bytes: int = 256 * 1024 * 1024
+
+    # --- tenant limits and prices (jobs/domain/tenants.py, jobs/domain/costs.py)
+    # JSON: {"team-a": {"in_flight": 50, "creates_per_minute": 600,
+    #        "tokens_per_day": 5000000}, "*": {...}}
+    tenant_limits: dict[str, TenantLimit] = Field(default_factory=dict)
+    # JSON, USD per million tokens: {"gemini-3-flash": {"input": 0.5, "output": 3.0,
+    #        "thought": 3.0}, "*": {...}}
+    prices: dict[str, Price] = Field(default_factory=dict)
 
     # --- results -------------------------------------------------------------
     results_url: str = "file://./data/results"
@@ -239,6 +282,19 @@ class Settings(BaseSettings):
 
     def limit_for(self, model: str) -> ModelLimit:
         return self.limits.get(model) or self.limits.get("*") or ModelLimit()
+
+    def tenant_limit_for(self, tenant: str) -> TenantLimit:
+        return self.tenant_limits.get(tenant) or self.tenant_limits.get("*") or TenantLimit()
+
+    def price_for(self, model: str) -> Price | None:
+        return self.prices.get(model) or self.prices.get("*")
+
+    @property
+    def known_tenants(self) -> frozenset[str]:
+        """Tenants named in settings (keys, limits) and the keyless one: the
+        values a ``tenant`` metric label may take (any other is ``other``)."""
+        named = set(self.api_keys) | (set(self.tenant_limits) - {"*"})
+        return frozenset(named if self.api_keys else named | {"default"})
 
     @property
     def effective_redis_url(self) -> str:

@@ -355,3 +355,21 @@ async def test_submit_webhook_url_reaches_every_job_and_the_batch(
     jobs = {d.data["custom_id"] for d in got if d.type == "job.completed"}
     assert jobs == set(custom_ids(EXAMPLE))
     assert [d.data["id"] for d in got if d.type == "batch.completed"] == [batch_id]
+
+
+async def test_rerun_queues_a_batchs_failed_lines(
+    live_api: str, worker: None, client: Client
+) -> None:
+    jobs = [
+        {"custom_id": f"r-{i}", "interaction": {"model": "m", "input": f"cli {i} {flaky}"}}
+        for i, flaky in enumerate(["[sim duration=0.05 fail_first=1]", "[sim duration=0.05]"])
+    ]
+    batch_id = (await asyncio.to_thread(client.submit_batch, jobs))["id"]
+    first = await asyncio.to_thread(client.wait_batch, batch_id, timeout=30, poll_interval=0.1)
+    assert first["counts"]["failed"] == 1 and first["counts"]["completed"] == 1
+
+    run = await interq(live_api, "rerun", batch_id, "--key", "cli-rerun")
+    assert run.rc == 0, run.err
+    assert f"{batch_id}: 1 jobs queued again" in run.out
+    final = await asyncio.to_thread(client.wait_batch, batch_id, timeout=30, poll_interval=0.1)
+    assert final["counts"]["completed"] == 2 and final["reruns"] == 1

@@ -18,19 +18,10 @@ from pydantic import SecretStr
 
 from jobs.dev.harness import free_port
 from jobs.http import deps
-from jobs.http.routes import batches, jobs, ops, upstream, webhooks
+from jobs.http.app import ROUTERS
 from jobs.settings import Settings
-from jobs.ui import page
 from tests.helpers import app_client
 
-ROUTERS = [
-    jobs.router,
-    batches.router,
-    webhooks.router,
-    upstream.router,
-    ops.router,
-    page.router,
-]
 NO_KEY = {"/healthz", "/readyz", "/metrics", "/v1/upstream/webhook"}
 
 

@@ -134,7 +134,11 @@ async def test_lifecycle(client: httpx.AsyncClient, outcome: str) -> None:
     assert created["status"] == first.get(outcome, "in_progress")
     seen: list[str] = []
     body = await poll(client, created["id"], {FINAL[outcome]}, seen)
-    assert seen[0] == first.get(outcome, "in_progress") and seen[-1] == FINAL[outcome]
+    path = list(dict.fromkeys([first.get(outcome, "in_progress"), "in_progress", FINAL[outcome]]))
+    # polls see the first status, then the final one, in that order (a slow poll
+    # may see only the final one: the timing is the machine's, not the test's)
+    assert seen[-1] == FINAL[outcome] and all(st in path for st in seen), seen
+    assert seen == sorted(seen, key=path.index), seen
     assert body["steps"][0] == {"type": "user_input", "content": [{"type": "text", "text": text}]}
     assert body["labels"] == {"interq_job": "j1"} and body["service_tier"] == "standard"
     assert "usage" in body and body["usage"]["total_tokens"] > 0

@@ -30,9 +30,8 @@ from jobs.cli.output import (
 )
 
 
-def watch_batch(client: Any, batch_id: str, interval: float) -> dict[str, Any]:
-    """A live progress bar (on stderr) until every job of the batch is done."""
-    import httpx
+def _progress() -> Any:
+    """The live progress bar (on stderr) of ``--watch``."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -46,14 +45,12 @@ def watch_batch(client: Any, batch_id: str, interval: float) -> dict[str, Any]:
     )
     from rich.text import Text
 
-    from jobs.client import InterqError, batch_finished
-
     class RateColumn(ProgressColumn):
         def render(self, task: Task) -> Text:
             speed = task.finished_speed or task.speed
             return Text(f"{speed:.1f} jobs/s" if speed else "- jobs/s", style="progress.data.speed")
 
-    progress = Progress(
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -64,12 +61,36 @@ def watch_batch(client: Any, batch_id: str, interval: float) -> dict[str, Any]:
         console=Console(stderr=True),
         refresh_per_second=4,
     )
+
+
+def watch_batch(client: Any, batch_id: str, interval: float) -> dict[str, Any]:
+    """A live progress bar (on stderr) until the batch has ended, from its
+    event stream (``GET /v1/batches/{id}/events``): no polling. A dropped
+    stream is resumed where it stopped (``Last-Event-ID``), ``interval``
+    seconds after a failed attempt, for up to ``WATCH_GIVE_UP_S``."""
+    import httpx
+
+    from jobs.client import InterqError
+
     failing_since: float | None = None
-    with progress:
+    view: dict[str, Any] = {}
+    with _progress() as progress:
         task = progress.add_task("starting", total=None)
         while True:
             try:
-                view: dict[str, Any] = client.batch(batch_id)
+                for update in client.watch_batch(batch_id, view.get("last_event_id")):
+                    view, failing_since = {**view, **update}, None
+                    progress.update(
+                        task,
+                        total=view.get("total") or 0,
+                        completed=view.get("done", 0),
+                        description=batch_description(view),
+                    )
+                # the stream ends after the final status and the final view
+                if view.get("status") not in ("completed", "cancelled"):
+                    view = {**client.batch(batch_id), "last_event_id": view.get("last_event_id")}
+                if view.get("status") in ("completed", "cancelled"):
+                    return view
             except (httpx.TransportError, InterqError) as e:
                 transient = not isinstance(e, InterqError) or e.status in (502, 503, 504)
                 now = time.monotonic()
@@ -77,18 +98,7 @@ def watch_batch(client: Any, batch_id: str, interval: float) -> dict[str, Any]:
                 if not transient or now - failing_since > WATCH_GIVE_UP_S:
                     raise
                 progress.update(task, description=f"[yellow]API unreachable, retrying ({e})[/]")
-                time.sleep(interval)
-                continue
-            failing_since = None
-            progress.update(
-                task,
-                total=view.get("total") or 0,
-                completed=view.get("done", 0),
-                description=batch_description(view),
-            )
-            if batch_finished(view):
-                return view
-            time.sleep(interval)
+            time.sleep(interval)  # before reconnecting: the stream ended or failed
 
 
 def with_webhook(file: Path, out: IO[bytes], webhook: dict[str, str]) -> None:
@@ -152,7 +162,9 @@ def submit(
         str | None,
         typer.Option(help="its secret, whsec_... (generated if absent)", show_default=False),
     ] = None,
-    interval: Annotated[float, typer.Option(help="seconds between polls", min=0.1)] = 1.0,
+    interval: Annotated[
+        float, typer.Option(help="--watch: seconds before reconnecting a dropped stream", min=0.1)
+    ] = 1.0,
     url: UrlOpt = DEFAULT_API_URL,
     api_key: KeyOpt = None,
 ) -> None:
@@ -279,4 +291,29 @@ def cancel(
             return
         view = client.cancel_batch(target)
         typer.echo(f"cancel requested for {target}")
+        print_batch(view)
+
+
+def rerun(
+    target: Annotated[str, typer.Argument(metavar="ID", help="bat_... (or a single job_...)")],
+    status: Annotated[
+        list[str] | None,
+        typer.Option(help="rerun the lines in this status (repeatable; default failed, expired)"),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="an Idempotency-Key: a repeat runs nothing again")
+    ] = None,
+    url: UrlOpt = DEFAULT_API_URL,
+    api_key: KeyOpt = None,
+) -> None:
+    """Run again what ended without an answer: a batch's failed and expired lines
+    (they keep their custom ids and order), or one job."""
+    from jobs.client import Client
+
+    with talking_to(url), Client(url, api_key=api_key) as client:
+        view = client.rerun(target, status, key)
+        if target.startswith("job_"):
+            typer.echo(f"{target}: {view.get('status')} (attempt {view.get('attempt')})")
+            return
+        typer.echo(f"{target}: {view['rerun']['rerun']} jobs queued again")
         print_batch(view)

@@ -9,6 +9,8 @@ interq receiver    a webhook receiver that verifies signatures and prints events
 interq hash-key    the form of an API key to put in INTERQ_API_KEYS
 interq quota       per-day quota holds and the upstream key's health
                    (status; resume MODEL lifts a hold before the reset)
+interq tenant      tenants held for their daily tokens, a tenant's day
+                   (status [TENANT]; resume TENANT lifts a hold for the day)
 
 Talking to a running API (--url / INTERQ_API_URL, --api-key / INTERQ_API_KEY):
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs.cli import batches, quota, serve
+from jobs.cli import batches, quota, serve, tenant
 from jobs.cli.up import up
 from jobs.dev.harness import redis_server_cmd
 
@@ -41,7 +43,9 @@ app.command()(batches.submit)
 app.command()(batches.results)
 app.command()(batches.status)
 app.command()(batches.cancel)
+app.command()(batches.rerun)
 app.add_typer(quota.app, name="quota")
+app.add_typer(tenant.app, name="tenant")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from jobs.client.common import (
     _json_body,
     _ndjson_lines,
     _result_line,
+    _wait_params,
     _with_secret,
     batch_finished,
 )
@@ -110,14 +111,22 @@ class AsyncClient:
         poll_interval: float = 1.0,
         stop_on_action: bool = True,
     ) -> JSON:
-        deadline = _deadline(timeout)
+        """As :meth:`Client.wait`: each GET waits for the next change (``?wait=``)."""
+        deadline, seen = _deadline(timeout), None
         while True:
-            job = await self.get(job_id)
+            params: dict[str, float] = _wait_params(deadline) if seen is not None else {}
+            job = await self._get_waiting(f"/v1/jobs/{job_id}", params)
             status = job.get("status")
             if status in JOB_TERMINAL or (stop_on_action and status == "requires_action"):
                 return job
             _check_deadline(deadline, f"job {job_id} still {status}", timeout)
-            await asyncio.sleep(poll_interval)
+            if status == seen:
+                await asyncio.sleep(poll_interval)
+            seen = status
+
+    async def _get_waiting(self, path: str, params: dict[str, float]) -> JSON:
+        wait = params.get("wait", 0.0)
+        return _json_body(await self._http.get(path, params=params, timeout=wait + 30))
 
     async def result(self, job_id: str) -> JSON:
         return _json_body(await self._http.get(f"/v1/jobs/{job_id}/result"))
@@ -160,9 +169,13 @@ class AsyncClient:
         poll_interval: float = 1.0,
         on_update: Callable[[JSON], None] | None = None,
     ) -> JSON:
-        deadline = _deadline(timeout)
+        """As :meth:`Client.wait_batch` (``?wait=`` without ``on_update``)."""
+        deadline, seen = _deadline(timeout), None
         while True:
-            view = await self.batch(batch_id)
+            params: dict[str, float] = {}
+            if seen is not None and on_update is None:
+                params = _wait_params(deadline)
+            view = await self._get_waiting(f"/v1/batches/{batch_id}", params)
             if on_update is not None:
                 on_update(view)
             if batch_finished(view):
@@ -170,7 +183,9 @@ class AsyncClient:
             _check_deadline(
                 deadline, f"batch {batch_id} at {view.get('done')}/{view.get('total')}", timeout
             )
-            await asyncio.sleep(poll_interval)
+            if on_update is not None or view.get("status") == seen:
+                await asyncio.sleep(poll_interval)
+            seen = view.get("status")
 
     async def iter_results(self, batch_id: str) -> AsyncIterator[JSON]:
         async with self._http.stream("GET", f"/v1/batches/{batch_id}/results") as resp:
@@ -183,3 +198,14 @@ class AsyncClient:
 
     async def cancel_batch(self, batch_id: str) -> JSON:
         return _json_body(await self._http.post(f"/v1/batches/{batch_id}/cancel"))
+
+    async def rerun(
+        self, target: str, statuses: list[str] | None = None, key: str | None = None
+    ) -> JSON:
+        """Rerun a job (``job_...``) or a batch's lines in ``statuses``
+        (default failed and expired). ``key``: an Idempotency-Key."""
+        headers = {"Idempotency-Key": key} if key else {}
+        kind = "jobs" if target.startswith("job_") else "batches"
+        params = {"status": statuses} if statuses else None
+        url = f"/v1/{kind}/{target}/rerun"
+        return _json_body(await self._http.post(url, params=params, headers=headers))

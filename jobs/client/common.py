@@ -189,6 +189,28 @@ def _result_line(raw: str) -> JSON | None:
     return doc
 
 
+LONG_POLL_S = 30.0  # the ?wait= of a waiting GET (the API answers on a change)
+
+
+def _wait_params(deadline: float | None) -> dict[str, float]:
+    """``?wait=``: at most ``LONG_POLL_S``, and not past ``deadline``."""
+    left = LONG_POLL_S if deadline is None else deadline - time.monotonic()
+    return {"wait": round(max(0.0, min(LONG_POLL_S, left)), 3)}
+
+
+def _merge_event(view: dict[str, Any], kind: str, data: Any) -> None:
+    """Fold one SSE event of a job or batch stream into the view so far."""
+    if not isinstance(data, dict):
+        return
+    if kind in ("job", "batch"):
+        view.clear()
+        view.update(data)
+    elif kind == "counts":
+        view.update(data)
+    elif kind == "status":
+        view["status"] = data.get("status")
+
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else time.monotonic() + timeout
 

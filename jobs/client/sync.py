@@ -24,8 +24,10 @@ from jobs.client.common import (
     _job_body,
     _json_batch,
     _json_body,
+    _merge_event,
     _ndjson_lines,
     _result_line,
+    _wait_params,
     _with_secret,
     batch_finished,
 )
@@ -100,16 +102,49 @@ class Client:
         poll_interval: float = 1.0,
         stop_on_action: bool = True,
     ) -> JSON:
-        """Poll until the job is terminal (or ``requires_action``, unless
-        ``stop_on_action=False``); raises ``TimeoutError`` after ``timeout`` s."""
-        deadline = _deadline(timeout)
+        """Wait until the job is terminal (or ``requires_action``, unless
+        ``stop_on_action=False``); raises ``TimeoutError`` after ``timeout`` s.
+        Each GET waits for the next change (``?wait=``); ``poll_interval`` is
+        the pause after an answer that brought none (an API without ``?wait=``)."""
+        deadline, seen = _deadline(timeout), None
         while True:
-            job = self.get(job_id)
+            params: dict[str, float] = _wait_params(deadline) if seen is not None else {}
+            job = self._get_waiting(f"/v1/jobs/{job_id}", params)
             status = job.get("status")
             if status in JOB_TERMINAL or (stop_on_action and status == "requires_action"):
                 return job
             _check_deadline(deadline, f"job {job_id} still {status}", timeout)
-            time.sleep(poll_interval)
+            if status == seen:
+                time.sleep(poll_interval)
+            seen = status
+
+    def _get_waiting(self, path: str, params: dict[str, float]) -> JSON:
+        wait = params.get("wait", 0.0)
+        return _json_body(self._http.get(path, params=params, timeout=wait + 30))
+
+    def events(
+        self, path: str, last_event_id: str | None = None
+    ) -> Iterator[tuple[str, JSON, str]]:
+        """A job's or batch's Server-Sent Events (``/v1/jobs/{id}/events``,
+        ``/v1/batches/{id}/events``): (event, data, id) until the stream ends."""
+        from httpx_sse import connect_sse
+
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        with connect_sse(self._http, "GET", path, headers=headers) as source:
+            if source.response.is_error:
+                source.response.read()
+                raise _error_from(source.response, source.response.content)
+            for ev in source.iter_sse():
+                if ev.data:  # a heartbeat comment comes as an event without data
+                    yield ev.event, ev.json(), ev.id
+
+    def watch_batch(self, batch_id: str, last_event_id: str | None = None) -> Iterator[JSON]:
+        """The batch's view each time it changes (status, counts), from its
+        event stream, until it ends; each item also carries ``last_event_id``."""
+        view: dict[str, Any] = {}
+        for kind, data, eid in self.events(f"/v1/batches/{batch_id}/events", last_event_id):
+            _merge_event(view, kind, data)
+            yield {**view, "last_event_id": eid}
 
     def result(self, job_id: str) -> JSON:
         """The stored Interaction of a finished job."""
@@ -155,10 +190,15 @@ class Client:
         poll_interval: float = 1.0,
         on_update: Callable[[JSON], None] | None = None,
     ) -> JSON:
-        """Poll until the batch has ended; ``on_update`` sees each view."""
-        deadline = _deadline(timeout)
+        """Wait until the batch has ended; ``on_update`` sees each view (then it
+        polls every ``poll_interval``; without, each GET waits for the batch's
+        next change of status, ``?wait=``)."""
+        deadline, seen = _deadline(timeout), None
         while True:
-            view = self.batch(batch_id)
+            params: dict[str, float] = {}
+            if seen is not None and on_update is None:
+                params = _wait_params(deadline)
+            view = self._get_waiting(f"/v1/batches/{batch_id}", params)
             if on_update is not None:
                 on_update(view)
             if batch_finished(view):
@@ -166,7 +206,9 @@ class Client:
             _check_deadline(
                 deadline, f"batch {batch_id} at {view.get('done')}/{view.get('total')}", timeout
             )
-            time.sleep(poll_interval)
+            if on_update is not None or view.get("status") == seen:
+                time.sleep(poll_interval)
+            seen = view.get("status")
 
     def iter_results(self, batch_id: str) -> Iterator[JSON]:
         """The batch's results, one dict per job in input order, streamed."""
@@ -180,3 +222,12 @@ class Client:
 
     def cancel_batch(self, batch_id: str) -> JSON:
         return _json_body(self._http.post(f"/v1/batches/{batch_id}/cancel"))
+
+    def rerun(self, target: str, statuses: list[str] | None = None, key: str | None = None) -> JSON:
+        """Rerun a job (``job_...``) or a batch's lines in ``statuses``
+        (default failed and expired). ``key``: an Idempotency-Key."""
+        headers = {"Idempotency-Key": key} if key else {}
+        kind = "jobs" if target.startswith("job_") else "batches"
+        params = {"status": statuses} if statuses else None
+        url = f"/v1/{kind}/{target}/rerun"
+        return _json_body(self._http.post(url, params=params, headers=headers))

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from jobs.delivery import endpoints, sender, signing
 from jobs.domain.records import Event, EventState, EventUpdate, event_fields
-from jobs.observe import logs, metrics
+from jobs.observe import logs, metrics, tracing
 from jobs.services import Services
 from jobs.storage.scripts import lua
 from jobs.work.clock import SYSTEM, Clock
@@ -91,10 +91,14 @@ class DeliveryEngine(DueEngine):
             return self._again(event_id, wait, {})
         self.busy[dest] = self.busy.get(dest, 0) + 1
         try:
-            res = await sender.post(
-                svc.http, target.url, target.secrets, event_id, ev.body.encode(),
-                svc.webhook_policy,
-            )  # fmt: skip
+            with tracing.webhook_span(ev, event_id) as sp:
+                trace_headers: dict[str, str] = {}
+                tracing.inject(trace_headers)
+                res = await sender.post(
+                    svc.http, target.url, target.secrets, event_id, ev.body.encode(),
+                    svc.webhook_policy, extra_headers=trace_headers,
+                )  # fmt: skip
+                sp.set_attribute("http.response.status_code", res.status_code or 0)
         finally:
             self.busy[dest] -= 1
             if not self.busy[dest]:

@@ -22,6 +22,15 @@ class AttemptResult:
     duration_s: float
 
 
+def host_header(target: httpx.URL) -> str:
+    """The Host header for the URL's authority: an IPv6 literal in brackets
+    (``[2001:db8::1]:8443``), the port only if the URL names one."""
+    host = target.host  # httpx gives an IPv6 literal without its brackets
+    if ":" in host:
+        host = f"[{host}]"
+    return host if target.port is None else f"{host}:{target.port}"
+
+
 async def post(
     client: httpx.AsyncClient,
     url: str,
@@ -29,18 +38,19 @@ async def post(
     msg_id: str,
     body: bytes,
     policy: Policy,
+    extra_headers: dict[str, str] | None = None,
 ) -> AttemptResult:
     """One signed delivery attempt to the checked address. Redirects are not
-    followed (a 3xx is a failure)."""
+    followed (a 3xx is a failure). ``extra_headers``: the trace context."""
     start = time.perf_counter()
     try:
         ip = await resolve(url, policy)
     except UnsafeURL as e:
         return AttemptResult("failed", None, str(e), 0.0)
     target = httpx.URL(url)
-    host_header = target.host if target.port is None else f"{target.host}:{target.port}"
     headers = headers_for(secrets_, msg_id, body)
-    headers["host"] = host_header
+    headers["host"] = host_header(target)
+    headers.update(extra_headers or {})
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     try:
         resp = await client.post(

@@ -49,21 +49,37 @@ def headers_for(
     }
 
 
+MAX_TIMESTAMP_DIGITS = 12  # unix seconds until the year 33658
+
+
+def parse_timestamp(value: str) -> int | None:
+    """A ``webhook-timestamp`` as unix seconds, or None if it is not one: ASCII
+    digits only, at most ``MAX_TIMESTAMP_DIGITS`` of them (a 400-digit number is
+    a valid int but no float, and no time)."""
+    value = value.strip()
+    if not value or len(value) > MAX_TIMESTAMP_DIGITS or not value.isascii():
+        return None
+    return int(value) if value.isdigit() else None
+
+
 def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance_s: int = 300) -> bool:
     """Check a Standard Webhooks delivery: any ``v1,`` signature matches and
-    the timestamp is within ``tolerance_s`` of now."""
+    the timestamp is within ``tolerance_s`` of now. Any header the sender
+    chose (missing, malformed, not ASCII, absurdly long) is a failed check,
+    never an exception."""
     h = {k.lower(): v for k, v in headers.items()}
     msg_id, ts, sigs = h.get("webhook-id"), h.get("webhook-timestamp"), h.get("webhook-signature")
     if not (msg_id and ts and sigs):
         return False
-    try:
-        stamp = int(ts)
-    except ValueError:
+    stamp = parse_timestamp(ts)
+    if stamp is None or abs(time.time() - stamp) > tolerance_s:
         return False
-    if abs(time.time() - stamp) > tolerance_s:
-        return False
-    expected = sign(secret, msg_id, stamp, body)
-    return any(hmac.compare_digest(expected, s) for s in sigs.split() if s.startswith("v1,"))
+    expected = sign(secret, msg_id, stamp, body).encode()
+    return any(
+        hmac.compare_digest(expected, s.encode("utf-8", "replace"))
+        for s in sigs.split()
+        if s.startswith("v1,")
+    )
 
 
 def next_delay(schedule: list[float], attempt: int, jitter: float) -> float | None:

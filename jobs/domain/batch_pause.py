@@ -26,6 +26,7 @@ from jobs.domain.statuses import JobStatus
 from jobs.errors import Conflict
 from jobs.observe import metrics
 from jobs.services import Services
+from jobs.storage import changes
 
 log = logging.getLogger("interq.batches")
 
@@ -67,7 +68,10 @@ async def after_finish(
         return False
     if int(await r.hincrby(key, "rejections", 1)) != limit:  # type: ignore[misc]
         return False
-    await r.hset(key, mapping={"paused": "1", "pause_error": json.dumps(error)})  # type: ignore[misc]
+    async with r.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping={"paused": "1", "pause_error": json.dumps(error)})
+        changes.note_batch_status(pipe, svc.store.keys, batch_id, "paused", "in_progress")
+        await pipe.execute()
     metrics.BATCHES_PAUSED.inc()
     log.warning("batch %s paused: its first %d jobs were refused upstream alike", batch_id, limit)
     return True
@@ -90,6 +94,14 @@ async def is_paused(svc: Services, batch_id: str) -> bool:
     return bool(await svc.redis.hget(svc.store.keys.batch(batch_id), "paused"))  # type: ignore[misc]
 
 
+async def held(svc: Services, batch_id: str) -> bool:
+    """Whether the dispatcher leaves the batch's lane alone: paused, or not
+    committed yet (``staging``: ``jobs/storage/batch_write.py``)."""
+    key = svc.store.keys.batch(batch_id)
+    paused, staging = await svc.redis.hmget(key, ["paused", "staging"])  # type: ignore[misc]
+    return bool(paused or staging)
+
+
 async def resume(svc: Services, batch: Batch) -> None:
     """Send the paused batch's queued jobs after all (it will not pause again)."""
     if not batch.extra.get("paused"):
@@ -104,6 +116,7 @@ async def lift(svc: Services, batch_id: str) -> None:
     async with svc.redis.pipeline(transaction=True) as pipe:
         pipe.hset(key, "streak_broken", "1")
         pipe.hdel(key, "paused")
+        changes.note_batch_status(pipe, svc.store.keys, batch_id, "in_progress", "paused")
         await pipe.execute()
 
 

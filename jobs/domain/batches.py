@@ -1,10 +1,14 @@
 """Batches: many jobs accepted at once, counted, streamed back in input order.
 
-A batch is accepted whole or not at all: every line is validated first (errors
-reported by line number), then the batch record and all its jobs are written
-in one Redis transaction (a pipeline under MULTI). Its jobs wait in the batch's
-own dispatch lane (see ``dispatch.py``). The transition that ends the batch's
-last job enqueues ``batch_done``, which fires ``batch.completed``.
+A batch is accepted whole or not at all. Its lines are read as a stream and
+checked off the event loop (``batch_lines.Intake``: errors reported by line
+number, each line turned into its job record at once and spooled); then what
+needs Redis is checked (webhook addresses, chains), and the batch is written
+in chunks and committed in one small step (``jobs/storage/batch_write.py``:
+staged, invisible and not dispatchable until the commit; purged if it never
+commits). Its jobs wait in the batch's own dispatch lane (see
+``dispatch.py``). The transition that ends the batch's last job enqueues
+``batch_done``, which fires ``batch.completed``.
 
 Keys (``jobs/keys.py``): the batch record (total, done, usage), its counts
 (status -> count, kept by the transition scripts) and its job ids in input
@@ -17,183 +21,101 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from jobs.delivery import url_safety
-from jobs.domain import batch_pause, cancel, checks
+from jobs.domain import batch_pause, cancel, checks, tenants
 from jobs.domain import lifecycle as outcomes
+from jobs.domain.batch_lines import MAX_REPORTED_ERRORS, Intake
 from jobs.domain.records import Batch, Job
-from jobs.domain.requests import WebhookSpec, check_interaction_body
+from jobs.domain.requests import WebhookSpec
 from jobs.domain.statuses import BATCH_COMPLETED, TERMINAL, JobStatus
 from jobs.errors import BatchError
 from jobs.observe import metrics
 from jobs.services import Services
-from jobs.settings import get_settings
-from jobs.storage.keys import lane_of
+from jobs.settings import get_settings as get_settings  # the default settings (tests patch it)
+from jobs.storage.batch_write import MARK, StagedBatch
 from jobs.storage.store import Page
 from jobs.upstream import answers as interactions
 
-MAX_REPORTED_ERRORS = 100
 CHUNK = 500
 
 
-class BatchLine(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    custom_id: str = Field(min_length=1, max_length=256)
-    interaction: dict[str, Any]
-    metadata: Any = None
-    timeout_s: float | None = Field(default=None, gt=0)
-    webhook: WebhookSpec | None = None
-
-    @field_validator("interaction")
-    @classmethod
-    def _check(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return check_interaction_body(v)
-
-    @field_validator("webhook")
-    @classmethod
-    def _needs_secret(cls, v: WebhookSpec | None) -> WebhookSpec | None:
-        if v is not None and v.secret is None:
-            raise ValueError("a per-line webhook needs its own 'secret'")
-        return v
+def new_intake(svc: Services, tenant: str) -> Intake:
+    """A new batch's line reader (its id and creation time fixed now)."""
+    return Intake(svc.settings, tenant, "bat_" + uuid.uuid4().hex, time.time())
 
 
-def ndjson_items(body: bytes) -> list[tuple[int, Any]]:
-    """(line number, parsed JSON or the exception) for each non-blank line."""
-    out: list[tuple[int, Any]] = []
-    for n, raw in enumerate(body.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            out.append((n, json.loads(raw)))
-        except ValueError as e:
-            out.append((n, e))
-    return out
-
-
-def explain(e: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'line'}: {err['msg']}" for err in e.errors()
-    )
-
-
-def validate_lines(
-    items: Iterable[tuple[int, Any]], max_jobs: int, *, forward_unknown: bool | None = None
-) -> list[BatchLine]:
-    """Every line checked (``BatchLine``, then the SDK's types: ``checks.py``);
-    ``forward_unknown`` defaults to ``INTERQ_FORWARD_UNKNOWN_FIELDS``."""
-    if forward_unknown is None:
-        forward_unknown = get_settings().forward_unknown_fields
-    lines: list[BatchLine] = []
-    errors: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    count = 0
-    for n, item in items:
-        count += 1
-        if isinstance(item, Exception):
-            errors.append({"line": n, "error": f"not valid JSON: {item}"})
-            continue
-        if not isinstance(item, dict):
-            errors.append({"line": n, "error": "each line must be a JSON object"})
-            continue
-        try:
-            line = BatchLine.model_validate(item)
-        except ValidationError as e:
-            errors.append({"line": n, "error": explain(e)})
-            continue
-        problem = checks.batch_line_problem(
-            line.interaction, line.metadata, forward_unknown=forward_unknown
-        )
-        if problem:
-            errors.append({"line": n, "error": problem})
-            continue
-        if line.custom_id in seen:
-            errors.append(
-                {
-                    "line": n,
-                    "error": f"custom_id {line.custom_id!r} repeats line {seen[line.custom_id]}",
-                }
-            )
-            continue
-        seen[line.custom_id] = n
-        lines.append(line)
-    if count == 0:
-        raise BatchError("the batch has no jobs")
-    if count > max_jobs:
-        raise BatchError(f"a batch holds at most {max_jobs} jobs; this one has {count}")
-    if errors:
-        raise BatchError(
-            f"{len(errors)} of {count} lines are invalid; nothing was queued",
-            errors[:MAX_REPORTED_ERRORS],
-        )
-    return lines
-
-
-async def create_batch(
-    svc: Services,
-    tenant: str,
-    lines: list[BatchLine],
-    webhook: WebhookSpec | None,
-    metadata: Any,
-) -> str:
-    cfg = svc.settings
-    urls = {str(ln.webhook.url) for ln in lines if ln.webhook} | (
-        {str(webhook.url)} if webhook else set()
-    )
-    for url in urls:
+async def check_intake(svc: Services, tenant: str, intake: Intake) -> None:
+    """What the lines could not check alone: webhook addresses (resolved) and
+    chains to the tenant's own interactions (422 ``invalid_batch``)."""
+    for url in sorted(intake.urls):
         try:
             await url_safety.resolve(url, svc.webhook_policy)
         except url_safety.UnsafeURL as e:
             raise BatchError(str(e)) from None
-    batch_id = "bat_" + uuid.uuid4().hex
-    now = time.time()
-    lane = lane_of(tenant, batch_id)
+    bad = []
+    for n, prev in intake.chains:
+        problem = await checks.previous_problem(
+            svc.store, tenant, {"previous_interaction_id": prev}
+        )
+        if problem:
+            bad.append({"line": n, "error": f"interaction.previous_interaction_id: {problem}"})
+    if bad:
+        msg = f"{len(bad)} of {intake.count} lines are invalid; nothing was queued"
+        raise BatchError(msg, lines=bad[:MAX_REPORTED_ERRORS])
+
+
+async def _frames(intake: Intake) -> AsyncIterator[list[Job]]:
+    """The spooled job records, each frame read off the event loop."""
+    it = intake.frames()
+    while frame := await asyncio.to_thread(next, it, None):
+        yield frame
+
+
+async def create_batch(
+    svc: Services, intake: Intake, webhook: WebhookSpec | None, metadata: Any
+) -> str:
+    """Write the checked batch (``Intake.finish`` passed) in chunks and commit
+    it (``jobs/storage/batch_write.py``); on any error nothing of it stays."""
+    await check_intake(svc, intake.tenant, intake)
+    if webhook is not None:
+        try:
+            await url_safety.resolve(str(webhook.url), svc.webhook_policy)
+        except url_safety.UnsafeURL as e:
+            raise BatchError(str(e)) from None
     batch = Batch(
-        id=batch_id,
-        tenant=tenant,
+        id=intake.batch_id,
+        tenant=intake.tenant,
         status="in_progress",
-        total=len(lines),
+        total=intake.jobs,
         done=0,
-        created_at=now,
+        created_at=intake.now,
         metadata=metadata,
         webhook_url=str(webhook.url) if webhook else "",
         webhook_secret=(webhook.secret or "") if webhook else "",
     )
-    async with svc.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(svc.store.keys.batch(batch_id), mapping=batch.to_redis())
-        pipe.hset(svc.store.keys.batch_counts(batch_id), mapping={"queued": str(len(lines))})
-        for ln in lines:
-            job = outcomes.new_job(
-                cfg,
-                tenant,
-                ln.interaction,
-                now=now,
-                metadata=ln.metadata,
-                custom_id=ln.custom_id,
-                webhook_url=str(ln.webhook.url) if ln.webhook else "",
-                webhook_secret=(ln.webhook.secret or "") if ln.webhook else "",
-                timeout_s=ln.timeout_s,
-                batch_id=batch_id,
-            )
-            await svc.store.create_job(job, lane=lane, pipe=pipe)
-        await pipe.execute()
-    for ln in lines:
-        inter = ln.interaction
-        metrics.JOBS_ACCEPTED.labels(
-            model=metrics.model_label(inter.get("model") or inter.get("agent"))
-        ).inc()
-    return batch_id
+    staged = StagedBatch(svc, batch)
+    await staged.stage()
+    try:
+        await staged.write_jobs(_frames(intake))
+        await staged.commit()
+    except BaseException:
+        await asyncio.shield(staged.abandon())
+        raise
+    for label, n in intake.models.items():
+        metrics.JOBS_ACCEPTED.labels(model=label).inc(n)
+    return batch.id
 
 
 async def get_batch(svc: Services, tenant: str, batch_id: str) -> Batch | None:
+    """The tenant's batch; one still being written (``staging``) is not shown."""
     if len(batch_id) > 64:
         return None
     batch = await svc.store.get_batch(batch_id)
-    if batch is None or batch.tenant != tenant:
+    if batch is None or batch.tenant != tenant or batch.extra.get(MARK):
         return None
     return batch
 
@@ -205,7 +127,7 @@ async def batch_view(svc: Services, batch: Batch) -> dict[str, Any]:
         name = k.decode() if isinstance(k, bytes) else str(k)
         if name in counts:
             counts[name] = int(v)
-    return {
+    view = {
         "id": batch.id,
         "status": batch.status,
         "total": batch.total,
@@ -216,7 +138,9 @@ async def batch_view(svc: Services, batch: Batch) -> dict[str, Any]:
         "metadata": batch.metadata,
         "usage": {"input_tokens": batch.input_tokens, "output_tokens": batch.output_tokens},
         "cancel_requested": batch.cancel_requested,
+        "reruns": batch.reruns,
     } | batch_pause.view_fields(batch)
+    return view | await tenants.batch_view_fields(svc, batch)  # cost, a tenant's hold
 
 
 async def job_ids(svc: Services, batch_id: str, start: int, count: int) -> list[str]:
@@ -320,8 +244,8 @@ async def batch_done(ctx: dict[str, Any], batch_id: str) -> None:
     """Every job of the batch has ended: fire ``batch.completed`` once."""
     svc: Services = ctx["svc"]
     batch = await svc.store.get_batch(batch_id)
-    if batch is None or batch.status != "in_progress":
-        return
+    if batch is None or batch.status != "in_progress" or batch.done < batch.total:
+        return  # ended already, or a rerun took jobs back since this was queued
     now = round(time.time(), 3)  # as stored
     tokens_in, tokens_out = await total_usage(svc, batch_id)
     ended = replace(batch, input_tokens=tokens_in, output_tokens=tokens_out, finished_at=now)

@@ -18,12 +18,16 @@ with the google-genai SDK's own request models, ``CreateModelInteraction`` and
   models without declared fields or plain dicts in the SDK, and are not checked.
 
 JSON values that cannot be sent (a lone surrogate, NaN, Infinity) are found by
-:func:`json_value_problems`, for ``metadata`` too. The stored body is the
-caller's own dict, never the SDK's dump of it.
+:func:`json_value_problems`, for ``metadata`` too, and values nested deeper than
+a bound by :func:`too_deep` (``jobs/domain/requests.py`` sets the bounds: a
+value nested a few hundred levels is stored fine but cannot be rendered back,
+so every later read of it would fail). The stored body is the caller's own
+dict, never the SDK's dump of it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -54,6 +58,11 @@ def explain(problems: list[Problem], prefix: str = "") -> str:
 def json_value_problems(value: Any, path: Path = ()) -> list[Problem]:
     """Strings that cannot be encoded as UTF-8 (a lone surrogate such as
     ``"\\ud800"``) and non-finite numbers (NaN, Infinity): JSON has neither."""
+    try:  # the C encoder finds there is nothing to report far faster than a walk
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        return []
+    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+        pass
     out: list[Problem] = []
     stack: list[tuple[Path, Any]] = [(path, value)]
     while stack and len(out) < MAX_PROBLEMS:
@@ -70,6 +79,38 @@ def json_value_problems(value: Any, path: Path = ()) -> list[Problem]:
         elif isinstance(v, list):
             stack.extend(((*where, i), x) for i, x in reversed(list(enumerate(v))))
     return out
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests objects and arrays (a scalar is 0, ``[]`` and
+    ``{}`` are 1, ``[[1]]`` is 2), counted without recursion and at most to
+    ``limit + 1``: enough to tell that it is over ``limit`` without walking
+    the rest of a hostile value."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children: Any = v.values()
+        elif isinstance(v, list | tuple):
+            children = v
+        else:
+            continue
+        d += 1
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        stack.extend((x, d) for x in children if isinstance(x, dict | list | tuple))
+    return deepest
+
+
+def too_deep(value: Any, limit: int, what: str = "value") -> str | None:
+    """The problem with ``value`` if it nests deeper than ``limit`` levels, else
+    ``None``: shared by every intake of free-form JSON (a request's
+    ``metadata`` and ``interaction``; batch lines may use it too)."""
+    if nesting_depth(value, limit) > limit:
+        return f"{what} is nested more than {limit} levels deep"
+    return None
 
 
 def _encodable(s: str) -> bool:
@@ -191,9 +232,6 @@ def batch_line_problem(
     """What is wrong with a batch line that its model did not catch, as the
     line's error, or ``None``. A line's ``previous_interaction_id`` is checked
     against the tenant's jobs afterwards (``check_batch_chains``)."""
-    meta = json_value_problems(metadata)
-    if meta:
-        return explain(meta, "metadata")
     problems = sdk_problems(interaction, forward_unknown=forward_unknown)
     return explain(problems, "interaction") if problems else None
 

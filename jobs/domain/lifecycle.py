@@ -10,10 +10,10 @@ import uuid
 from typing import Any
 
 from jobs.delivery import endpoints
-from jobs.domain import batch_pause, usage
+from jobs.domain import batch_pause, costs, tenants, usage
 from jobs.domain.records import Batch, Event, EventState, Job, JobUpdate
 from jobs.domain.statuses import JobStatus, event_type
-from jobs.observe import metrics
+from jobs.observe import metrics, tracing
 from jobs.services import Services
 from jobs.settings import Settings
 from jobs.storage import media
@@ -53,10 +53,13 @@ def new_job(
     webhook_secret: str = "",
     timeout_s: float | None = None,
     batch_id: str = "",
+    traceparent: str | None = None,
 ) -> Job:
-    """A new job's record, as the API and batch intake write it. Its times are
-    rounded to the millisecond, as they are stored ("%.3f"), so that the record
-    is its own stored form (the API answers a create with it, not read back)."""
+    """A new job's record, as the API and batch intake write it (``traceparent``:
+    the request's trace, read from the current span when not given). Its times
+    are rounded to the millisecond, as they are stored ("%.3f"), so that the
+    record is its own stored form (the API answers a create with it, not read
+    back)."""
     timeout = min(timeout_s or settings.default_timeout_s, settings.max_timeout_s)
     now = round(now, 3)
     return Job(
@@ -73,6 +76,7 @@ def new_job(
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
         batch_id=batch_id,
+        traceparent=tracing.current_traceparent() if traceparent is None else traceparent,
     )
 
 
@@ -91,7 +95,7 @@ def job_data(job: Job, extra: dict[str, Any]) -> dict[str, Any]:
         "interaction_id": job.interaction_id or None,
         "result_url": f"/v1/jobs/{job.id}/result",
     }
-    for k in ("output_text", "usage", "error", "pending_calls", "note"):
+    for k in ("output_text", "usage", "estimated_cost_usd", "error", "pending_calls", "note"):
         if extra.get(k) is not None:
             data[k] = extra[k]
     return data
@@ -122,17 +126,17 @@ async def new_event(svc: Services, owner: Job | Batch, etype: str, data: dict[st
         state=EventState.pending if deliverable else EventState.no_endpoint,
         attempts=0,
         created_at=time.time(),
+        traceparent=getattr(owner, "traceparent", ""),
     )
 
 
 def _result_fields(job: Job, interaction: dict[str, Any], extra: dict[str, Any]) -> JobUpdate:
-    """Fields (and event data) read out of an interaction that stopped. Text
-    from earlier interactions of a continuation chain comes first."""
+    """Fields (and event data) read out of an interaction that stopped. Its
+    text is the turn's: with the earlier hops of a continuation chain, as the
+    SDK merges them (``answers.turn_text``)."""
     fields: JobUpdate = {"upstream_status": str(interaction.get("status"))}
     extra["upstream_status"] = fields["upstream_status"]
-    text = interactions.output_text(interaction)
-    prefix = job.output_prefix
-    extra["output_text"] = prefix + (text or "") if prefix or text is not None else None
+    extra["output_text"], _ = interactions.turn_text(interaction, earlier_hops(job))
     hops = [*job.usage_by_interaction, hop_usage(interaction)]
     extra["usage"] = usage.total(hops)
     fields["usage_by_interaction"] = hops
@@ -143,16 +147,15 @@ def _result_fields(job: Job, interaction: dict[str, Any], extra: dict[str, Any])
     return fields
 
 
+def earlier_hops(job: Job) -> tuple[str, str] | None:
+    """What the turn's earlier interactions left (``answers.turn_text``)."""
+    return None if job.output_carry is None else (job.output_carry, job.output_prefix)
+
+
 def hop_usage(interaction: dict[str, Any] | None) -> dict[str, Any] | None:
     """One interaction's own ``usage``."""
     u = interaction.get("usage") if interaction else None
     return u if isinstance(u, dict) else None
-
-
-def _count_tokens(job: Job, usage: Any) -> None:
-    model = metrics.model_label(job.model)
-    for kind, n in interactions.token_counts(usage).items():
-        metrics.TOKENS.labels(model=model, kind=kind).inc(n)
 
 
 async def finish(
@@ -168,10 +171,27 @@ async def finish(
     """Mark the job terminal (from ``expect``, by default the status it was
     read with), create its event and enqueue its delivery, in one atomic step.
     The result (if any) must already be in storage."""
+    with tracing.job_span("interq.finish", job, **{"interq.status": status.value}):
+        return await _finish(
+            svc, job, status, expect=expect, interaction=interaction, error=error, note=note
+        )
+
+
+async def _finish(
+    svc: Services,
+    job: Job,
+    status: JobStatus,
+    *,
+    expect: JobStatus | None = None,
+    interaction: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    note: str | None = None,
+) -> bool:
     extra: dict[str, Any] = {"status": status.value, "error": error, "note": note}
     fields: JobUpdate = {"finished_at": time.time(), "pending_create": ""}
     if interaction is not None:
         fields.update(_result_fields(job, interaction, extra))
+        costs.stamp(svc.settings, job.model, fields, extra)
     if error is not None:
         fields["error"] = error
     if note is not None:
@@ -192,15 +212,20 @@ async def finish(
         metrics.JOB_DURATION.labels(status=status.value).observe(
             time.time() - (job.created_at or time.time())
         )
-        _count_tokens(job, hop_usage(interaction))  # earlier hops were counted at theirs
+        # earlier hops were counted at theirs
+        await tenants.record_usage(svc, job, hop_usage(interaction))
         if job.batch_id:
-            await add_batch_usage(svc, job.batch_id, extra.get("usage"))
+            await add_batch_usage(
+                svc, job.batch_id, extra.get("usage"), fields.get("cost_nano_usd")
+            )
             await batch_pause.after_finish(svc, job.batch_id, status, error)
         log.info("job %s %s", job.id, status.value)
     return out.ok
 
 
-async def add_batch_usage(svc: Services, batch_id: str, usage: Any) -> None:
+async def add_batch_usage(
+    svc: Services, batch_id: str, usage: Any, cost_nano: int | None = None
+) -> None:
     counts = interactions.token_counts(usage)
     if counts:
         key = svc.store.keys.batch(batch_id)
@@ -208,6 +233,8 @@ async def add_batch_usage(svc: Services, batch_id: str, usage: Any) -> None:
             for kind in ("input", "output"):
                 if counts.get(kind):
                     pipe.hincrby(key, f"{kind}_tokens", counts[kind])
+            if cost_nano:  # the running total (jobs/domain/costs.py)
+                pipe.hincrby(key, "cost_nano_usd", cost_nano)
             await pipe.execute()
 
 
@@ -218,12 +245,13 @@ async def pause(svc: Services, job: Job, interaction: dict[str, Any]) -> bool:
     extra: dict[str, Any] = {"status": JobStatus.requires_action.value, "pending_calls": calls}
     fields = _result_fields(job, interaction, extra)
     fields["pending_calls"] = calls
+    costs.stamp(svc.settings, job.model, fields, extra)
     event = await make_event(svc, job, event_type(JobStatus.requires_action), extra)
     # a paused job is not polled: its entry in the poll index moves to the
     # deadline, where the poll engine expires it if it is still paused
     out = await svc.store.pause(job, fields, event, poll_at=job.deadline)
     if out.ok:
-        _count_tokens(job, hop_usage(interaction))
+        await tenants.record_usage(svc, job, hop_usage(interaction))
     return out.ok
 
 
@@ -247,33 +275,41 @@ async def chain(
     job: Job,
     expect: JobStatus,
     body: dict[str, Any],
-    output_prefix: str = "",
     ended: dict[str, Any] | None = None,
 ) -> bool:
-    """Queue a follow-up create for the job (continue after requires_action,
-    or a continuation token): status ``running``, the body kept on the record,
-    and a submit step, atomically. ``ended`` is the interaction the chain
-    leaves behind when nothing recorded it yet (a continuation token's): its
-    usage joins the job's."""
+    """Queue a follow-up create for the job: status ``running``, the body kept
+    on the record, and a submit step, atomically. With ``ended`` (a
+    continuation token's interaction, which nothing recorded yet) the next
+    interaction goes on the same turn: its text and usage join the job's.
+    Without it (continue after requires_action) a new turn starts."""
     changes: JobUpdate = {
         "pending_create": json.dumps(body),
         "hop_body": json.dumps(body),
         "pending_calls": None,
-        "output_prefix": job.output_prefix + output_prefix,
+        "output_prefix": "",
+        "output_carry": None,
     }
     if ended is not None:
+        carry, run = interactions.turn_text(ended, earlier_hops(job))
+        changes["output_prefix"], changes["output_carry"] = run, carry or ""
         hops = [*job.usage_by_interaction, hop_usage(ended)]
         changes["usage_by_interaction"] = hops
         changes["usage"] = usage.total(hops)
+        costs.stamp(svc.settings, job.model, changes, {})
     step = submit_step(job.id, n=len(job.interaction_ids))
     out = await svc.store.resume(job, expect, changes, step)
     if out.ok and ended is not None:
-        _count_tokens(job, hop_usage(ended))
+        await tenants.record_usage(svc, job, hop_usage(ended))
     return out.ok
 
 
 async def store_result(svc: Services, job: Job, inter: dict[str, Any]) -> str:
     """Write the interaction (inline media split out into their own files)."""
+    with tracing.job_span("interq.store_result", job):
+        return await _store_result(svc, job, inter)
+
+
+async def _store_result(svc: Services, job: Job, inter: dict[str, Any]) -> str:
     jid = job.id
     stored, files = media.extract(inter, lambda name: f"/v1/jobs/{jid}/files/{name}")
     for f in files:

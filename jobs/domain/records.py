@@ -41,6 +41,7 @@ class Codec(NamedTuple):
 STR = Codec(lambda v: v, lambda x: "" if x is None else str(x))
 INT = Codec(lambda v: int(v) if v else 0, str)
 FLOAT = Codec(lambda v: float(v) if v else 0.0, lambda x: f"{x:.3f}")
+OPT_INT = Codec(lambda v: int(v) if v else None, lambda x: "" if x is None else str(x))
 OPT_FLOAT = Codec(lambda v: float(v) if v else None, lambda x: "" if x is None else f"{x:.3f}")
 FLAG = Codec(lambda v: v == "1", lambda x: "1" if x else "0")
 BY_TYPE = {
@@ -155,6 +156,10 @@ class Job:
     webhook_secret: str = ""
     batch_id: str = ""
     idem_key: str = ""  # the Redis key of its Idempotency-Key (deleted with the job)
+    traceparent: str = ""  # W3C trace context of the request that made it (tracing.py)
+    attempt: int = 1  # 1, then 2 after a rerun, ...
+    # the earlier attempts (jobs/domain/rerun.py attempt_summary), oldest first
+    attempts: list[dict[str, Any]] = field(default_factory=list, metadata=json_codec([]))
     # the upstream interaction
     submitted_at: float | None = None
     finished_at: float | None = None
@@ -178,7 +183,11 @@ class Job:
     hop_body: str = ""  # the last follow-up create sent (JSON text)
     pending_calls: list[dict[str, Any]] | None = field(default=None, metadata=json_codec(None))
     # the outcome
-    output_prefix: str = ""  # text of earlier interactions of a continuation chain
+    # what the earlier interactions of this turn (requires_continuation hops)
+    # left for answers.turn_text: their open text run, and their output_text
+    # (None: the current interaction is the turn's first)
+    output_prefix: str = ""
+    output_carry: str | None = None
     output_text: str | None = None
     usage: dict[str, Any] | None = field(default=None, metadata=json_codec(None))  # all hops
     # each interaction's own usage, in the order of interaction_ids
@@ -186,6 +195,10 @@ class Job:
         default_factory=list, metadata=json_codec([])
     )
     error: dict[str, Any] | None = field(default=None, metadata=json_codec(None))
+    # the estimated cost of ``usage`` in nano-USD (INTERQ_PRICES at the time of
+    # use); None: no usage yet, or no price for its model (``jobs/domain/costs.py``)
+    cost_nano_usd: int | None = field(default=None, metadata={"codec": OPT_INT})
+    earlier_cost_nano_usd: int = 0  # the job's earlier attempts' (reruns)
     note: str = ""
     event_id: str = ""
     result_key: str = ""
@@ -241,10 +254,12 @@ class JobUpdate(TypedDict, total=False):
     hop_body: str
     pending_calls: list[dict[str, Any]] | None
     output_prefix: str
+    output_carry: str | None
     output_text: str | None
     usage: dict[str, Any] | None
     usage_by_interaction: list[dict[str, Any] | None]
     error: dict[str, Any] | None
+    cost_nano_usd: int | None
     note: str
     event_id: str
     result_key: str
@@ -285,6 +300,7 @@ class Event:
     last_error: str = ""
     faults: int = 0
     redeliveries: int = 0
+    traceparent: str = ""  # its owner's trace (sent on with each attempt)
     extra: Fields = field(default_factory=dict)
 
     ALWAYS = frozenset(
@@ -339,7 +355,10 @@ class Batch:
     cancel_requested: bool = False
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_nano_usd: int = 0  # running total of its ended jobs' costs (jobs/domain/costs.py)
+    cost_final_nano_usd: int | None = field(default=None, metadata={"codec": OPT_INT})
     event_id: str = ""
+    reruns: int = 0  # jobs run again (POST /v1/jobs/{id}/rerun, /v1/batches/{id}/rerun)
     extra: Fields = field(default_factory=dict)
 
     ALWAYS = frozenset(

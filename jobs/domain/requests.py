@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
-from jobs.domain.checks import explain, json_value_problems
+from jobs.domain.checks import explain, json_value_problems, too_deep
 
 
 class WebhookSpec(BaseModel):
@@ -41,7 +41,13 @@ class WebhookSpec(BaseModel):
         return v
 
 
-MAX_METADATA_BYTES = 16_384
+# Bounds on the free-form JSON a caller sends (README.md, "Limits on what a
+# request carries"). A value nested some hundreds of levels deep is accepted by
+# the JSON parser but cannot be rendered back, so it is refused at intake (422)
+# rather than stored.
+MAX_METADATA_BYTES = 16_384  # metadata as JSON (json.dumps)
+MAX_METADATA_DEPTH = 32  # levels of objects / arrays in metadata
+MAX_INTERACTION_DEPTH = 64  # in an interaction body, a continue input
 
 
 class JobCreate(BaseModel):
@@ -59,15 +65,13 @@ class JobCreate(BaseModel):
     @field_validator("interaction")
     @classmethod
     def _check_interaction(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_depth(v, MAX_INTERACTION_DEPTH, "interaction")
         return check_interaction_body(v)
 
     @field_validator("metadata")
     @classmethod
     def _check_metadata(cls, v: Any) -> Any:
-        check_json_values(v)
-        if len(json.dumps(v)) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
-        return v
+        return check_metadata(v)
 
 
 def check_json_values(v: Any) -> None:
@@ -75,6 +79,22 @@ def check_json_values(v: Any) -> None:
     problems = json_value_problems(v)
     if problems:
         raise ValueError(explain(problems))
+
+
+def check_depth(v: Any, limit: int, what: str) -> None:
+    problem = too_deep(v, limit, what)
+    if problem:
+        raise ValueError(problem)
+
+
+def check_metadata(v: Any) -> Any:
+    """``metadata`` (of a job or a batch): at most ``MAX_METADATA_DEPTH``
+    levels deep, values JSON can carry, at most ``MAX_METADATA_BYTES``."""
+    check_depth(v, MAX_METADATA_DEPTH, "metadata")
+    check_json_values(v)
+    if len(json.dumps(v)) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
+    return v
 
 
 def check_interaction_body(v: dict[str, Any], *, need_input: bool = True) -> dict[str, Any]:
@@ -125,6 +145,7 @@ class ContinueBody(BaseModel):
             return v
         if not v:
             raise ValueError("input must not be empty")
+        check_depth(v, MAX_INTERACTION_DEPTH, "input")
         for i, item in enumerate(v):
             if not isinstance(item.get("type"), str) or not item["type"]:
                 raise ValueError(f"input[{i}] needs a 'type'")
@@ -150,3 +171,8 @@ class BatchCreate(BaseModel):
     jobs: list[Any] = Field(description="job objects: custom_id, interaction, metadata, ...")
     webhook: WebhookSpec | None = None
     metadata: Any = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, v: Any) -> Any:
+        return check_metadata(v)

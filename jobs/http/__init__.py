@@ -11,6 +11,9 @@
   errors, Redis trouble as 503, anything else as a 500 without a traceback);
   ``views.py``: what the routes return, and each route's error answers for
   the OpenAPI schema.
+- ``watch.py``: the one pub/sub subscription per process that wakes the
+  watchers of a job or batch; ``sse.py``: what a watcher is sent (the event
+  streams of ``routes/events.py``) and the snapshots they start from.
 
 Routes hold no business rules: they check ownership, call the domain
 (``jobs.domain``) or storage, and shape the answer. It may import anything

@@ -11,18 +11,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from jobs.domain import checks
 from jobs.http import errors as http_errors
 from jobs.http.deps import DEFAULT_TENANT
 from jobs.http.middleware import BodyLimit
-from jobs.http.routes import batches, jobs, ops, upstream, webhooks
+from jobs.http.routes import batches, events, jobs, ops, rerun, upstream, webhooks
+from jobs.http.trace import TraceRequests
+from jobs.observe import tracing
 from jobs.services import Services, redis_client
 from jobs.settings import Settings, get_settings
 from jobs.ui import page as ui
 
 log = logging.getLogger("interq.api")
+
+
+ROUTERS: tuple[APIRouter, ...] = (jobs.router, batches.router, rerun.router, webhooks.router)
+ROUTERS += (upstream.router, ops.router, events.router, ui.router)
 
 
 def create_app(
@@ -39,6 +45,7 @@ def create_app(
         # the SDK's request models (seconds to import), loaded beside the start so
         # that the first create does not pay for them
         warm = asyncio.create_task(asyncio.to_thread(checks.request_models))
+        traced = tracing.setup("interq-api")  # only when OTEL_* asks for it
         if not cfg.api_keys:
             log.warning(
                 "no INTERQ_API_KEYS configured: serving one tenant, %r, without auth",
@@ -51,20 +58,16 @@ def create_app(
                 await warm
             await app.state.probe.aclose()
             await app.state.svc.close()
+            if traced:
+                tracing.shutdown()
 
     app = FastAPI(title="interq", version="0.1.0", lifespan=lifespan)
     app.add_middleware(
         BodyLimit, max_bytes=cfg.max_body_bytes, large=("/v1/batches", cfg.max_batch_bytes)
     )
-    app.add_middleware(http_errors.CatchAll)  # outermost of ours: errors become JSON
+    app.add_middleware(http_errors.CatchAll)  # errors become JSON
+    app.add_middleware(TraceRequests)  # outermost: a request's span sees its answer
     http_errors.install(app)  # every error answer is JSON (jobs/http/errors.py)
-    for r in (
-        jobs.router,
-        batches.router,
-        webhooks.router,
-        upstream.router,
-        ops.router,
-        ui.router,
-    ):
+    for r in ROUTERS:
         app.include_router(r)
     return app

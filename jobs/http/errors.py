@@ -6,7 +6,8 @@
   for the whole class tree);
 - a request that does not validate: 422 ``invalid_request`` with ``details``;
 - Starlette's own errors (unknown path, wrong method): 404 ``not_found``,
-  405 ``method_not_allowed``;
+  405 ``method_not_allowed``; FastAPI's 400 for a body it cannot read (one
+  nested too deep for the JSON parser): 400 ``invalid_request``;
 - Redis refusing (read-only, out of memory, loading, unreachable): 503
   ``unavailable`` naming the kind, with Retry-After;
 - anything unexpected: 500 ``internal`` with a request id;
@@ -58,6 +59,7 @@ def render(exc: ApiError) -> JSONResponse:
 
 
 STARLETTE_CODES = {
+    400: "invalid_request",
     404: "not_found",
     405: "method_not_allowed",
     401: "unauthorized",

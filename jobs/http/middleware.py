@@ -5,8 +5,12 @@ JSON error body of ``jobs/http/errors.py``); routes never see an oversized
 body. The limit is ``INTERQ_MAX_BODY_BYTES``, with a larger one for a path
 prefix (``/v1/batches``: ``INTERQ_MAX_BATCH_BYTES``). A body without a
 Content-Length (chunked) is counted as it is read: past the limit the read
-raises ``BodyTooLarge`` (``jobs/errors.py``), caught here and answered 413 if
-no response has started.
+raises ``BodyTooLarge`` (``jobs/errors.py``). Whatever the app makes of that
+(FastAPI turns any error while it reads a body into its own 400 "There was an
+error parsing the body"; a streaming route may catch it), the answer it then
+starts is replaced by the same 413 a Content-Length over the limit gets, and
+the rest of what it sends is dropped. Only a response that started before the
+limit was passed goes on as it was.
 """
 
 from __future__ import annotations
@@ -45,28 +49,37 @@ class BodyLimit:
                     await self._refuse(send, limit)
                     return
         seen = 0
-        started = False
+        over = False  # the body passed the limit
+        started = False  # a response has started (the app's, or our 413)
+        replaced = False  # the app's answer is being replaced by the 413
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
+                    over = True
                     raise BodyTooLarge
             return msg
 
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
+        async def guarded_send(msg: Message) -> None:
+            nonlocal started, replaced
             if msg["type"] == "http.response.start":
+                replaced = over and not started
                 started = True
-            await send(msg)
+                if replaced:
+                    await self._refuse(send, limit)
+                    return
+            if not replaced:
+                await send(msg)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except BodyTooLarge:
-            if not started:
-                await self._refuse(send, limit)
+            pass
+        if over and not started:
+            await self._refuse(send, limit)
 
     async def _refuse(self, send: Send, limit: int) -> None:
         resp = render(TooLarge(f"request body is larger than {limit} bytes"))

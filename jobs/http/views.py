@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jobs.domain import costs
 from jobs.domain.records import Job
 from jobs.domain.statuses import JobStatus
 
@@ -29,12 +30,18 @@ class JobView(BaseModel):
     interaction_id: str | None = None
     interaction_ids: list[str] = Field(default_factory=list)
     possible_duplicate: bool = False
+    attempt: int = 1
+    """1, then 2 after a rerun, and so on."""
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    """The earlier attempts (status, error, interaction ids, usage, result key), oldest first."""
     poll_count: int = 0
     error: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
     """Summed over every interaction of the job."""
     usage_by_interaction: list[dict[str, Any] | None] = Field(default_factory=list)
     """Each interaction's own usage, in the order of ``interaction_ids``."""
+    estimated_cost_usd: float | None = None
+    """``usage`` priced by ``INTERQ_PRICES`` (USD; None: no usage, or no price)."""
     output_text: str | None = None
     pending_calls: list[dict[str, Any]] | None = None
     result_url: str | None = None
@@ -68,10 +75,13 @@ def job_view(job: Job) -> JobView:
         interaction_id=job.interaction_id or None,
         interaction_ids=job.interaction_ids,
         possible_duplicate=job.possible_duplicate,
+        attempt=job.attempt,
+        attempts=job.attempts,
         poll_count=job.poll_count,
         error=job.error,
         usage=job.usage,
         usage_by_interaction=job.usage_by_interaction,
+        estimated_cost_usd=costs.usd(job.cost_nano_usd),
         output_text=job.output_text,
         pending_calls=job.pending_calls,
         result_url=f"/v1/jobs/{job.id}/result" if job.result_key else None,

@@ -2,7 +2,9 @@
 
 Names follow Prometheus conventions: prefix ``interq_``, base units, counters
 ending in ``_total``. Label values are bounded: ``model`` is one of the
-configured/known models or ``other``; ``status`` and ``op`` are closed sets.
+configured/known models or ``other``; ``tenant`` is a tenant named in settings
+(``INTERQ_API_KEYS``, ``INTERQ_TENANT_LIMITS``; ``default`` without keys) or
+``other``; ``status`` and ``op`` are closed sets.
 """
 
 from __future__ import annotations
@@ -52,7 +54,13 @@ def model_label(name: str | None) -> str:
     return name if name in KNOWN_MODELS else "other"
 
 
+def tenant_label(name: str | None, known: frozenset[str]) -> str:
+    """A tenant as a label value: one named in settings, else ``other``."""
+    return name if name in known else "other"
+
+
 JOBS_ACCEPTED = Counter("interq_jobs_accepted_total", "Jobs accepted by the API", ["model"])
+JOBS_RERUN = Counter("interq_jobs_rerun_total", "Ended jobs queued again by a rerun", ["model"])
 BATCHES_PAUSED = Counter(
     "interq_batches_paused_total",
     "Batches paused because their first jobs were all refused upstream with the same 400",
@@ -100,6 +108,15 @@ WEBHOOK_DEAD_LETTERS = Counter(
     "interq_webhook_dead_letters_total", "Webhook events that exhausted their retry schedule"
 )
 TOKENS = Counter("interq_tokens_total", "Tokens used, from upstream usage", ["model", "kind"])
+COST = Counter(
+    "interq_cost_usd_total",
+    "Estimated cost of the tokens used, from INTERQ_PRICES (USD)",
+    ["tenant", "model"],
+)
+TENANT_HOLDS = Counter(
+    "interq_tenant_holds_total",
+    "Times a tenant reached its tokens_per_day and its new work was held until the day's turn",
+)
 STEP_ERRORS = Counter("interq_step_errors_total", "Unexpected errors inside worker steps", ["step"])
 WORKER_UP = Gauge("interq_worker_up", "1 while this worker process runs")
 POLL_LAG = Histogram(
@@ -130,7 +147,7 @@ WEBHOOK_DEFERRED = Counter(
 )
 
 # Background loops (jobs/loops.py): each pass that ends well, each error by kind.
-LOOP_NAMES = ("dispatcher", "poller", "delivery", "sweeper", "worker")
+LOOP_NAMES = ("dispatcher", "poller", "delivery", "sweeper", "worker", "watch")
 LOOP_ERROR_KINDS = ("connection", "timeout", "readonly", "oom", "loading", "other")
 LOOP_ITERATIONS = Counter(
     "interq_loop_iterations_total", "Passes of a background loop that ended without error", ["loop"]
@@ -192,6 +209,7 @@ def _init_series() -> None:
     first increments after a start are seen by rate() and increase()."""
     for model in (*sorted(KNOWN_MODELS), "other"):
         JOBS_ACCEPTED.labels(model=model)
+        JOBS_RERUN.labels(model=model)
         for status in TERMINAL_STATUSES:
             JOBS_FINISHED.labels(status=status, model=model)
         IN_FLIGHT.labels(model=model)

@@ -11,6 +11,9 @@ keys of one batch ``{<batch id>}``, the keys of one event ``{<event id>}``.
   {p}:batch:{<batch>}:counts        hash  status -> number of the batch's jobs
   {p}:batch:{<batch>}:jobs          list  the batch's job ids, in input order
   {p}:batch:{<batch>}:events        list  its event ids (``batch.completed``)
+  {p}:job:{<job>}:changes           strm  its status changes, for watchers (capped ~200)
+  {p}:batch:{<batch>}:changes       strm  the batch's status changes, for watchers
+  {p}:changes                       chan  pub/sub: "job:<id>" / "batch:<id>" on every change
   {p}:event:{<event>}               hash  a webhook event (the outbox, ``records.Event``)
   {p}:event:{<event>}:attempts      list  its last 100 delivery attempts, JSON
   {p}:seq                           str   counter giving each job a unique, ordered ``seq``
@@ -21,6 +24,11 @@ keys of one batch ``{<batch id>}``, the keys of one event ``{<event id>}``.
   {p}:idem:<tenant>:<key digest>    str   "job_id|body digest" for Idempotency-Key
   {p}:iid:<interaction id>          str   job id (for the upstream's own webhooks)
   {p}:endpoint:<tenant>             hash  the tenant's default webhook endpoint
+  {p}:t:<tenant>:day:<YYYY-MM-DD>   hash  the tenant's Pacific day: tokens, cost_nano_usd
+  {p}:t:<tenant>:tokens_hold        str   the day's end while over tokens_per_day
+                                          ("lifted" once an operator lifted it)
+  {p}:t:<tenant>:dispatched         zset  job id -> dispatch ms, sent to arq, not started
+  {p}:tenant_holds                  set   tenants that have a tokens_hold (no SCAN)
   {p}:polls                         zset  job id -> due ms: the poll engine's index
   {p}:deliveries                    zset  event id -> due ms: the delivery engine's index
   {p}:ready:<tenant>|<batch or ->   list  job ids waiting for dispatch (a lane)
@@ -133,6 +141,22 @@ class Keys:
     def endpoint(self, tenant: str) -> str:
         return f"{self.prefix}:endpoint:{tenant}"
 
+    def tenant_day(self, tenant: str, day: str) -> str:
+        """The tenant's tokens and cost of one Pacific day (``YYYY-MM-DD``)."""
+        return f"{self.prefix}:t:{tenant}:day:{day}"
+
+    def tenant_hold(self, tenant: str) -> str:
+        """Set until the day's turn while the tenant is over its tokens_per_day."""
+        return f"{self.prefix}:t:{tenant}:tokens_hold"
+
+    @property
+    def tenant_holds(self) -> str:
+        return f"{self.prefix}:tenant_holds"
+
+    def tenant_dispatched(self, tenant: str) -> str:
+        """The tenant's jobs moved to arq and still queued (its in-flight cap)."""
+        return f"{self.prefix}:t:{tenant}:dispatched"
+
     def iid(self, interaction_id: str) -> str:
         return f"{self.prefix}:iid:{interaction_id}"
 
@@ -213,6 +237,19 @@ class Keys:
     @property
     def key_ok(self) -> str:
         return f"{self.prefix}:upstream_key:ok"
+
+    # -- watching (jobs/http/watch.py): change streams, one pub/sub channel -------
+    def job_changes(self, job_id: str) -> str:
+        """A job's status changes (a stream; entry ids are the SSE event ids)."""
+        return f"{self.prefix}:job:{{{job_id}}}:changes"
+
+    def batch_changes(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{{{batch_id}}}:changes"
+
+    @property
+    def changes_channel(self) -> str:
+        """The one pub/sub channel: each change publishes "job:<id>" or "batch:<id>"."""
+        return f"{self.prefix}:changes"
 
     # -- arq's own names --------------------------------------------------------
     @staticmethod

@@ -108,7 +108,7 @@ def job_plan(keys: Keys, spec: dict[str, Any], batch_list: str) -> tuple[list[st
     jid = spec["id"]
     plan = Plan(keys, spec)
     plan.keys = [keys.job(jid), keys.job_events(jid), keys.polls, keys.expiring_jobs]
-    plan.keys += [keys.deliveries, keys.queue]
+    plan.keys += [keys.deliveries, keys.queue, keys.job_changes(jid)]
     spec["list"] = bool(batch_list)
     if batch_list:
         plan.keys.append(batch_list)
@@ -162,6 +162,7 @@ async def purge_batch_keys(svc: Services, batch_id: str) -> int:
     plan = Plan(keys, spec)
     plan.keys = [keys.batch(batch_id), keys.batch_counts(batch_id), keys.batch_jobs(batch_id)]
     plan.keys += [keys.batch_events(batch_id), keys.expiring_batches, keys.deliveries, keys.queue]
+    plan.keys.append(keys.batch_changes(batch_id))
     if spec["tenant"]:
         plan.keys += [keys.ready(spec["lane"]), keys.lanes]
     plan.steps.append(f"batch_done:{batch_id}")

@@ -12,12 +12,16 @@ they touch passed in ``KEYS`` (each file's header names its KEYS and ARGV).
   dead_letter          an event's fields and its entry in the dead letters
   log_attempt          a delivery attempt appended to an event's log
   dispatch             a lane's head to arq's queue, within the budget granted
+  tenant_tokens        a hop's usage into its tenant's day; the daily-tokens hold
   renew_lease          the dispatcher's lease
   claim_due            due entries of a due-time index, leased (engines, sweeper)
   reschedule_poll      a pending poll written back
   reschedule_delivery  a delivery attempt written back
   purge_job            a job and everything of its own deleted
   purge_batch          a batch's own keys deleted once its jobs are gone
+  renew_stage          a batch being written: its staging lease renewed
+  commit_batch         a batch written: visible, its lane dispatchable, in one step
+  abandon_batch        a batch that did not commit: marked so that no commit follows
 
 Fields of a hash travel flat, ``field, value, ...``, after a script's
 positional ARGV (``pairs``); ``create_job``'s whole new record travels as one

@@ -16,6 +16,10 @@ nothing, and no transition is stored without the step that follows it.
   set_flags(job_id, ...)  fields only, on a status (and an interaction id)
   finish_batch(batch, ...) in_progress -> completed | cancelled, batch.completed
 
+A change of status is also added to the job's (or batch's) changes stream
+and its id published on the one changes channel, in the same script: that is
+what ``GET /v1/jobs/{id}/events`` and ``?wait=`` watch (``jobs/http/watch.py``).
+
 Every key a script touches is named here, from the ``Job`` (its tenant,
 model and batch never change once it is created) and ``jobs/keys.py``, and
 passed in ``KEYS``; ``keys.py`` says what that does and does not buy under
@@ -44,6 +48,12 @@ from jobs.domain.records import (
 from jobs.domain.statuses import JobStatus
 from jobs.storage.keys import Keys
 from jobs.storage.scripts import pairs, register
+
+# A stream of changes costs ~4.7 KB of Redis (its first listpack node) however
+# few its entries: once the job or batch has ended it is kept this long (for a
+# watcher that reconnects with Last-Event-ID; later it gets a snapshot), not for
+# the whole retention.
+ENDED_CHANGES_KEPT_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -108,11 +118,11 @@ class Transitions:
         answered: running, due for its first poll at ``poll_at``."""
         k, at = self.keys, time.time()
         keys = [k.job(job.id), k.polls, k.counts, self._in(job, job.status)]
-        keys += [self._in(job, JobStatus.running)]
+        keys += [self._in(job, JobStatus.running), k.job_changes(job.id)]
         if job.batch_id:
             keys.append(k.batch_counts(job.batch_id))
         args: list[Any] = [job.id, job.status.value, job.interaction_id, int(poll_at * 1000)]
-        args += ["1" if job.batch_id else "", *pairs(self._fields(Job, changes, at))]
+        args += [job.batch_id, k.changes_channel, *pairs(self._fields(Job, changes, at))]
         return await self._run("start", keys, args)
 
     async def pause(self, job: Job, changes: JobUpdate, event: Event, poll_at: float) -> Outcome:
@@ -121,11 +131,12 @@ class Transitions:
         keys = [k.job(job.id), k.job_events(job.id), k.event(event.id), k.deliveries, k.polls]
         keys += [k.counts, self._in(job, JobStatus.running)]
         keys += [self._in(job, JobStatus.requires_action), k.inflight(job.model), k.models]
+        keys.append(k.job_changes(job.id))
         if job.batch_id:
             keys.append(k.batch_counts(job.batch_id))
         fields = self._fields(Job, changes, at)
         args: list[Any] = [job.id, job.interaction_id, event.id, _due(event, int(at * 1000))]
-        args += [int(poll_at * 1000), job.model, "1" if job.batch_id else "", len(fields)]
+        args += [int(poll_at * 1000), job.model, job.batch_id, k.changes_channel, len(fields)]
         args += [*pairs(fields), *pairs(event.to_redis())]
         return await self._run("pause", keys, args)
 
@@ -136,11 +147,11 @@ class Transitions:
         now_ms = int(at * 1000)
         keys = [k.job(job.id), k.polls, k.counts, self._in(job, expect)]
         keys += [self._in(job, JobStatus.running), k.inflight(job.model), k.models, k.queue]
-        keys += [k.arq_job(step.job_id)]
+        keys += [k.arq_job(step.job_id), k.job_changes(job.id)]
         if job.batch_id:
             keys.append(k.batch_counts(job.batch_id))
         args: list[Any] = [job.id, expect.value, job.interaction_id, now_ms, job.model]
-        args += ["1" if job.batch_id else "", *step.entry(now_ms)]
+        args += [job.batch_id, *step.entry(now_ms), k.changes_channel]
         args += pairs(self._fields(Job, changes, at))
         return await self._run("resume", keys, args)
 
@@ -162,7 +173,7 @@ class Transitions:
         now_ms = int(at * 1000)
         keys = [k.job(job.id), k.job_events(job.id), k.event(event.id), k.deliveries, k.polls]
         keys += [k.counts, self._in(job, expect), self._in(job, status)]
-        keys += [k.inflight(job.model), k.models]
+        keys += [k.inflight(job.model), k.models, k.job_changes(job.id)]
         entry: list[Any] = ["", "", "", ""]
         if batch_step is not None:
             keys += [k.batch(job.batch_id), k.batch_counts(job.batch_id), k.expiring_batches]
@@ -173,7 +184,9 @@ class Transitions:
         fields = self._fields(Job, changes, at)
         args: list[Any] = [job.id, status.value, expect.value, job.interaction_id, job.model]
         args += [event.id, _due(event, now_ms), int((at + self.retention_s) * 1000)]
-        args += [job.batch_id, *entry, len(fields), *pairs(fields), *pairs(event.to_redis())]
+        args += [job.batch_id, *entry, k.changes_channel, ENDED_CHANGES_KEPT_MS]
+        args += [len(fields), *pairs(fields)]
+        args += pairs(event.to_redis())
         return await self._run("finish", keys, args)
 
     async def set_flags(
@@ -198,8 +211,11 @@ class Transitions:
         (the outbox), once (compare-and-set on ``in_progress``)."""
         k, at = self.keys, time.time()
         keys = [k.batch(batch.id), k.batch_events(batch.id), k.event(event.id), k.deliveries]
+        keys.append(k.batch_changes(batch.id))
         fields = self._fields(Batch, changes, at)
-        args: list[Any] = [event.id, _due(event, int(at * 1000)), len(fields), *pairs(fields)]
+        status = str(fields.get("status") or "completed")
+        args: list[Any] = [event.id, _due(event, int(at * 1000)), batch.id, status]
+        args += [k.changes_channel, ENDED_CHANGES_KEPT_MS, len(fields), *pairs(fields)]
         args += pairs(event.to_redis())
         out = await self._run("finish_batch", keys, args)
         return out.ok

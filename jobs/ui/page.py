@@ -5,7 +5,9 @@ fetched from elsewhere, no build step). The queue-level numbers it polls,
 ``GET /v1/ops/summary``, are an API route (``jobs/http/routes/ops.py``).
 
 The page reads everything else through the ordinary tenant API with the key
-the user typed (kept in ``localStorage``): ``GET /v1/jobs``,
+the user typed (kept in ``localStorage``): ``GET /v1/batches/{id}/events``
+(each shown batch that has not ended is followed live, over ``fetch`` so that
+the stream carries the key), ``GET /v1/jobs``,
 ``GET /v1/webhooks/dead-letters``, ``POST /v1/webhooks/events/{id}/redeliver``
 and ``GET /v1/jobs/{id}/deliveries``. Strings that callers control (custom ids,
 metadata, errors, model names) only ever reach the page through

@@ -62,22 +62,72 @@ def output_text(interaction: dict[str, Any]) -> str | None:
     (an image) ends the run. So "Before tool call. " then a function call, then
     "Final." gives "Final.", and [text X, image] then "Y" gives "Y".
     """
+    text, _ = turn_text(interaction)
+    return text
+
+
+def turn_text(
+    interaction: dict[str, Any], earlier: tuple[str, str] | None = None
+) -> tuple[str | None, str]:
+    """``output_text`` of a turn whose answer came in several interactions
+    (``requires_continuation`` hops), as the SDK gives it for the merged
+    interaction (``merge_unary_hops`` in ``_interactions_continuation.py``: the
+    hops' steps concatenated, each later hop's leading ``user_input`` steps
+    dropped), without keeping the earlier hops' steps.
+
+    ``earlier`` is what the earlier hops left, as this function returned it for
+    the last of them: ``(their output_text or "", their open run)``, the open
+    run being the text at the very end with no other step or part after it
+    (what a walk that is already collecting reaches). None for a turn's first
+    interaction. Returns ``(output_text, open run)`` after this interaction.
+    """
+    steps = _answer_steps(interaction)
+    if earlier is not None:  # a later hop: its leading user_input steps go
+        start = 0
+        while start < len(steps) and _get(steps[start], "type") == "user_input":
+            start += 1
+        steps = steps[start:]
+    carry, run = earlier or ("", "")
+    tokens = list(_parts_backwards(steps))
     parts: list[str] = []
-    for text in _parts_backwards(interaction):
-        if text is not None:
-            parts.append(text)
-        elif parts:
-            break  # a tool step or a non-text part ends the run
-    return "".join(reversed(parts)) or None
+    reaches_back = True  # the run goes on into the earlier hops
+    for token in tokens:
+        if isinstance(token, str):
+            parts.append(token)
+        elif token is _STOP or parts:
+            reaches_back = False
+            break  # a user_input, or a tool step or non-text part after text
+    if parts:
+        text = "".join(reversed(parts))
+        out = run + text if reaches_back else text
+    else:  # nothing here: the walk goes on into the earlier hops, still looking
+        out = "" if _STOP in tokens else carry
+    return out or None, _open_run(tokens, run)
 
 
-def _parts_backwards(interaction: dict[str, Any]) -> Iterator[str | None]:
-    """From the end back to the last ``user_input``: each text part's text, or
-    None for a non-text part or a step that is not model output (``thought``
-    steps skipped)."""
-    for step in reversed(_answer_steps(interaction)):
+def _open_run(tokens: list[str | object | None], run: str) -> str:
+    """The text at the very end of the merged hops: this hop's trailing text
+    parts, and the earlier hops' open run when nothing else is in this hop."""
+    parts: list[str] = []
+    for token in tokens:
+        if not isinstance(token, str):
+            return "".join(reversed(parts))
+        parts.append(token)
+    return run + "".join(reversed(parts))
+
+
+_STOP = object()  # a user_input step: the turn starts there
+
+
+def _parts_backwards(steps: list[Any]) -> Iterator[str | object | None]:
+    """From the end back to the last ``user_input`` (which yields ``_STOP``):
+    each text part's text, or None for a non-text part or a step that is not
+    model output (``thought`` steps skipped; a ``model_output`` whose content
+    is not a list is skipped too, as the SDK does)."""
+    for step in reversed(steps):
         kind = _get(step, "type")
         if kind == "user_input":
+            yield _STOP
             return
         if kind == "thought":
             continue

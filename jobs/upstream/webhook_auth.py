@@ -131,7 +131,7 @@ class UpstreamJwt:
             raise InvalidWebhook("per-request upstream webhooks are not configured")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError):  # any header it holds
             raise InvalidWebhook("bad webhook token") from None
         kid = header.get("kid")
         if header.get("alg") != "RS256" or not isinstance(kid, str):
@@ -150,4 +150,6 @@ class UpstreamJwt:
             )
         except jwt.PyJWTError as e:
             raise InvalidWebhook(f"bad webhook token: {e}") from None
+        except (ValueError, TypeError, RecursionError):
+            raise InvalidWebhook("bad webhook token") from None
         return claims

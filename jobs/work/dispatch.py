@@ -13,6 +13,10 @@ model's quota allows, no faster.
 Paused work (``budgets.py``): while the upstream key is refused, a pass moves
 nothing; while a model is held for a per-day quota, its lanes' heads stay
 where they are (other models' lanes go on).
+
+Per tenant (``tenant_gate.py``, ``INTERQ_TENANT_LIMITS``): a tenant held for
+its daily tokens, at its in-flight cap or out of its creates per minute has
+its lanes wait; other tenants' lanes go on.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from jobs.storage.keys import lane_of as lane_of  # re-exported: where callers l
 from jobs.storage.scripts import register
 from jobs.work.clock import SYSTEM, Clock
 from jobs.work.loops import supervised
+from jobs.work.tenant_gate import TenantGate
 
 LEASE_MS = 5_000
 QUANTUM = 50  # jobs one lane may move per pass: fair, and few round trips per job
@@ -46,6 +51,7 @@ class Dispatcher:
         self.redis: Redis = svc.redis
         self.keys = svc.store.keys
         self.budgets = svc.budgets
+        self.tenants = TenantGate(svc, clock)
         self.me = uuid.uuid4().hex
         self.cursor = ""  # last lane served, for round-robin
         self._lua = register(self.redis, "dispatch", "renew_lease")
@@ -87,6 +93,7 @@ class Dispatcher:
         refused = await self.budgets.key_unhealthy()
         if refused:  # the upstream refuses the key: no creates until it works again
             return min(refused, PAUSED_S)
+        self.tenants.new_pass()
         start = next((i for i, lane in enumerate(lanes) if lane > self.cursor), 0)
         waits: list[float] = []
         moved = 0
@@ -104,10 +111,14 @@ class Dispatcher:
 
     async def serve_lane(self, lane: str, blocked: set[str]) -> tuple[int, float]:
         """Move the lane's head jobs (same model, within budget) to arq; none
-        from a paused batch's lane (``jobs/domain/batch_pause.py``)."""
-        batch_id = lane.split("|", 1)[1]
-        if batch_id != "-" and await batch_pause.is_paused(self.svc, batch_id):
+        from a paused batch's lane (``jobs/domain/batch_pause.py``) or from one
+        not committed yet (``jobs/storage/batch_write.py``)."""
+        tenant, batch_id = lane.split("|", 1)
+        if batch_id != "-" and await batch_pause.held(self.svc, batch_id):
             return 0, 0.0
+        room, tenant_wait = await self.tenants.allowance(tenant)
+        if room == 0:
+            return 0, tenant_wait
         raw_ids = await self.redis.lrange(self.keys.ready(lane), 0, QUANTUM - 1)  # type: ignore[misc]
         ids = [x.decode() if isinstance(x, bytes) else str(x) for x in raw_ids]
         if not ids:
@@ -130,6 +141,8 @@ class Dispatcher:
                 break
             take.append((jid, True))
         wanted = sum(send for _, send in take)
+        if room is not None:
+            wanted = min(wanted, room)
         granted, wait = await self.grant(model, wanted, blocked)
         # keep the dropped ones and as many to send as the budget granted
         kept: list[tuple[str, bool]] = []
@@ -142,6 +155,7 @@ class Dispatcher:
         if not kept:
             return 0, wait
         moved = await self.move(lane, kept, model or "")
+        await self.tenants.moved(tenant, moved)
         return moved, wait
 
     async def grant(self, model: str | None, wanted: int, blocked: set[str]) -> tuple[int, float]:
@@ -164,8 +178,11 @@ class Dispatcher:
         k = self.keys
         now_ms = int(time.time() * 1000)
         paced = self.svc.settings.limit_for(model).rpm is not None
+        tenant = lane.split("|", 1)[0]
         keys = [k.ready(lane), k.lanes, k.inflight(model), k.models, k.outstanding(model), k.queue]
-        args: list[Any] = [lane, model, now_ms, "1" if paced else ""]
+        keys.append(k.tenant_dispatched(tenant))
+        capped = "1" if self.tenants.capped(tenant) else ""
+        args: list[Any] = [lane, model, now_ms, "1" if paced else "", capped]
         for jid, send in jobs:
             step = submit_step(jid)
             keys += [k.job(jid), k.arq_job(step.job_id)]

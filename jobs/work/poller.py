@@ -36,7 +36,7 @@ from jobs.domain.cancel import upstream_cancel
 from jobs.domain.lifecycle import chain, finish, follow_up_body, pause, store_result, submit_step
 from jobs.domain.records import Job, JobUpdate, job_fields
 from jobs.domain.statuses import UPSTREAM_KNOWN, UPSTREAM_TERMINAL, JobStatus, classify_upstream
-from jobs.observe import logs, metrics
+from jobs.observe import logs, metrics, tracing
 from jobs.services import Services
 from jobs.storage.scripts import lua
 from jobs.upstream import answers as interactions
@@ -142,6 +142,11 @@ class PollEngine(DueEngine):
 async def poll_job(svc: Services, job: Job, clock: Clock = SYSTEM) -> Next | None:
     """Poll one job once. Returns where its entry goes next, or None when a
     transition (end, pause, chain) has already moved it."""
+    with tracing.job_span("interq.poll", job, **{"interq.poll": job.poll_count + 1}):
+        return await _poll_job(svc, job, clock)
+
+
+async def _poll_job(svc: Services, job: Job, clock: Clock) -> Next | None:
     status, iid = job.status, job.interaction_id
     now = clock.time()
     deadline = job.deadline
@@ -268,9 +273,8 @@ async def continue_decoding(svc: Services, job: Job, inter: dict[str, Any]) -> N
         note = "upstream asked for continuation without a continuation_token"
         await finish(svc, job, JobStatus.incomplete, interaction=inter, note=note)
         return
-    partial = interactions.output_text(inter) or ""
     body = follow_up_body(job, inter, continuation_token=token)
-    await chain(svc, job, JobStatus.running, body, output_prefix=partial, ended=inter)
+    await chain(svc, job, JobStatus.running, body, ended=inter)
 
 
 async def send_cancel(svc: Services, job: Job) -> Next | None:

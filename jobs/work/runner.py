@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from jobs.delivery.engine import DeliveryEngine
 from jobs.domain import batches
-from jobs.observe import metrics
+from jobs.observe import metrics, tracing
 from jobs.services import Services
 from jobs.settings import Settings, get_settings
 from jobs.work import loops, retention, steps
@@ -206,6 +206,7 @@ async def run_worker_forever(
     )
     bg = overrides["_background"] = background_loops(svc)
     backoff = loops.Backoff()
+    traced = tracing.setup("interq-worker")  # only when OTEL_* asks for it
     try:
         for sig in signals:
             loop.add_signal_handler(sig, _on_signal, stop, sig)
@@ -220,6 +221,8 @@ async def run_worker_forever(
             loop.remove_signal_handler(sig)
         await stop_loops(bg)
         await svc.close()
+        if traced:
+            tracing.shutdown()
 
 
 async def _one_worker(

@@ -26,10 +26,11 @@ from typing import Any
 
 from arq import Retry
 
+from jobs.domain import tenants
 from jobs.domain.lifecycle import finish
 from jobs.domain.records import Job, JobUpdate
 from jobs.domain.statuses import JobStatus
-from jobs.observe import logs, metrics
+from jobs.observe import logs, metrics, tracing
 from jobs.services import Services
 from jobs.storage.keys import Keys
 from jobs.upstream.client import KeyRefused, QuotaExhausted, Retryable, UpstreamError, daily_reset
@@ -197,13 +198,16 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
     )
     if not marked.ok:
         return
-    try:
-        inter = await svc.upstream.create(body)
-    except UpstreamError as e:
-        await create_failed(ctx, svc, job, e, clock)
-        return
-    await svc.budgets.key_ok()
-    await record_interaction(svc, job, inter, clock)
+    if state == JobStatus.queued:
+        tracing.queued_span(job)
+    with tracing.job_span("interq.create", job, **{"interq.attempt": job.submit_attempts + 1}):
+        try:
+            inter = await svc.upstream.create(body)
+        except UpstreamError as e:
+            await create_failed(ctx, svc, job, e, clock)
+            return
+        await svc.budgets.key_ok()
+        await record_interaction(svc, job, inter, clock)
 
 
 # --------------------------------------------------------------------------- pauses
@@ -225,10 +229,13 @@ async def park(ctx: dict[str, Any], svc: Services, wait_s: float) -> float:
 
 
 async def wait_while_paused(ctx: dict[str, Any], svc: Services, job: Job, clock: Clock) -> None:
-    """No create while the job's model is held for a per-day quota or the
-    upstream key is refused: defer (no attempt counted), look again later."""
+    """No create while the job's model is held for a per-day quota, its
+    tenant for its daily tokens (``jobs/domain/tenants.py``), or the upstream
+    key is refused: defer (no attempt counted), look again later."""
     now = clock.time()
     until = await svc.budgets.held_until(job.model, now)
+    if not until and svc.settings.tenant_limit_for(job.tenant).tokens_per_day:
+        until = await tenants.held_until(svc, job.tenant, now)
     if until:
         raise Retry(defer=await park(ctx, svc, until - now))
     refused = await svc.budgets.key_unhealthy()

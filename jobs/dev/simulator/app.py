@@ -73,6 +73,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from jobs.dev.simulator import streaming
 from jobs.dev.simulator.config import SimConfig, config_from_env
 from jobs.dev.simulator.faults import QUIET_DROPS, SimulatedDrop
 from jobs.dev.simulator.lifecycle import Simulator
@@ -186,6 +187,9 @@ async def _serve(request: Request, op: str) -> Response:
     refused = _refusal(request, sim.config)
     if refused is not None:
         return reply(refused)
+    if op == "get" and request.query_params.get("stream") == "true":
+        entry["op"], entry["status"] = "stream", 200
+        return streaming.serve(sim, iid or "", request.query_params.get("last_event_id"))
     fault = entry["fault"] = sim.roll_fault(op)
     failed = sim.faults.error_for(fault, entry)
     if failed is not None:

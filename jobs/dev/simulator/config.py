@@ -42,6 +42,10 @@ class SimConfig:
     webhook_audience: str | None = None
     webhook_token_ttl_s: float = 300.0
     webhook_retry_s: list[float] = field(default_factory=lambda: [0.2, 0.5, 1.0])
+    # GET ?stream=true (streaming.py): cut after this long, as the API does at
+    # 600 s; and, when not 0, dropped after this many events of one connection
+    stream_cut_s: float = 600.0
+    stream_drop_after: int = 0
 
 
 def config_from_env() -> SimConfig:
@@ -56,6 +60,8 @@ def config_from_env() -> SimConfig:
         ("INTERQ_SIM_QUOTA_RPM", "quota_rpm", int),
         ("INTERQ_SIM_QUOTA_RPD", "quota_rpd", int),
         ("INTERQ_SIM_ERROR_STYLE", "error_style", str),
+        ("INTERQ_SIM_STREAM_CUT_S", "stream_cut_s", float),
+        ("INTERQ_SIM_STREAM_DROP_AFTER", "stream_drop_after", int),
     ):
         if env.get(var):
             setattr(cfg, name, conv(env[var]))

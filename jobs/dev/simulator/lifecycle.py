@@ -83,6 +83,7 @@ class Simulator:
         self.interactions: dict[str, JSON] = {}
         self.requests: list[JSON] = []
         self.created: list[dict[str, str]] = []  # labels of every real creation
+        self.fail_counts: dict[str, int] = {}  # creates per input text (fail_first=)
         self._calls = itertools.count(1)  # function_call ids, never reset
         self.faults = Faults(config)
         self.webhooks = Webhooks(config, self.interactions)
@@ -94,6 +95,7 @@ class Simulator:
         self.interactions.clear()
         self.requests.clear()
         self.created.clear()
+        self.fail_counts.clear()
         self.webhooks.log.clear()
         self.faults.reset()
 
@@ -207,6 +209,10 @@ class Simulator:
             shape, outcome, rnd = plan(spec, prev, results)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
+        if spec.get("fail_first"):
+            key = " ".join(texts)
+            seen = self.fail_counts[key] = self.fail_counts.get(key, 0) + 1
+            outcome = "failed" if seen <= spec["fail_first"] else outcome
         output = spec.get("output", "text")
         continued = body.get("continuation_token") is not None
         text = answer_text(texts, output, results, prev, continued)

@@ -3,7 +3,9 @@ directive in its input, the timeline of statuses it walks through, and the
 answer steps it ends with. Pure functions over the interaction record.
 
 The directive's keys: ``duration=<seconds>``, ``outcome=<wire.OUTCOMES>``,
-``output=<wire.OUTPUTS>`` and ``shape=<wire.SHAPES>``. A shape gives the harder
+``output=<wire.OUTPUTS>``, ``shape=<wire.SHAPES>`` and ``fail_first=<n>`` (the
+first n creates of the same input text end ``failed``, later ones as the
+directive says: a model that was overloaded for a while). A shape gives the harder
 step shapes the SDK's own ``output_text`` cases have (``SHAPE_BUILDERS``): text
 before and after tool steps, text around images, several function-call rounds
 (a function result answering a ``multi_round`` pause gets the next round),
@@ -63,6 +65,8 @@ def parse_directive(text: str) -> JSON:
                 spec["duration"] = float(val)
                 if spec["duration"] < 0:
                     raise ValueError("duration must be >= 0")
+            elif key == "fail_first" and val.isdigit():
+                spec["fail_first"] = int(val)
             elif (key, val) in _ALLOWED:
                 spec[key] = val
             else:

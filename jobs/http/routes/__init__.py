@@ -9,5 +9,8 @@ caller's tenant only (another tenant's object is a 404):
   default endpoint and its secret rotation;
 - ``upstream.py``: ``/v1/upstream/webhook``, the Gemini API's own webhooks
   (a JWT or a Standard Webhooks signature; no tenant key);
-- ``ops.py``: ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/ops/summary``.
+- ``rerun.py``: ``POST /v1/jobs/{id}/rerun`` and ``POST /v1/batches/{id}/rerun``;
+- ``ops.py``: ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/ops/summary``;
+- ``events.py``: ``/v1/jobs/{id}/events`` and ``/v1/batches/{id}/events``
+  (Server-Sent Events) and the ``?wait=`` of the two GETs.
 """

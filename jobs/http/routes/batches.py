@@ -4,6 +4,7 @@ tenant's id is a 404, like an unknown one."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
@@ -11,16 +12,20 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from jobs.delivery import signing
-from jobs.domain import batch_pause, batches, checks
+from jobs.domain import batch_pause, batches
+from jobs.domain.batch_lines import Intake, explain
 from jobs.domain.requests import BatchCreate, WebhookSpec
 from jobs.errors import Conflict, InvalidRequest
 from jobs.http.deps import Svc, Tenant, own_batch
+from jobs.http.routes import events
+from jobs.http.tenant_guard import DailyTokens
 from jobs.http.views import errors
 from jobs.work import retention
 
 NDJSON_TYPES = frozenset(
     {"application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson"}
 )
+READ_CHUNK = 1 << 20  # bytes of body handed to the parsing thread at a time
 router = APIRouter(responses=errors(401, 422, 429, 503))
 BATCH_BODY = {
     "requestBody": {
@@ -39,6 +44,7 @@ async def create_batch(
     response: Response,
     s: Svc,
     t: Tenant,
+    _: DailyTokens,  # 429 tenant_daily_tokens (jobs/http/tenant_guard.py)
     x_webhook_url: Annotated[str | None, Header()] = None,
     x_webhook_secret: Annotated[str | None, Header()] = None,
 ) -> Any:
@@ -46,37 +52,71 @@ async def create_batch(
     webhook then in ``X-Webhook-Url`` / ``X-Webhook-Secret``). All lines are
     checked first: any invalid line refuses the whole batch (422
     ``invalid_batch`` listing every bad line)."""
-    raw = await request.body()
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    intake = batches.new_intake(s, t)
     try:
         if ctype in NDJSON_TYPES:
-            items = batches.ndjson_items(raw)
             hook = None
             if x_webhook_url:
                 spec = {"url": x_webhook_url, "secret": x_webhook_secret}
                 hook = WebhookSpec.model_validate(spec)
             metadata = None
+            await read_ndjson(request, intake)
         else:
-            body = BatchCreate.model_validate_json(raw)
-            items = list(enumerate(body.jobs, start=1))
-            hook, metadata = body.webhook, body.metadata
-        lines = batches.validate_lines(
-            items, s.settings.max_batch_jobs, forward_unknown=s.settings.forward_unknown_fields
-        )
-        await checks.check_batch_chains(s.store, t, [ln.interaction for ln in lines])
+            hook, metadata = await read_json(request, intake)
+        await asyncio.to_thread(intake.finish)
         if hook is not None and hook.secret is None:
             hook = WebhookSpec(url=hook.url, secret=signing.generate_secret())
             response.headers["X-Webhook-Secret"] = hook.secret or ""
-        batch_id = await batches.create_batch(s, t, lines, hook, metadata)
+        batch_id = await batches.create_batch(s, intake, hook, metadata)
     except ValidationError as e:
-        raise InvalidRequest(batches.explain(e)) from None
+        raise InvalidRequest(explain(e)) from None
+    finally:
+        intake.close()
     return await batches.batch_view(s, await own_batch(s, t, batch_id))
+
+
+async def read_ndjson(request: Request, intake: Intake) -> None:
+    """The body as it arrives, ``READ_CHUNK`` bytes at a time, each chunk parsed
+    in a worker thread while the next one is read (the body size limit is
+    the middleware's: ``jobs/http/middleware.py``)."""
+    parsing: asyncio.Future[None] | None = None
+    buf: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            buf.append(chunk)
+            size += len(chunk)
+            if size >= READ_CHUNK:
+                if parsing is not None:
+                    await parsing
+                parsing = asyncio.ensure_future(asyncio.to_thread(intake.feed, b"".join(buf)))
+                buf, size = [], 0
+    finally:
+        if parsing is not None:
+            await parsing
+    await asyncio.to_thread(intake.feed, b"".join(buf), True)
+
+
+async def read_json(request: Request, intake: Intake) -> tuple[WebhookSpec | None, Any]:
+    """A JSON body (parsed whole, in a worker thread); its jobs go to ``intake``."""
+    raw = await request.body()
+
+    def parse() -> tuple[WebhookSpec | None, Any]:
+        body = BatchCreate.model_validate_json(raw)
+        intake.feed_items(body.jobs)
+        return body.webhook, body.metadata
+
+    return await asyncio.to_thread(parse)
 
 
 @router.get("/v1/batches/{batch_id}", responses=errors(404))
-async def get_batch(batch_id: str, s: Svc, t: Tenant) -> Any:
-    """The batch's counts by status, its token usage and its webhook state."""
-    return await batches.batch_view(s, await own_batch(s, t, batch_id))
+async def get_batch(
+    batch_id: str, s: Svc, t: Tenant, request: Request, wait: events.Wait = None
+) -> Any:
+    """The batch's counts by status, its token usage and its webhook state; with
+    ``?wait=SECONDS``, once its status changes (at once if final)."""
+    return await events.waited_batch(request, s, t, batch_id, wait)
 
 
 @router.get("/v1/batches/{batch_id}/results", responses=errors(404))

@@ -29,6 +29,8 @@ from jobs.errors import (
     UnknownCallId,
 )
 from jobs.http.deps import Svc, Tenant, own_batch, own_job
+from jobs.http.routes import events
+from jobs.http.tenant_guard import DailyTokens
 from jobs.http.views import JobView, errors, job_view
 from jobs.observe import metrics
 from jobs.services import Services
@@ -43,6 +45,7 @@ async def create_job(
     body: JobCreate,
     request: Request,
     t: Tenant,
+    _: DailyTokens,  # 429 tenant_daily_tokens (jobs/http/tenant_guard.py)
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Queue one interaction. A webhook without a ``secret`` gets a generated
@@ -127,8 +130,11 @@ def canonical(body: JobCreate) -> str:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, responses=errors(404))
-async def get_job(job_id: str, s: Svc, t: Tenant) -> Any:
-    return job_view(await own_job(s, t, job_id))
+async def get_job(
+    job_id: str, s: Svc, t: Tenant, request: Request, wait: events.Wait = None
+) -> Any:
+    """The job; with ``?wait=SECONDS``, once its status changes (at once if final)."""
+    return job_view(await events.waited_job(request, s, t, job_id, wait))
 
 
 @router.get("/v1/jobs", responses=errors(404))

@@ -49,6 +49,21 @@ async def authenticate(request: Request, s: Services, raw: bytes) -> str:
     return "hmac"
 
 
+def interaction_event(raw: bytes) -> tuple[str, str]:
+    """The interaction an event names (``data.id``) and the event's type;
+    InvalidWebhook for a body that is not JSON (or too deep to parse), not an
+    object, or without a string id."""
+    try:
+        event = json.loads(raw)
+        iid = event["data"]["id"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise InvalidWebhook("not an interaction event") from None
+    if not isinstance(iid, str) or not iid:
+        raise InvalidWebhook("not an interaction event")
+    etype = event.get("type")
+    return iid, etype[:100] if isinstance(etype, str) else "?"
+
+
 @router.post(
     "/v1/upstream/webhook",
     status_code=204,
@@ -62,16 +77,12 @@ async def upstream_webhook(request: Request) -> Response:
     s: Services = request.app.state.svc
     raw = await request.body()
     kind = await authenticate(request, s, raw)
-    try:
-        event = json.loads(raw)
-        iid = str(event["data"]["id"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidWebhook("not an interaction event") from None
+    iid, etype = interaction_event(raw)
     job_id = await s.store.job_for_interaction(iid)
     if job_id is not None and await s.store.poke(job_id):
         log.info(
             "upstream webhook %s (%s) for %s: polling job %s now",
-            event.get("type"),
+            etype,
             kind,
             iid,
             job_id,

@@ -15,7 +15,7 @@ from jobs.delivery import endpoints, url_safety
 from jobs.domain.records import Event, EventState, Fields
 from jobs.domain.requests import WebhookSpec
 from jobs.errors import Conflict, NotFound
-from jobs.http.deps import Svc, Tenant, own_job
+from jobs.http.deps import Svc, Tenant, own_event, own_job
 from jobs.http.views import errors
 
 log = logging.getLogger("interq.webhooks")
@@ -61,9 +61,7 @@ async def dead_letters(s: Svc, t: Tenant, limit: Annotated[int, Query(ge=1, le=1
 async def redeliver(event_id: str, s: Svc, t: Tenant) -> Any:
     """Send a dead-lettered (or already delivered) event again, same
     ``webhook-id``, with a fresh retry schedule."""
-    ev = await s.store.get_event(event_id) if len(event_id) <= 64 else None
-    if ev is None or ev.tenant != t:
-        raise NotFound(f"no event {event_id!r}")
+    ev = await own_event(s, t, event_id)
     if ev.state == EventState.pending:
         raise Conflict("the event is still being delivered")
     n = ev.redeliveries + 1

@@ -4,24 +4,26 @@
 -- exactly one place: its lane or arq. Stops at the first id that is no longer
 -- the lane's head (another dispatcher moved it).
 -- KEYS[1] the lane   KEYS[2] lanes   KEYS[3] inflight:<model>   KEYS[4] models
--- KEYS[5] outstanding:<model>   KEYS[6] arq's queue
--- then per job i: KEYS[5 + 2i] the job, KEYS[6 + 2i] its submit step's arq job key
+-- KEYS[5] outstanding:<model>   KEYS[6] arq's queue   KEYS[7] t:<tenant>:dispatched
+-- then per job i: KEYS[6 + 2i] the job, KEYS[7 + 2i] its submit step's arq job key
 -- ARGV[1] the lane (the member of lanes)   ARGV[2] model   ARGV[3] now (ms)
 -- ARGV[4] '1' when the model's rate is limited
--- then per job i: ARGV[5i], ..: job id, step id ('' to drop it), payload, score, px
+-- ARGV[5] '1' when the tenant has an in-flight cap (its dispatched jobs are tracked)
+-- then per job i: ARGV[5i + 1], ..: job id, step id ('' to drop it), payload, score, px
 -- Returns how many jobs got a submit step.
 local lane, moved = KEYS[1], 0
-local n = (#ARGV - 4) / 5
+local n = (#ARGV - 5) / 5
 for i = 1, n do
-  local a = 5 * i
+  local a = 5 * i + 1
   local id, step = ARGV[a], ARGV[a + 1]
   if redis.call('LINDEX', lane, 0) ~= id then break end
   redis.call('LPOP', lane)
-  if step ~= '' and redis.call('HGET', KEYS[5 + 2 * i], 'status') == 'queued' then
+  if step ~= '' and redis.call('HGET', KEYS[6 + 2 * i], 'status') == 'queued' then
     redis.call('ZADD', KEYS[3], ARGV[3], id)
     redis.call('SADD', KEYS[4], ARGV[2])
     if ARGV[4] == '1' then redis.call('ZADD', KEYS[5], ARGV[3], id) end
-    local ak = KEYS[6 + 2 * i]
+    if ARGV[5] == '1' then redis.call('ZADD', KEYS[7], ARGV[3], id) end
+    local ak = KEYS[7 + 2 * i]
     if redis.call('EXISTS', ak) == 0 then
       redis.call('SET', ak, ARGV[a + 2], 'PX', ARGV[a + 4])
       redis.call('ZADD', KEYS[6], ARGV[a + 3], step)

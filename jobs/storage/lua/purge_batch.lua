@@ -6,7 +6,7 @@
 -- jobs, read again and retry.
 -- KEYS, in this order (a part in [] only when ARGV[1] says so):
 --   the batch, its counts, its job list, its events list, expiring:batches,
---   deliveries, arq's queue, [its dispatch lane and lanes, when ARGV[1].tenant ~= ''],
+--   deliveries, arq's queue, its changes stream, [its dispatch lane and lanes, when ARGV[1].tenant ~= ''],
 --   per event: the event, its attempt log, [its tenant's dead letters, when
 --   ARGV[1].ev_tenants[i] ~= ''],
 --   per arq step id in ARGV[1].steps: its arq job key, its arq retry key
@@ -14,7 +14,7 @@
 -- Returns 1 if the batch existed, 0 if not, -1 to retry.
 local spec = cjson.decode(ARGV[1])
 local bk, events_list = KEYS[1], KEYS[4]
-local k = 7
+local k = 8
 local function take() k = k + 1; return KEYS[k] end
 
 if redis.call('LLEN', KEYS[3]) > 0 then return -1 end
@@ -54,7 +54,7 @@ for i, step in ipairs(spec.steps) do
   redis.call('DEL', steps[i].job, steps[i].retry)
   redis.call('ZREM', KEYS[7], step)
 end
-redis.call('DEL', bk, KEYS[2])
+redis.call('DEL', bk, KEYS[2], KEYS[8])
 redis.call('ZREM', KEYS[5], spec.id)
 if spec.tenant ~= '' then return 1 end
 return 0

@@ -7,6 +7,7 @@
 -- nothing is written and the result is -1: read again and retry.
 -- KEYS, in this order (a part in [] only when ARGV[1] says so):
 --   the job, its events list, polls, expiring:jobs, deliveries, arq's queue,
+--   its changes stream,
 --   [the batch's job list, when ARGV[1].list],
 --   [when ARGV[1].status ~= '': counts, the tenant's jobs, the tenant's index of
 --    that status, inflight:<model>, models, [the Idempotency-Key, when
@@ -20,7 +21,7 @@
 local spec = cjson.decode(ARGV[1])
 local id = spec.id
 local jk, events_list = KEYS[1], KEYS[2]
-local k = 6
+local k = 7
 local function take() k = k + 1; return KEYS[k] end
 
 local j = redis.call('HMGET', jk, 'status', 'tenant', 'model', 'idem_key', 'interaction_ids')
@@ -83,7 +84,7 @@ for i, step in ipairs(spec.steps) do
   redis.call('DEL', steps[i].job, steps[i].retry)
   redis.call('ZREM', KEYS[6], step)
 end
-redis.call('DEL', jk)
+redis.call('DEL', jk, KEYS[7])
 redis.call('ZREM', KEYS[3], id)
 redis.call('ZREM', KEYS[4], id)
 if spec.status ~= '' then return 1 end

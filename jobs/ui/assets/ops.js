@@ -103,9 +103,89 @@ function renderSummary(s) {
   renderBatches(s.batches);
 }
 
+// Live batches: each shown batch that has not ended is followed through its
+// event stream (GET /v1/batches/{id}/events, read with fetch so that it can
+// carry the key; resumed with Last-Event-ID), not by the summary's polling.
+const live = new Map();  // batch id -> {view, last, done, ctl}
+let shownBatches = [];
+
+function sseBlock(block) {
+  let kind = "message", data = "", id = null;
+  for (const line of block.split(/\r?\n/)) {
+    if (!line || line.startsWith(":")) continue;
+    const c = line.indexOf(":");
+    const field = c < 0 ? line : line.slice(0, c);
+    let v = c < 0 ? "" : line.slice(c + 1);
+    if (v.startsWith(" ")) v = v.slice(1);
+    if (field === "event") kind = v;
+    else if (field === "data") data += (data ? "\n" : "") + v;
+    else if (field === "id") id = v;
+  }
+  return { kind, data, id };
+}
+
+async function followStream(path, entry, onEvent) {
+  const headers = { "Accept": "text/event-stream" };
+  const key = localStorage.getItem(KEY) || "";
+  if (key) headers["Authorization"] = "Bearer " + key;
+  if (entry.last) headers["Last-Event-ID"] = entry.last;
+  const r = await fetch(path, { headers, cache: "no-store", signal: entry.ctl.signal });
+  if (!r.ok) { if (r.status === 404) entry.done = true; throw new ApiError(r.status, "HTTP " + r.status); }
+  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let m;
+    while ((m = /\r?\n\r?\n/.exec(buf))) {
+      const ev = sseBlock(buf.slice(0, m.index));
+      buf = buf.slice(m.index + m[0].length);
+      if (ev.id !== null) entry.last = ev.id;
+      if (ev.data) onEvent(ev.kind, JSON.parse(ev.data));
+    }
+  }
+}
+
+function watchBatch(id) {
+  if (live.has(id)) return;
+  const entry = { view: null, last: null, done: false, ctl: new AbortController() };
+  live.set(id, entry);
+  const onEvent = (kind, data) => {
+    if (kind === "batch") entry.view = data;
+    else if (kind === "counts" && entry.view) Object.assign(entry.view, data);
+    else if (kind === "status" && entry.view) entry.view.status = data.status;
+    if (kind === "batch" && (data.status === "completed" || data.status === "cancelled")) {
+      entry.done = true;
+    }
+    renderBatches(shownBatches);
+  };
+  (async () => {
+    for (let tries = 0; tries < 1000 && !entry.done && !entry.ctl.signal.aborted; tries++) {
+      try {
+        await followStream("/v1/batches/" + encodeURIComponent(id) + "/events", entry, onEvent);
+      } catch (e) {
+        if (entry.ctl.signal.aborted) return;
+      }
+      if (!entry.done) await new Promise((ok) => setTimeout(ok, 2000));  // then resume
+    }
+  })();
+}
+
+function stopWatching(keepIds) {
+  for (const [id, entry] of live) {
+    if (!keepIds || !keepIds.has(id)) { entry.ctl.abort(); live.delete(id); }
+  }
+}
+
 function renderBatches(list) {
+  shownBatches = list;
   const box = $("batches"), rows = box.rows_ || (box.rows_ = new Map()), keep = new Set();
-  list.forEach((b, i) => {
+  list.forEach((listed, i) => {
+    const seen = live.get(listed.id);
+    const b = seen && seen.view && seen.view.done >= listed.done
+      ? Object.assign({}, listed, seen.view) : listed;
+    if (b.status === "in_progress" || b.status === "paused") watchBatch(b.id);
     keep.add(b.id);
     let row = rows.get(b.id);
     if (!row) {
@@ -132,6 +212,7 @@ function renderBatches(list) {
     if (box.children[i] !== row) box.insertBefore(row, box.children[i] || null);
   });
   for (const [k, row] of rows) if (!keep.has(k)) { row.remove(); rows.delete(k); }
+  stopWatching(keep);
   showEmpty("batches-empty", list.length === 0);
 }
 
@@ -272,11 +353,13 @@ function init() {
     e.preventDefault();
     const v = keyInput.value.trim();
     if (v) localStorage.setItem(KEY, v); else localStorage.removeItem(KEY);
+    stopWatching(null);
     refresh();
   });
   $("clearkey").addEventListener("click", () => {
     keyInput.value = "";
     localStorage.removeItem(KEY);
+    stopWatching(null);
     refresh();
   });
   const filter = $("filter");

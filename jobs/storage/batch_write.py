@@ -1,0 +1,143 @@
+"""A batch written in chunks, made visible in one small atomic step.
+
+A 50,000-job batch written as one transaction holds Redis (every other client)
+for over a second. So its jobs are written in pipelines of a few hundred
+``create_job`` calls, without MULTI, and the batch is accepted whole or not at
+all by a commit protocol:
+
+1. ``stage``: the batch's record, marked ``staging = 1``, and an entry in
+   ``{p}:expiring:batches`` due ``STAGE_S`` from now (one MULTI, before any
+   job). While the mark is there the API does not show the batch
+   (``batches.get_batch``) and the dispatcher does not serve its lane
+   (``batch_pause.held``), so none of its jobs can be sent.
+2. ``write_jobs``: each frame of jobs (records, tenant indexes, counts, the
+   batch's lane and job list, as ``create_job`` writes them) in one pipeline,
+   after renewing the staging deadline (``lua/renew_stage.lua``), which fails
+   once a sweeper has claimed the entry: the writer then stops.
+3. ``commit`` (``lua/commit_batch.lua``): if the batch is still staged by this
+   writer (mark, deadline unclaimed) and its job list holds every job, the
+   mark and the cleanup entry go and its counts take the queued jobs. From
+   then on the dispatcher serves its lane.
+
+A batch that does not commit is purged: at once by the writer on an error
+(``abandon``: ``lua/abandon_batch.lua`` marks it ``abandoned`` so that no
+commit can follow, then its jobs and keys are purged as retention purges a
+batch), or, when the writer died (API crash, lost connection), by the
+retention sweeper when its entry in ``{p}:expiring:batches`` comes due: the
+sweeper's ``purge_batch`` deletes the jobs (and their index entries and
+counts), the record, its job list and lane. Either way nothing of it was ever
+dispatchable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable
+from typing import Any
+
+from jobs.domain.records import Batch, Job
+from jobs.services import Services
+from jobs.storage import purge
+from jobs.storage.keys import lane_of
+from jobs.storage.scripts import register
+
+STAGE_S = 60.0  # a staged batch not renewed for this long is purged by the sweeper
+PURGE_CHUNK = 500
+MARK = "staging"
+
+
+def _scripts(svc: Services) -> dict[str, Any]:
+    found = svc.cache.get("batch_write")
+    if not isinstance(found, dict):
+        found = register(svc.redis, "renew_stage", "commit_batch", "abandon_batch")
+        svc.cache["batch_write"] = found
+    return found
+
+
+def _deadline() -> int:
+    return int((time.time() + STAGE_S) * 1000)
+
+
+class StagedBatch:
+    """One batch being written: its record staged, then its jobs, then the commit."""
+
+    def __init__(self, svc: Services, batch: Batch) -> None:
+        self.svc, self.batch = svc, batch
+        self.keys = svc.store.keys
+        self.lane = lane_of(batch.tenant, batch.id)
+        self.deadline = 0
+        self.written = 0
+
+    async def stage(self) -> None:
+        self.deadline = _deadline()
+        async with self.svc.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.batch(self.batch.id), mapping={**self.batch.to_redis(), MARK: "1"})
+            pipe.zadd(self.keys.expiring_batches, {self.batch.id: self.deadline})
+            await pipe.execute()
+
+    async def renew(self) -> None:
+        """Push the staging deadline on; ``Abandoned`` if no longer ours."""
+        new = _deadline()
+        keys = [self.keys.batch(self.batch.id), self.keys.expiring_batches]
+        args = [self.batch.id, self.deadline, new]
+        if not await _scripts(self.svc)["renew_stage"](keys=keys, args=args):
+            raise Abandoned(self.batch.id)
+        self.deadline = new
+
+    async def write_jobs(self, frames: AsyncIterable[list[Job]]) -> None:
+        """Every job, one pipeline (no MULTI) per frame, the lease renewed first."""
+        store = self.svc.store
+        async for frame in frames:
+            await self.renew()
+            async with self.svc.redis.pipeline(transaction=False) as pipe:
+                for job in frame:
+                    await store.create_job(job, lane=self.lane, pipe=pipe)
+                await pipe.execute()
+            self.written += len(frame)
+
+    async def commit(self) -> None:
+        """Make the batch visible and its lane dispatchable, in one step."""
+        k, bid = self.keys, self.batch.id
+        keys = [k.batch(bid), k.batch_counts(bid), k.batch_jobs(bid), k.expiring_batches]
+        args = [bid, self.written, self.deadline]
+        try:
+            done = await _scripts(self.svc)["commit_batch"](keys=keys, args=args)
+        except Exception:
+            if await self.committed():  # the answer was lost, not the commit
+                return
+            raise
+        if not done:
+            raise Abandoned(bid)
+
+    async def committed(self) -> bool:
+        marked = await self.svc.redis.hmget(self.keys.batch(self.batch.id), ["id", MARK])  # type: ignore[misc]
+        return bool(marked[0]) and not marked[1]
+
+    async def abandon(self) -> None:
+        await abandon(self.svc, self.batch.id)
+
+
+class Abandoned(Exception):
+    """The batch is no longer staged by this writer (a sweeper took it)."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"batch {batch_id} was given up while it was being written")
+
+
+async def abandon(svc: Services, batch_id: str) -> bool:
+    """Purge a batch that did not commit: mark it abandoned (no commit can
+    follow), then its jobs and its keys. A committed batch is left alone
+    (returns False)."""
+    keys = svc.store.keys
+    not_committed = await _scripts(svc)["abandon_batch"](keys=[keys.batch(batch_id)], args=[])
+    if not not_committed:
+        return False
+    jobs_key = keys.batch_jobs(batch_id)
+    while True:
+        raw = await svc.redis.lrange(jobs_key, 0, PURGE_CHUNK - 1)  # type: ignore[misc]
+        if raw:
+            ids = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
+            await purge.purge_jobs(svc, ids, jobs_key)
+            continue
+        if await purge.purge_batch_keys(svc, batch_id) >= 0:
+            return True
