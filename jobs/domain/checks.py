@@ -175,6 +175,15 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
     return tuple(path)
 
 
+@cache
+def _shape(cls: type[BaseModel]) -> tuple[dict[str, str], bool]:
+    """A model class's field names with their aliases, and whether it takes any
+    field (an open model: extra fields are its own, not mistakes)."""
+    fields = cls.model_fields
+    open_model = not fields or "__pydantic_extra__" in vars(cls).get("__annotations__", {})
+    return {name: f.alias or name for name, f in fields.items()}, open_model
+
+
 def _unknowns(v: Any, path: Path, out: list[Problem], forward_unknown: bool) -> None:
     if isinstance(v, BaseModel):
         if getattr(v, "is_unknown", False) is True:  # the SDK's Unknown* placeholder
@@ -182,15 +191,13 @@ def _unknowns(v: Any, path: Path, out: list[Problem], forward_unknown: bool) -> 
             kind = raw.get("type") if isinstance(raw, dict) else None
             out.append(((*path, "type"), f"unknown type {kind!r} (google-genai knows no such)"))
             return
-        fields = type(v).model_fields
-        open_model = not fields or "__pydantic_extra__" in vars(type(v)).get("__annotations__", {})
+        aliases, open_model = _shape(type(v))
         if not forward_unknown and not open_model:
             for k in v.__pydantic_extra__ or {}:
                 out.append(((*path, k), "unknown field (the API answers 400 'Unknown name')"))
         for name in v.model_fields_set:
-            if name in fields:
-                alias = fields[name].alias or name
-                _unknowns(v.__dict__.get(name), (*path, alias), out, forward_unknown)
+            if name in aliases:
+                _unknowns(v.__dict__.get(name), (*path, aliases[name]), out, forward_unknown)
     elif isinstance(v, list | tuple):
         for i, x in enumerate(v):
             _unknowns(x, (*path, i), out, forward_unknown)

@@ -29,7 +29,9 @@ bearer = HTTPBearer(
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def svc(request: Request) -> Services:
+async def svc(request: Request) -> Services:
+    """The process's services (async: a plain ``def`` dependency costs a
+    thread hop per request)."""
     s: Services = request.app.state.svc
     return s
 
