@@ -27,6 +27,9 @@ class TraceRequests:
             for k, v in scope.get("headers", [])
             if k in (b"traceparent", b"tracestate")
         }
+        if not carrier and not tracing.recording():
+            await self.app(scope, receive, send)  # nothing to record, nothing to carry
+            return
         method = scope["method"]
         ctx = propagate.extract(carrier)
         with tracing.tracer().start_as_current_span(

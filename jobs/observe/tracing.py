@@ -82,6 +82,11 @@ def shutdown() -> None:
         _provider.shutdown()
 
 
+def recording() -> bool:
+    """Whether spans are recorded (a provider is set)."""
+    return _provider is not None
+
+
 def tracer() -> Tracer:
     return _provider.get_tracer("interq") if _provider is not None else _NOOP
 

@@ -30,7 +30,7 @@ from jobs.errors import (
 )
 from jobs.http.deps import Svc, Tenant, own_batch, own_job
 from jobs.http.routes import events
-from jobs.http.tenant_guard import DailyTokens
+from jobs.http.tenant_guard import within_daily_tokens
 from jobs.http.views import JobView, errors, job_view
 from jobs.observe import metrics
 from jobs.services import Services
@@ -45,7 +45,6 @@ async def create_job(
     body: JobCreate,
     request: Request,
     t: Tenant,
-    _: DailyTokens,  # 429 tenant_daily_tokens (jobs/http/tenant_guard.py)
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Queue one interaction. A webhook without a ``secret`` gets a generated
@@ -54,6 +53,7 @@ async def create_job(
     # the services straight from the app, not by ``Svc``: FastAPI runs a plain
     # ``def`` dependency in a worker thread, a thread hop per request
     s: Services = request.app.state.svc
+    await within_daily_tokens(s, t)  # 429 tenant_daily_tokens (a call: no dependency to solve)
     forward = s.settings.forward_unknown_fields
     await checks.check_create(s.store, t, body.interaction, forward_unknown=forward)  # 422
     secret = ""
