@@ -201,8 +201,7 @@ def run(redis_url: str, receiver_module: Receiver) -> Iterator[Run]:
                 ],
                 tmp / "prometheus.log",
             ) as prom,
-            # 60 s: the first create waits for the SDK models the API process is
-            # still importing, slow on a loaded machine
+            # 60 s: the first create may wait for the SDK models the API imports
             httpx.Client(base_url=api_url, timeout=60) as api,
         ):
             poll(lambda: api.get("/healthz").status_code == 200, "the API")
