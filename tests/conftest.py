@@ -80,6 +80,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     ``item._nodeid``, which pytest 9 no longer reads: the marks do nothing.)"""
     from xdist.scheduler import LoadScopeScheduling
 
+    if config.getoption("dist") != "load":  # another --dist asked for: xdist's own
+        return None
+
     class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
