@@ -8,6 +8,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +27,68 @@ from tests.helpers import (
 )
 
 __all__ = ["ROOT", "free_port"]
+
+# The longest tests, longest first (roughly 20-45 s each on the idle 2-core
+# machine): they start first, so that none is left running alone at the end of
+# an xdist run while the other workers idle. Each xdist worker takes the next
+# unit of work as it runs out (``pytest_xdist_make_scheduler`` below).
+SLOW_FIRST = (
+    "tests/test_chaos.py::",
+    "tests/test_schema_fuzz.py::",
+    "tests/test_redis_trouble.py::test_worker_started_while_loading_waits_and_works",
+    "tests/test_faults.py::",
+    "tests/test_crash.py::",
+    "tests/test_up_supervision.py::",
+    "tests/test_redis_trouble.py::test_api_and_loops_ride_out_the_fault[loading]",
+    "tests/test_prometheus.py::",
+    "tests/test_batch_pause.py::test_a_refused_batch_of_1000",
+    "tests/test_ui.py::test_ops_page_in_chromium",
+    "tests/test_engine.py::test_hundreds_of_polls",
+    "tests/test_redis_trouble.py::test_real_redis_refusal",
+    "tests/test_drain.py::",
+    "tests/test_up.py::",
+    "tests/test_cli.py::",
+    "tests/test_retention.py::test_the_workers_sweeper",
+)
+# Modules whose tests share a costly module-scoped fixture (a Prometheus over a
+# small run, a TLS Redis, a moto S3 server): one xdist worker runs all of a
+# module's tests, one after another, so that the fixture is made once.
+SHARED_MODULE_FIXTURE = {
+    "tests/test_prometheus.py",
+    "tests/test_redis_tls.py",
+    "tests/test_storage.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests of ``SLOW_FIRST`` first, in its order; the rest as collected."""
+
+    def rank(item: pytest.Item) -> int:
+        return next(
+            (i for i, p in enumerate(SLOW_FIRST) if item.nodeid.startswith(p)), len(SLOW_FIRST)
+        )
+
+    items.sort(key=rank)  # stable: collection order within a rank
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's ``--dist loadscope`` with a unit of work per test, but one per
+    module for the modules of ``SHARED_MODULE_FIXTURE``. (``--dist loadgroup``
+    would do it with ``xdist_group`` marks, but xdist 3.8 sets the group on
+    ``item._nodeid``, which pytest 9 no longer reads: the marks do nothing.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    if config.getoption("dist") != "load":  # another --dist asked for: xdist's own
+        return None
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_MODULE_FIXTURE else nodeid
+
+    return Scheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,16 @@ class AppServer:
         self.port = port
         self.app = app
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                lifespan=lifespan,
+                # a request still in flight at stop (the simulator holding a
+                # poll for a slow fault) is cancelled after 1 s, not waited for
+                timeout_graceful_shutdown=1,
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

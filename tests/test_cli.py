@@ -194,8 +194,8 @@ async def test_cli_errors_are_one_line_exit_1(live_api: str, tmp_path: Path) -> 
         (live_api, ["status", "job_nope"], "HTTP 404"),
         (live_api, ["submit", str(tmp_path / "missing.jsonl")], "no such file"),
     ]
-    for url, args, expect in cases:
-        run = await interq(url, *args)
+    runs = await asyncio.gather(*(interq(url, *args) for url, args, _ in cases))  # independent
+    for (_, args, expect), run in zip(cases, runs, strict=True):
         assert run.rc == 1, (args, run)
         err_lines = run.err.strip().splitlines()
         assert len(err_lines) == 1 and err_lines[0].startswith("error: "), (args, run.err)

@@ -87,11 +87,13 @@ async def test_json_500_through_uvicorn(app: FastAPI) -> None:
     server = AppServer(app, free_port(), lifespan="on")
     server.start()
     try:
-        async with httpx.AsyncClient(base_url=server.url) as c:
+        # no 5 s default timeout: on a loaded machine the first request may wait
+        # for the SDK models the app's start is still importing
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
             await check(c, outer=False)  # one kept-alive connection throughout
         # uvicorn closes the connection after a re-raised error: one per request
         fresh = httpx.Limits(max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=server.url, limits=fresh) as c:
+        async with httpx.AsyncClient(base_url=server.url, limits=fresh, timeout=60) as c:
             await check(c, outer=True)
     finally:
         server.stop()

@@ -1,4 +1,7 @@
-"""500 jobs through a faulty upstream: 20% 5xx, 10% 429, 5% timeouts."""
+"""200 jobs through a faulty upstream: 20% 5xx, 10% 429, 5% timeouts. (The
+property does not depend on the count: some 600 upstream requests meet every
+kind of fault many times over; more jobs than the worker runs at once make
+some wait for a slot.)"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from jobs.settings import Settings
 from tests.helpers import SimServer, job_body, running_worker, wait_terminal
 from tests.test_outcomes import assert_retry_delays_honoured
 
-N_JOBS = 500
+N_JOBS = 200
 
 
 async def test_transient_faults_fail_no_job(
@@ -26,7 +29,7 @@ async def test_transient_faults_fail_no_job(
         assert r.status_code == 202
         ids.append(r.json()["id"])
     fast = settings.model_copy(
-        update={"upstream_timeout_s": 0.7, "create_timeout_s": 0.7, "worker_max_jobs": 300}
+        update={"upstream_timeout_s": 0.7, "create_timeout_s": 0.7, "worker_max_jobs": 120}
     )
     async with running_worker(fast):
         done = await wait_terminal(api, ids, timeout=400)

@@ -201,7 +201,8 @@ def run(redis_url: str, receiver_module: Receiver) -> Iterator[Run]:
                 ],
                 tmp / "prometheus.log",
             ) as prom,
-            httpx.Client(base_url=api_url, timeout=10) as api,
+            # 60 s: the first create may wait for the SDK models the API imports
+            httpx.Client(base_url=api_url, timeout=60) as api,
         ):
             poll(lambda: api.get("/healthz").status_code == 200, "the API")
             poll(lambda: httpx.get(worker_metrics, timeout=2).status_code == 200, "worker metrics")

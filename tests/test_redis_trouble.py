@@ -268,7 +268,9 @@ def real_refusal(request: pytest.FixtureRequest, clean_redis: str) -> Iterator[A
 
 async def test_real_redis_refusal(real_refusal: Any, settings: Settings) -> None:
     kind, on, off = real_refusal
-    async with api_client(settings) as api, supervised_worker(settings):
+    # arq writes its health key every health_check_interval (10 s in the service):
+    # 1 s here, so that the refused write comes within a second of on()
+    async with api_client(settings) as api, supervised_worker(settings, health_check_interval=1):
         first = await submit(api)
         assert (await wait_terminal(api, [first]))[first]["status"] == "completed"
         watch = LoopWatch(["worker"])  # arq's health-key write fails: the Worker is replaced

@@ -54,8 +54,12 @@ def test_a_restarted_worker_keeps_its_metrics_port(tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
     with Stack(tmp_path / "stack") as st:
         st.start_redis()
-        for i, port in enumerate(ports):
-            st.start_worker(f"worker-{i}", metrics_port=port)
+        workers = [  # started side by side, then each waited for
+            st.start_worker(f"worker-{i}", metrics_port=port, wait=False)
+            for i, port in enumerate(ports)
+        ]
+        for w in workers:
+            st.wait_ready(w)
         old_pid = st.proc("worker-0").pid
         st.restart("worker-0")  # SIGKILL, then the same command; waits until ready
         assert st.proc("worker-0").pid != old_pid

@@ -147,7 +147,12 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 
 def submit_and_finish(u: Up) -> dict[str, Any]:
-    body = {"interaction": {"model": "gemini-3.5-flash", "input": "hello from the up test"}}
+    body = {
+        "interaction": {
+            "model": "gemini-3.5-flash",
+            "input": "hello from the up test [sim duration=0.2]",
+        }
+    }
     r = httpx.post(f"{u.api}/v1/jobs", json=body, timeout=10)  # no keys set: no auth
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]

@@ -110,7 +110,8 @@ class Receiver:
         httpd.daemon_threads = True
         self.port = int(httpd.server_address[1])
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        # serve_forever notices shutdown() within poll_interval (0.5 s by default)
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
 

@@ -10,6 +10,7 @@ import itertools
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from jobs.dev.simulator.config import SimConfig, apply_update, check_update, check_webhook_config
@@ -80,6 +81,8 @@ class Simulator:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
+        # the clock interactions age by (a test may put a controllable one here)
+        self.clock: Callable[[], float] = time.monotonic
         self.interactions: dict[str, JSON] = {}
         self.requests: list[JSON] = []
         self.created: list[dict[str, str]] = []  # labels of every real creation
@@ -146,10 +149,10 @@ class Simulator:
 
     # --- state machine ----------------------------------------------------
     def status(self, rec: JSON) -> str:
-        return phase(rec, time.monotonic())[0]
+        return phase(rec, self.clock())[0]
 
     def render(self, rec: JSON, *, full: bool = True) -> JSON:
-        status, changed, settled = phase(rec, time.monotonic())
+        status, changed, settled = phase(rec, self.clock())
         out: JSON = {"id": rec["id"], "object": "interaction", "status": status}
         out.update(rec["echo"])
         out["created"], out["updated"] = iso(rec["wall"]), iso(rec["wall"] + changed)
@@ -231,7 +234,7 @@ class Simulator:
     def _record(self, body: JSON, outcome: str, duration: float, in_steps: list[JSON]) -> JSON:
         return {
             "id": new_id("v1_"),
-            "start": time.monotonic(),
+            "start": self.clock(),
             "wall": time.time(),
             "duration": duration,
             "outcome": outcome,
@@ -280,7 +283,7 @@ class Simulator:
                 400, "Interaction is already in a terminal state.", "FAILED_PRECONDITION"
             )
         if rec["cancelled_at"] is None:
-            rec["cancelled_at"] = time.monotonic()
+            rec["cancelled_at"] = self.clock()
             rec["cancelling_left"] = SLOW_CANCEL_POLLS if rec["shape"] == "slow_cancel" else 0
         self.webhooks.disarm(iid)
         if rec["background"]:
