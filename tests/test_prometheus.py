@@ -152,7 +152,8 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
 
 def interq_env(redis_url: str, sim_url: str, tmp: Path, metrics_port: int) -> dict[str, str]:
     cfg = fast_settings(redis_url, sim_url, tmp, retry_max_s=1.0, webhook_schedule_s=[0.2, 0.2])
-    return worker_env(cfg, INTERQ_WORKER_METRICS_PORT=str(metrics_port))
+    prices = '{"*": {"input": 1.0, "output": 4.0}}'  # the cost panel has something to show
+    return worker_env(cfg, INTERQ_WORKER_METRICS_PORT=str(metrics_port), INTERQ_PRICES=prices)
 
 
 def prometheus_config(tmp: Path, api: str, worker: str) -> Path:
