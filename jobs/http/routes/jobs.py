@@ -12,7 +12,9 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from jobs.delivery import signing, url_safety
 from jobs.domain import batches, cancel, checks, lifecycle
@@ -40,19 +42,62 @@ from jobs.work import retention
 router = APIRouter(responses=errors(401, 422, 429, 503))
 
 
-@router.post("/v1/jobs", status_code=202, response_model=JobView, responses=errors(413))
-async def create_job(
-    body: JobCreate,
-    request: Request,
-    t: Tenant,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> Response:
+IDEM_MAX = 255
+CREATE_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": JobCreate.model_json_schema()}},
+    },
+    "parameters": [
+        {
+            "name": "idempotency-key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "maxLength": IDEM_MAX},
+        }
+    ],
+}
+
+
+async def create_body(request: Request) -> tuple[JobCreate, str | None]:
+    """The body and the Idempotency-Key of ``POST /v1/jobs``, read here rather
+    than declared as parameters: FastAPI then has two parameters fewer to solve
+    per request, the route's largest cost. The answers to bad input are a
+    declared body's: 422 for JSON that does not parse or a body that does not
+    validate, 400 for one nested past what the JSON parser takes."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and len(key) > IDEM_MAX:
+        loc = ("header", "idempotency-key")
+        raise RequestValidationError([{"loc": loc, "msg": f"at most {IDEM_MAX} characters"}])
+    raw = await request.body()
+    try:
+        data = json.loads(raw) if raw else None
+    except json.JSONDecodeError as e:
+        err = {"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error"}
+        raise RequestValidationError([err]) from None
+    except (RecursionError, ValueError):  # too deep, or not text
+        raise HTTPException(400, "There was an error parsing the body") from None
+    try:
+        return JobCreate.model_validate(data), key
+    except ValidationError as e:
+        errs = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        raise RequestValidationError(errs) from None
+
+
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobView,
+    responses=errors(413),
+    openapi_extra=CREATE_DOC,
+)
+async def create_job(request: Request, t: Tenant) -> Response:
     """Queue one interaction. A webhook without a ``secret`` gets a generated
     one, returned once in ``X-Webhook-Secret``. The same ``Idempotency-Key``
     with the same body answers the first job (``Idempotent-Replayed: true``)."""
-    # the services straight from the app, not by ``Svc``: FastAPI runs a plain
-    # ``def`` dependency in a worker thread, a thread hop per request
+    # the services straight from the app, not by ``Svc``: one dependency less
     s: Services = request.app.state.svc
+    body, idempotency_key = await create_body(request)
     await within_daily_tokens(s, t)  # 429 tenant_daily_tokens (a call: no dependency to solve)
     forward = s.settings.forward_unknown_fields
     await checks.check_create(s.store, t, body.interaction, forward_unknown=forward)  # 422
