@@ -18,6 +18,7 @@ import uvicorn
 from jobs.dev.envs import env_for
 from jobs.dev.receiver import Delivery, Receiver
 from jobs.dev.simulator.app import SimConfig, create_app
+from jobs.domain.records import Event, EventState, Job
 from jobs.settings import Settings
 
 __all__ = ["Delivery", "Receiver"]  # the one webhook receiver, jobs.dev.receiver
@@ -208,3 +209,17 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://interq") as client:
             yield client
+
+
+def hand_event(job: Job, state: EventState) -> Event:
+    """An event of ``job`` for tests that drive transitions by hand."""
+    return Event(
+        id=f"evt_{job.id}_{job.status}",
+        owner=job.ref,
+        job_id=job.id,
+        tenant=job.tenant,
+        type="job.x",
+        body="{}",
+        state=state,
+        created_at=1.0,
+    )

@@ -22,7 +22,7 @@ from jobs.domain.records import Event, EventState, Job
 from jobs.domain.statuses import JobStatus
 from jobs.services import Services
 from jobs.settings import Settings, hash_api_key
-from tests.helpers import AppServer
+from tests.helpers import AppServer, hand_event
 
 BODY = {"interaction": {"model": "sim-model", "input": "hi"}}
 
@@ -74,16 +74,7 @@ async def served(settings: Settings) -> AsyncIterator[Served]:
 
 
 def event_for(job: Job) -> Event:
-    return Event(
-        id=f"evt_{job.id}_{job.status}",
-        owner=job.ref,
-        job_id=job.id,
-        tenant=job.tenant,
-        type="job.x",
-        body="{}",
-        state=EventState.no_endpoint,
-        created_at=1.0,
-    )
+    return hand_event(job, EventState.no_endpoint)
 
 
 async def job_of(served: Served, job_id: str) -> Job:

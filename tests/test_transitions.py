@@ -20,6 +20,7 @@ from jobs.settings import Settings
 from jobs.storage import purge
 from jobs.storage.keys import Keys
 from jobs.work.dispatch import Dispatcher, lane_of
+from tests.helpers import hand_event
 
 LUA = resources.files("jobs.storage").joinpath("lua")
 
@@ -81,16 +82,7 @@ async def counts(svc: Services, key: str | None = None) -> dict[str, int]:
 
 
 def event_for(job: Job) -> Event:
-    return Event(
-        id=f"evt_{job.id}_{job.status}",
-        owner=job.ref,
-        job_id=job.id,
-        tenant=job.tenant,
-        type="job.x",
-        body="{}",
-        state=EventState.pending,
-        created_at=1.0,
-    )
+    return hand_event(job, EventState.pending)
 
 
 async def test_a_job_through_every_transition(svc: Services) -> None:

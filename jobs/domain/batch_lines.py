@@ -24,18 +24,12 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from jobs.domain import checks
 from jobs.domain import lifecycle as outcomes
 from jobs.domain.records import Job
-from jobs.domain.requests import (
-    MAX_INTERACTION_DEPTH,
-    WebhookSpec,
-    check_depth,
-    check_interaction_body,
-    check_metadata,
-)
+from jobs.domain.requests import JobCreate, WebhookSpec
 from jobs.errors import BatchError
 from jobs.observe import metrics, tracing
 from jobs.settings import Settings
@@ -45,24 +39,11 @@ MAX_DEPTH = 100  # nesting of arrays and objects in one line (protobuf's default
 FRAME = 250  # job records per spooled frame, and per write pipeline
 
 
-class BatchLine(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BatchLine(JobCreate):
+    """A batch line: a job's body (its checks and bounds) with a custom_id it
+    must have and a webhook that must bring its own secret."""
+
     custom_id: str = Field(min_length=1, max_length=256)
-    interaction: dict[str, Any]
-    metadata: Any = None
-    timeout_s: float | None = Field(default=None, gt=0)
-    webhook: WebhookSpec | None = None
-
-    @field_validator("interaction")
-    @classmethod
-    def _check(cls, v: dict[str, Any]) -> dict[str, Any]:
-        check_depth(v, MAX_INTERACTION_DEPTH, "interaction")
-        return check_interaction_body(v)
-
-    @field_validator("metadata")
-    @classmethod
-    def _check_metadata(cls, v: Any) -> Any:
-        return check_metadata(v)  # as a job's: depth, JSON values, size
 
     @field_validator("webhook")
     @classmethod

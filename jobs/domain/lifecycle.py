@@ -158,6 +158,7 @@ def hop_usage(interaction: dict[str, Any] | None) -> dict[str, Any] | None:
     return u if isinstance(u, dict) else None
 
 
+@tracing.job_step("interq.finish")
 async def finish(
     svc: Services,
     job: Job,
@@ -171,22 +172,6 @@ async def finish(
     """Mark the job terminal (from ``expect``, by default the status it was
     read with), create its event and enqueue its delivery, in one atomic step.
     The result (if any) must already be in storage."""
-    with tracing.job_span("interq.finish", job, **{"interq.status": status.value}):
-        return await _finish(
-            svc, job, status, expect=expect, interaction=interaction, error=error, note=note
-        )
-
-
-async def _finish(
-    svc: Services,
-    job: Job,
-    status: JobStatus,
-    *,
-    expect: JobStatus | None = None,
-    interaction: dict[str, Any] | None = None,
-    error: dict[str, Any] | None = None,
-    note: str | None = None,
-) -> bool:
     extra: dict[str, Any] = {"status": status.value, "error": error, "note": note}
     fields: JobUpdate = {"finished_at": time.time(), "pending_create": ""}
     if interaction is not None:
@@ -303,13 +288,9 @@ async def chain(
     return out.ok
 
 
+@tracing.job_step("interq.store_result")
 async def store_result(svc: Services, job: Job, inter: dict[str, Any]) -> str:
     """Write the interaction (inline media split out into their own files)."""
-    with tracing.job_span("interq.store_result", job):
-        return await _store_result(svc, job, inter)
-
-
-async def _store_result(svc: Services, job: Job, inter: dict[str, Any]) -> str:
     jid = job.id
     stored, files = media.extract(inter, lambda name: f"/v1/jobs/{jid}/files/{name}")
     for f in files:

@@ -20,10 +20,11 @@ and a caller's ``traceparent`` still reaches its webhook unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
@@ -161,3 +162,21 @@ def webhook_span(event: Any, event_id: str) -> contextlib.AbstractContextManager
     """A webhook attempt's span, in its owner's trace."""
     attrs = {JOB: event.job_id, TENANT: event.tenant, "interq.event_id": event_id}
     return span("interq.webhook", event.traceparent, kind=SpanKind.CLIENT, **attrs)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def job_step(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Run an async step ``f(svc, job, ...)`` in a span of the job's trace."""
+
+    def wrap(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+            with job_span(name, args[1]):
+                return await fn(*args, **kwargs)
+
+        return inner
+
+    return wrap
