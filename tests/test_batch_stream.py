@@ -148,7 +148,7 @@ async def test_a_batch_whose_writer_died_is_swept_and_never_dispatched(
 async def test_a_committed_batch_runs_to_completion(
     api: httpx.AsyncClient, settings: Settings, svc: Services
 ) -> None:
-    n = 600  # three frames
+    n = FRAME + 10  # two frames: the write and the commit across more than one pipeline
     r = await api.post("/v1/batches", content=ndjson([line(i) for i in range(n)]), headers=NDJSON)
     assert r.status_code == 202, r.text
     view = r.json()
