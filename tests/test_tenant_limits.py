@@ -173,8 +173,9 @@ async def test_a_tenant_over_its_daily_tokens_gets_429_and_its_batch_pauses(
         await complete(svc, jid, usage(60, 40, 10))  # 110 tokens: over the day's 100
         end = daily_reset(clock.time())
 
-        for path, body in (("/v1/jobs", JOB), ("/v1/batches", BATCH)):
-            r = await api.post(path, json=body)
+        reruns = ((f"/v1/jobs/{jid}/rerun", None), (f"/v1/batches/{bid}/rerun", None))
+        for path, body in (("/v1/jobs", JOB), ("/v1/batches", BATCH), *reruns):
+            r = await api.post(path, json=body)  # a rerun is new work too
             assert r.status_code == 429, r.text
             err = r.json()["error"]
             assert err["code"] == "tenant_daily_tokens" and err["retry_at"] == end

@@ -14,6 +14,7 @@ from jobs.domain import batches, rerun
 from jobs.domain.statuses import JobStatus
 from jobs.errors import Conflict, InvalidRequest
 from jobs.http.deps import Svc, Tenant, own_batch, own_job
+from jobs.http.tenant_guard import DailyTokens
 from jobs.http.views import JobView, errors, job_view
 
 router = APIRouter(responses=errors(401, 404, 409, 422, 429, 503))
@@ -22,7 +23,12 @@ IdemKey = Annotated[str | None, Header(max_length=255)]
 
 @router.post("/v1/jobs/{job_id}/rerun", status_code=202, response_model=JobView)
 async def rerun_job(
-    job_id: str, s: Svc, t: Tenant, response: Response, idempotency_key: IdemKey = None
+    job_id: str,
+    s: Svc,
+    t: Tenant,
+    _: DailyTokens,  # new work: 429 tenant_daily_tokens once the tenant's day is spent
+    response: Response,
+    idempotency_key: IdemKey = None,
 ) -> Any:
     """Queue a new attempt of a job that ended failed, expired, cancelled or
     incomplete (409 otherwise). Its earlier attempts are listed in ``attempts``."""
@@ -40,6 +46,7 @@ async def rerun_batch(
     batch_id: str,
     s: Svc,
     t: Tenant,
+    _: DailyTokens,
     response: Response,
     status: Annotated[list[JobStatus] | None, Query()] = None,
     idempotency_key: IdemKey = None,
