@@ -13,7 +13,11 @@ import json
 from typing import Any
 
 import httpx
+import redis.asyncio as aredis
 
+from jobs.settings import Settings
+from jobs.storage import changes
+from jobs.storage.keys import Keys
 from tests.helpers import SimServer, job_body, wait_terminal, wait_until
 
 
@@ -44,6 +48,30 @@ async def test_a_failed_job_reruns_and_keeps_its_first_attempt(
     assert again["interaction_ids"] != first["interaction_ids"]
     creates = [e for e in sim.state.requests if e["op"] == "create" and e["status"] == 200]
     assert len(creates) == 2
+
+
+async def test_a_rerun_is_a_change_watchers_see(
+    api: httpx.AsyncClient, worker: None, settings: Settings
+) -> None:
+    """The rerun's change of status goes to the job's and the ended batch's
+    change streams, as every transition's does (what SSE watchers read)."""
+    body = _lines(1, {0})
+    r = await api.post(
+        "/v1/batches", content=body, headers={"content-type": "application/x-ndjson"}
+    )
+    bid = r.json()["id"]
+    assert (await _batch_done(api, bid))["counts"]["failed"] == 1
+    jid = (await api.get("/v1/jobs", params={"batch_id": bid})).json()["data"][0]["id"]
+    assert (await api.post(f"/v1/batches/{bid}/rerun")).status_code == 202
+    redis, keys = aredis.Redis.from_url(settings.effective_redis_url), Keys()
+    try:
+        job_changes, _ = await changes.after(redis, keys.job_changes(jid), changes.START)
+        batch_changes, _ = await changes.after(redis, keys.batch_changes(bid), changes.START)
+        assert ("queued", "failed") in [(c.status, c.previous) for c in job_changes]
+        assert ("in_progress", "completed") in [(c.status, c.previous) for c in batch_changes]
+    finally:
+        await redis.aclose()
+    await _batch_done(api, bid)
 
 
 async def test_a_completed_job_is_not_rerun(api: httpx.AsyncClient, worker: None) -> None:
