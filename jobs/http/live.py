@@ -31,7 +31,10 @@ from jobs.domain.statuses import TERMINAL, JobStatus
 from jobs.services import Services
 from jobs.upstream.stream import Delta, Relays
 
-RECHECK_S = 1.0  # after a relay ended, how soon the job is read again for its next interaction
+# after a relay ended, the job is read again this often, this many times, for its
+# next interaction (a continuation hop makes no change of status); otherwise it
+# is read again only when its status changes
+RECHECK_S, RECHECKS = 1.0, 10
 _END = object()
 
 
@@ -56,6 +59,7 @@ async def _relay(
 ) -> None:
     """Forward the deltas of each interaction the job runs while it runs."""
     done: set[str] = set()
+    rechecks = 0
     while True:
         changed.clear()
         job = await s.store.get_job(job_id)
@@ -63,19 +67,28 @@ async def _relay(
             return
         iid = job.interaction_id
         if job.status == JobStatus.running and iid and iid not in done:
-            async with relays.watch(iid) as (so_far, queue):
-                started = bool(so_far)
-                if started:
-                    await out.put(output_event(job_id, iid, so_far))
-                while (d := await queue.get()) is not None:
-                    first = not started  # the first piece goes as an output
-                    await out.put(
-                        output_event(job_id, iid, [d]) if first else delta_event(job_id, iid, d)
-                    )
-                    started = True
+            await _forward(relays, job_id, iid, out)
             done.add(iid)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), RECHECK_S)
+            rechecks = RECHECKS
+        if rechecks:
+            rechecks -= 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), RECHECK_S)
+        else:
+            await changed.wait()
+
+
+async def _forward(relays: Relays, job_id: str, iid: str, out: asyncio.Queue[Any]) -> None:
+    """One interaction's pieces until its relay ends: the first as an
+    ``output`` (the text so far), the rest as ``delta``."""
+    async with relays.watch(iid) as (so_far, queue):
+        started = bool(so_far)
+        if started:
+            await out.put(output_event(job_id, iid, so_far))
+        while (d := await queue.get()) is not None:
+            event = delta_event(job_id, iid, d) if started else output_event(job_id, iid, [d])
+            await out.put(event)
+            started = True
 
 
 async def with_live_output(
