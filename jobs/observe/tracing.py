@@ -26,12 +26,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import NoOpTracer, Span, SpanKind, Tracer
+from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, SpanKind, Tracer
 
 _NOOP = NoOpTracer()
 _provider: TracerProvider | None = None
@@ -94,6 +94,8 @@ def tracer() -> Tracer:
 
 def current_traceparent() -> str:
     """The W3C ``traceparent`` of the current span ("" when there is none)."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return ""  # the common case with tracing off: no propagator run
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent", "")
@@ -140,7 +142,10 @@ def job_attributes(job: Any) -> dict[str, Any]:
 
 
 def job_span(name: str, job: Any, **attributes: Any) -> contextlib.AbstractContextManager[Span]:
-    """A span of ``job``'s trace, with its ids as attributes."""
+    """A span of ``job``'s trace, with its ids as attributes; nothing at all
+    while nothing is recorded (a worker's steps and polls carry no context on)."""
+    if _provider is None:
+        return contextlib.nullcontext(INVALID_SPAN)
     attrs = {**job_attributes(job), **attributes}
     return span(name, getattr(job, "traceparent", ""), **attrs)
 
