@@ -116,18 +116,16 @@ def span(
     traceparent: str = "",
     *,
     kind: SpanKind = SpanKind.INTERNAL,
-    start: float | None = None,
     **attributes: Any,
 ) -> Iterator[Span]:
-    """A span of the trace ``traceparent`` names (a new trace with ""); ``start``
-    (epoch seconds) backdates it. Attributes that are None are left out."""
+    """A span of the trace ``traceparent`` names (a new trace with "").
+    Attributes that are None or "" are left out."""
     attrs = {k: v for k, v in attributes.items() if v is not None and v != ""}
     with tracer().start_as_current_span(
         name,
         context=context_of(traceparent),
         kind=kind,
         attributes=attrs,
-        start_time=int(start * 1e9) if start is not None else None,
     ) as s:
         yield s
 
