@@ -36,6 +36,7 @@ RERUNNABLE = frozenset(
 )
 BATCH_DEFAULT = (JobStatus.failed, JobStatus.expired)
 CHUNK = 500  # jobs read and rerun per round trip of a batch rerun
+RUNNING_MARK_S = 600  # a batch rerun's Idempotency-Key while it runs (then its answer)
 
 
 def attempt_summary(job: Job) -> dict[str, Any]:
@@ -144,7 +145,8 @@ async def rerun_batch(
         raise Conflict(f"batch {batch.id} is being cancelled")
     idem = _idem_key(svc, batch.tenant, batch.id, idempotency_key) if idempotency_key else ""
     if idem:
-        if not await svc.redis.set(idem, "running", nx=True, ex=svc.settings.idempotency_ttl_s):
+        # a short-lived marker: after a crash mid-rerun the key is free again soon
+        if not await svc.redis.set(idem, "running", nx=True, ex=RUNNING_MARK_S):
             stored = await svc.redis.get(idem)
             if stored in (b"running", "running"):
                 raise Conflict("a rerun with this Idempotency-Key is still running")
