@@ -16,14 +16,14 @@ import httpx
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from jobs.domain import batches
+from jobs.domain import batch_ingest
+from jobs.domain.batch_ingest import Ingest
 from jobs.domain.batch_lines import FRAME
 from jobs.domain.records import Batch
 from jobs.services import Services
 from jobs.settings import Settings
 from jobs.storage import batch_write
 from jobs.storage.keys import lane_of
-from jobs.storage.store import Store
 from jobs.work import retention
 from jobs.work.dispatch import Dispatcher
 from tests.helpers import running_worker, wait_until
@@ -84,21 +84,22 @@ NOTHING = {
 async def test_a_write_that_fails_midway_leaves_nothing(
     api: httpx.AsyncClient, svc: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = Store.create_job
+    real = batch_write.StagedBatch.write
     calls = 0
     seen_while_staged: dict[str, Any] = {}
+    monkeypatch.setattr(batch_ingest, "WRITE_GROUP", 1)  # one frame per write
 
-    async def failing(self: Store, job: Any, **kw: Any) -> tuple[bool, str]:
+    async def failing(self: batch_write.StagedBatch, frames: Any) -> None:
         nonlocal calls
         calls += 1
-        if calls == 2 * FRAME + 1:  # the third frame's first job
+        if calls == 3:  # the third frame
             # two frames are in Redis: the dispatcher must not move any of them
             await Dispatcher(svc).pass_once()
             seen_while_staged.update(await leftovers(svc))
             raise RedisConnectionError("injected: the connection dropped mid-batch")
-        return await real(self, job, **kw)
+        await real(self, frames)
 
-    monkeypatch.setattr(Store, "create_job", failing)
+    monkeypatch.setattr(batch_write.StagedBatch, "write", failing)
     rows = ndjson([line(i) for i in range(1200)])
     r = await api.post("/v1/batches", content=rows, headers=NDJSON)
     assert r.status_code == 503, r.text
@@ -113,19 +114,14 @@ async def test_a_batch_whose_writer_died_is_swept_and_never_dispatched(
     api: httpx.AsyncClient, svc: Services
 ) -> None:
     # what an API killed mid-write leaves: a staged record and some of the jobs
-    intake = batches.new_intake(svc, TENANT)
-    intake.feed(ndjson([line(i) for i in range(600)]), final=True)
-    intake.finish()
-    frames = list(intake.frames())
-    batch = Batch(id=intake.batch_id, tenant=TENANT, total=600, created_at=intake.now)
+    intake = Ingest(svc, TENANT).intake
+    frames = intake.feed(ndjson([line(i) for i in range(600)]), final=True)
+    frames += intake.finish()
+    assert [len(f) for f in frames] == [FRAME, FRAME, 600 - 2 * FRAME]
+    batch = Batch(id=intake.batch_id, tenant=TENANT, total=0, created_at=intake.now)
     staged = batch_write.StagedBatch(svc, batch)
     await staged.stage()
-
-    async def two_frames() -> AsyncIterator[Any]:
-        for f in frames[:2]:
-            yield f
-
-    await staged.write_jobs(two_frames())
+    await staged.write(frames[:2])
     assert (await api.get(f"/v1/batches/{batch.id}")).status_code == 404
     assert (await api.get("/v1/jobs", params={"batch_id": batch.id})).status_code == 404
     assert await Dispatcher(svc).pass_once() is not None
@@ -142,7 +138,6 @@ async def test_a_batch_whose_writer_died_is_swept_and_never_dispatched(
         await staged.renew()
     with pytest.raises(batch_write.Abandoned):
         await staged.commit()
-    intake.close()
 
 
 async def test_a_committed_batch_runs_to_completion(
@@ -256,3 +251,53 @@ def test_a_200_mb_batch_costs_the_api_less_than_twice_its_size(stack: Any) -> No
     grown = after["VmHWM"] - before["VmRSS"]
     assert grown * 1024 <= 2 * len(body), (before, after)
     assert (after["VmRSS"] - before["VmRSS"]) * 1024 <= len(body) // 2, (before, after)
+
+
+async def test_a_bad_last_line_purges_the_jobs_written_before_it(
+    api: httpx.AsyncClient, svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the jobs of the lines before are written while later lines are checked:
+    # a bad line found after frames went to Redis still leaves nothing
+    monkeypatch.setattr(batch_ingest, "WRITE_GROUP", 1)
+    written: list[int] = []
+    real = batch_write.StagedBatch.write
+
+    async def counting(self: batch_write.StagedBatch, frames: Any) -> None:
+        await real(self, frames)
+        written.append(self.written)
+
+    monkeypatch.setattr(batch_write.StagedBatch, "write", counting)
+    rows: list[Any] = [line(i) for i in range(3 * FRAME)] + [b'{"custom_id": "bad"']
+
+    async def slowly() -> AsyncIterator[bytes]:  # one line at a time, as a slow client sends
+        for row in ndjson(rows).splitlines(keepends=True):
+            yield row
+
+    monkeypatch.setattr("jobs.http.routes.batches.READ_CHUNK", 4096)
+    r = await api.post("/v1/batches", content=slowly(), headers=NDJSON)
+    assert r.status_code == 422, r.text
+    assert [x["line"] for x in r.json()["error"]["lines"]] == [3 * FRAME + 1]
+    assert written and written[-1] >= FRAME  # some jobs were in Redis before the refusal
+    assert await leftovers(svc) == NOTHING
+
+
+async def test_numbers_json_reads_and_orjson_would_not_stay_exact(
+    api: httpx.AsyncClient, svc: Services
+) -> None:
+    big = 123456789012345678901234567890  # past 64 bits: orjson would make it a float
+    rows = [line(1, metadata={"n": big, "f": 0.1}), line(2, metadata={"x": 1e300})]
+    r = await api.post("/v1/batches", content=ndjson(rows), headers=NDJSON)
+    assert r.status_code == 202, r.text
+    got = (await api.get("/v1/jobs", params={"batch_id": r.json()["id"]})).json()["data"]
+    metas = {j["custom_id"]: j["metadata"] for j in got}
+    assert metas == {"c-1": {"n": big, "f": 0.1}, "c-2": {"x": 1e300}}
+    # NaN, an overflow to Infinity and a lone surrogate: refused by line, as before
+    head = b'"interaction": {"model": "m", "input": "x"}'
+    bad = [b'{"custom_id": "a", ' + head + b', "metadata": NaN}']
+    bad.append(b'{"custom_id": "b", ' + head + b', "metadata": 1e400}')
+    bad.append(b'{"custom_id": "c", "interaction": {"model": "m", "input": "\\ud800"}}')
+    r = await api.post("/v1/batches", content=ndjson(bad), headers=NDJSON)
+    assert r.status_code == 422, r.text
+    errors = [x["error"] for x in r.json()["error"]["lines"]]
+    assert "nan is not a JSON number" in errors[0] and "inf is not a JSON number" in errors[1]
+    assert "lone surrogate" in errors[2]

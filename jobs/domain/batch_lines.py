@@ -5,38 +5,43 @@ records one chunk at a time, with bounded memory.
 ``asyncio.to_thread``), or the items of a JSON body (``feed_items``). Each line
 is parsed, its nesting depth bounded (``MAX_DEPTH``), checked (``BatchLine``,
 then the SDK's types: ``checks.batch_line_problem``) and turned into its job
-record (``lifecycle.new_job``) at once; the records go to an anonymous
-temporary file in frames of ``FRAME`` jobs, which ``frames()`` reads back for
-the chunked write (``jobs/storage/batch_write.py``). What stays in memory per
-line is small: its custom_id (for repeats), a webhook URL and a chained
-interaction id when it has them, its model's metric label. The first
+record (``lifecycle.new_job``, encoded as the create script takes it) at once.
+Each call returns the frames of ``FRAME`` records it completed, which the
+caller writes while the next chunk is checked (``jobs/domain/batch_ingest.py``,
+``jobs/storage/batch_write.py``); ``finish`` returns the last one. What stays
+in memory per line is small: its custom_id (for repeats), a webhook URL and a
+chained interaction id when it has them, its model's metric label. The first
 ``MAX_REPORTED_ERRORS`` bad lines are kept; once a line is bad, no more
-records are spooled (the batch will be refused), but every line is still
-checked so that the 422 lists them all.
+records are made (the batch will be refused), but every line is still checked
+so that the 422 lists them all.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
-import tempfile
+import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from collections.abc import Iterable
+from typing import Any
 
+import orjson
 from pydantic import Field, ValidationError, field_validator
 
-from jobs.domain import checks
+from jobs.domain import checks, ids
 from jobs.domain import lifecycle as outcomes
-from jobs.domain.records import Job
-from jobs.domain.requests import JobCreate, WebhookSpec
+from jobs.domain.requests import CLEAN, JobCreate, WebhookSpec
 from jobs.errors import BatchError
 from jobs.observe import metrics, tracing
 from jobs.settings import Settings
+from jobs.storage.store import record_json
 
 MAX_REPORTED_ERRORS = 100
 MAX_DEPTH = 100  # nesting of arrays and objects in one line (protobuf's default limit)
-FRAME = 250  # job records per spooled frame, and per write pipeline
+FRAME = 250  # job records per frame: one create script call (batch_write.py)
+
+_LONG_DIGITS = re.compile(rb"\d{19}")
+NewJob = tuple[str, bytes]  # a job's id and its record (``store.record_json``)
+Frame = list[NewJob]
 
 
 class BatchLine(JobCreate):
@@ -69,28 +74,43 @@ class TooDeep(ValueError):
         super().__init__(f"arrays and objects nested deeper than {MAX_DEPTH} levels")
 
 
-def parse_line(raw: bytes) -> Any:
-    """One NDJSON line as JSON, or the exception that says what is wrong."""
+def parse_line(raw: bytes) -> tuple[Any, bool]:
+    """One NDJSON line as JSON (or the exception that says what is wrong), and
+    whether it was read as strict JSON: orjson's reading, which refuses NaN,
+    Infinity and lone surrogates, so that its values need no check for them
+    (``CLEAN``). What orjson refuses is read again by ``json``, which takes
+    the rest of what it always took (integers of any size, say) and gives
+    the error messages interq gives; so does a line with a run of 19 or more
+    digits (orjson reads an integer past 64 bits as a float, ``json``
+    exactly)."""
     try:
-        value = json.loads(raw)
-    except RecursionError:
-        return TooDeep()
-    except ValueError as e:
-        return e
+        if _LONG_DIGITS.search(raw):
+            raise orjson.JSONDecodeError("long number", "", 0)
+        value = orjson.loads(raw)
+        clean = True
+    except orjson.JSONDecodeError:
+        clean = False
+        try:
+            value = json.loads(raw)
+        except RecursionError:
+            return TooDeep(), False
+        except ValueError as e:
+            return e, False
     # every bracket of the line counted (strings too): an upper bound of its depth
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(value):
-        return TooDeep()
-    return value
+        return TooDeep(), False
+    return value, clean
 
 
 class Intake:
     """One batch's lines as they arrive: checked, turned into job records,
-    spooled. ``finish()`` raises the batch's ``BatchError`` if it is refused."""
+    handed back in frames. ``finish()`` raises the batch's ``BatchError`` if
+    it is refused."""
 
     def __init__(self, cfg: Settings, tenant: str, batch_id: str, now: float) -> None:
         self.cfg, self.tenant, self.batch_id, self.now = cfg, tenant, batch_id, now
         self.count = 0  # non-blank lines
-        self.jobs = 0  # records spooled
+        self.jobs = 0  # records made
         self.bad = 0
         self.errors: list[dict[str, Any]] = []
         self.seen: dict[str, int] = {}  # custom_id -> line
@@ -99,13 +119,15 @@ class Intake:
         self.models: Counter[str] = Counter()  # metric label -> jobs
         self._line = 0  # NDJSON: the number of the last line split off
         self._rest: list[bytes] = []  # NDJSON: the start of a line not ended yet
-        self._frame: list[Job] = []
-        self._spool: IO[bytes] = tempfile.TemporaryFile()  # closed by close()
+        self._frame: Frame = []
+        self._done: list[Frame] = []  # full frames not handed back yet
+        self._ids: list[str] = []  # job ids minted ahead (ids.new_job_ids)
         self.traceparent = tracing.current_traceparent()  # the POST's, for every job
 
     # -- input ------------------------------------------------------------------
-    def feed(self, chunk: bytes, final: bool = False) -> None:
-        """The next chunk of an NDJSON body (``final``: the body ended)."""
+    def feed(self, chunk: bytes, final: bool = False) -> list[Frame]:
+        """The next chunk of an NDJSON body (``final``: the body ended); the
+        frames of records it completed."""
         head, sep, tail = chunk.rpartition(b"\n")
         if sep:
             whole = b"".join([*self._rest, head])
@@ -117,6 +139,7 @@ class Intake:
         if final and self._rest:
             rest, self._rest = b"".join(self._rest), []
             self._piece(rest)
+        return self._take()
 
     def _piece(self, piece: bytes) -> None:
         """One ``\\n``-ended piece: a line, or several split by a lone ``\\r``
@@ -124,25 +147,28 @@ class Intake:
         for raw in piece.splitlines() if b"\r" in piece else (piece,):
             self._line += 1
             if raw.strip():
-                self.item(self._line, parse_line(raw))
+                self.item(self._line, *parse_line(raw))
 
-    def feed_items(self, items: Iterable[Any]) -> None:
-        """The items of a JSON body's ``jobs`` list, lines numbered from 1."""
-        for n, value in enumerate(items, start=1):
+    def feed_items(self, items: Iterable[Any], start: int = 1) -> list[Frame]:
+        """Items of a JSON body's ``jobs`` list, the first numbered ``start``;
+        the frames of records they completed."""
+        for n, value in enumerate(items, start=start):
             self.item(n, TooDeep() if too_deep(value) else value)
+        return self._take()
 
     # -- one line ---------------------------------------------------------------
-    def item(self, n: int, item: Any) -> None:
+    def item(self, n: int, item: Any, clean: bool = False) -> None:
+        """Line ``n``, parsed (``clean``: strict JSON, see ``parse_line``)."""
         self.count += 1
         if self.count > self.cfg.max_batch_jobs:
             return  # refused for its size; lines are only counted from here
-        problem = self._problem(n, item)
+        problem = self._problem(n, item, clean)
         if problem is not None:
             self.bad += 1
             if len(self.errors) < MAX_REPORTED_ERRORS:
                 self.errors.append({"line": n, "error": problem})
 
-    def _problem(self, n: int, item: Any) -> str | None:
+    def _problem(self, n: int, item: Any, clean: bool) -> str | None:
         if isinstance(item, TooDeep):
             return str(item)
         if isinstance(item, Exception):
@@ -150,7 +176,7 @@ class Intake:
         if not isinstance(item, dict):
             return "each line must be a JSON object"
         try:
-            line = BatchLine.model_validate(item)
+            line = BatchLine.model_validate(item, context=CLEAN if clean else None)
         except ValidationError as e:
             return explain(e)
         problem = checks.batch_line_problem(
@@ -185,21 +211,32 @@ class Intake:
             timeout_s=line.timeout_s,
             batch_id=self.batch_id,
             traceparent=self.traceparent,
+            job_id=self._next_id(),
         )
-        self._frame.append(job)
+        self._frame.append((job.id, record_json(job)))
         if len(self._frame) >= FRAME:
-            self._flush()
-
-    # -- output -----------------------------------------------------------------
-    def _flush(self) -> None:
-        if self._frame:
-            pickle.dump(self._frame, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
-            self.jobs += len(self._frame)
+            self._done.append(self._frame)
             self._frame = []
 
-    def finish(self) -> None:
-        """The input has ended: the batch's refusal (422), if any."""
-        self._flush()
+    def _next_id(self) -> str:
+        if not self._ids:
+            self._ids = ids.new_job_ids(FRAME)
+            self._ids.reverse()
+        return self._ids.pop()
+
+    # -- output -----------------------------------------------------------------
+    def _take(self) -> list[Frame]:
+        done, self._done = self._done, []
+        self.jobs += sum(len(f) for f in done)
+        return done
+
+    def finish(self) -> list[Frame]:
+        """The input has ended: the batch's refusal (422), if any, else the
+        last frame."""
+        if self._frame:
+            self._done.append(self._frame)
+            self._frame = []
+        last = self._take()
         if self.count == 0:
             raise BatchError("the batch has no jobs")
         if self.count > self.cfg.max_batch_jobs:
@@ -209,18 +246,4 @@ class Intake:
             raise BatchError(
                 f"{self.bad} of {self.count} lines are invalid; nothing was queued", self.errors
             )
-        self._spool.flush()
-
-    def frames(self) -> Iterator[list[Job]]:
-        """The spooled job records, ``FRAME`` at a time, in input order."""
-        self._spool.seek(0)
-        while True:
-            try:
-                # our own anonymous temporary file, written by _flush above
-                frame: list[Job] = pickle.load(self._spool)  # noqa: S301
-            except EOFError:
-                return
-            yield frame
-
-    def close(self) -> None:
-        self._spool.close()
+        return last

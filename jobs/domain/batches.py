@@ -2,13 +2,14 @@
 
 A batch is accepted whole or not at all. Its lines are read as a stream and
 checked off the event loop (``batch_lines.Intake``: errors reported by line
-number, each line turned into its job record at once and spooled); then what
-needs Redis is checked (webhook addresses, chains), and the batch is written
-in chunks and committed in one small step (``jobs/storage/batch_write.py``:
-staged, invisible and not dispatchable until the commit; purged if it never
-commits). Its jobs wait in the batch's own dispatch lane (see
-``dispatch.py``). The transition that ends the batch's last job enqueues
-``batch_done``, which fires ``batch.completed``.
+number, each line turned into its job record at once) while the records made
+before are written in chunks; then what needs Redis is checked (webhook
+addresses, chains), and the batch is committed in one small step
+(``batch_ingest.py``, ``jobs/storage/batch_write.py``: staged, invisible and
+not dispatchable until the commit; purged if it never commits). Its jobs
+wait in the batch's own dispatch lane (see ``dispatch.py``). The transition
+that ends the batch's last job enqueues ``batch_done``, which fires
+``batch.completed``.
 
 Keys (``jobs/keys.py``): the batch record (total, done, usage), its counts
 (status -> count, kept by the transition scripts) and its job ids in input
@@ -20,94 +21,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from jobs.delivery import url_safety
-from jobs.domain import batch_pause, cancel, checks, tenants
+from jobs.domain import batch_pause, cancel, tenants
 from jobs.domain import lifecycle as outcomes
-from jobs.domain.batch_lines import MAX_REPORTED_ERRORS, Intake
 from jobs.domain.records import Batch, Job
-from jobs.domain.requests import WebhookSpec
 from jobs.domain.statuses import BATCH_COMPLETED, TERMINAL, JobStatus
-from jobs.errors import BatchError
-from jobs.observe import metrics
 from jobs.services import Services
 from jobs.settings import get_settings as get_settings  # the default settings (tests patch it)
-from jobs.storage.batch_write import MARK, StagedBatch
+from jobs.storage.batch_write import MARK
 from jobs.storage.store import Page
 from jobs.upstream import answers as interactions
 
 CHUNK = 500
-
-
-def new_intake(svc: Services, tenant: str) -> Intake:
-    """A new batch's line reader (its id and creation time fixed now)."""
-    return Intake(svc.settings, tenant, "bat_" + uuid.uuid4().hex, time.time())
-
-
-async def check_intake(svc: Services, tenant: str, intake: Intake) -> None:
-    """What the lines could not check alone: webhook addresses (resolved) and
-    chains to the tenant's own interactions (422 ``invalid_batch``)."""
-    for url in sorted(intake.urls):
-        try:
-            await url_safety.resolve(url, svc.webhook_policy)
-        except url_safety.UnsafeURL as e:
-            raise BatchError(str(e)) from None
-    bad = []
-    for n, prev in intake.chains:
-        problem = await checks.previous_problem(
-            svc.store, tenant, {"previous_interaction_id": prev}
-        )
-        if problem:
-            bad.append({"line": n, "error": f"interaction.previous_interaction_id: {problem}"})
-    if bad:
-        msg = f"{len(bad)} of {intake.count} lines are invalid; nothing was queued"
-        raise BatchError(msg, lines=bad[:MAX_REPORTED_ERRORS])
-
-
-async def _frames(intake: Intake) -> AsyncIterator[list[Job]]:
-    """The spooled job records, each frame read off the event loop."""
-    it = intake.frames()
-    while frame := await asyncio.to_thread(next, it, None):
-        yield frame
-
-
-async def create_batch(
-    svc: Services, intake: Intake, webhook: WebhookSpec | None, metadata: Any
-) -> str:
-    """Write the checked batch (``Intake.finish`` passed) in chunks and commit
-    it (``jobs/storage/batch_write.py``); on any error nothing of it stays."""
-    await check_intake(svc, intake.tenant, intake)
-    if webhook is not None:
-        try:
-            await url_safety.resolve(str(webhook.url), svc.webhook_policy)
-        except url_safety.UnsafeURL as e:
-            raise BatchError(str(e)) from None
-    batch = Batch(
-        id=intake.batch_id,
-        tenant=intake.tenant,
-        status="in_progress",
-        total=intake.jobs,
-        done=0,
-        created_at=intake.now,
-        metadata=metadata,
-        webhook_url=str(webhook.url) if webhook else "",
-        webhook_secret=(webhook.secret or "") if webhook else "",
-    )
-    staged = StagedBatch(svc, batch)
-    await staged.stage()
-    try:
-        await staged.write_jobs(_frames(intake))
-        await staged.commit()
-    except BaseException:
-        await asyncio.shield(staged.abandon())
-        raise
-    for label, n in intake.models.items():
-        metrics.JOBS_ACCEPTED.labels(model=label).inc(n)
-    return batch.id
 
 
 async def get_batch(svc: Services, tenant: str, batch_id: str) -> Batch | None:

@@ -54,6 +54,7 @@ def new_job(
     timeout_s: float | None = None,
     batch_id: str = "",
     traceparent: str | None = None,
+    job_id: str = "",
 ) -> Job:
     """A new job's record, as the API and batch intake write it (``traceparent``:
     the request's trace, read from the current span when not given). Its times
@@ -63,7 +64,7 @@ def new_job(
     timeout = min(timeout_s or settings.default_timeout_s, settings.max_timeout_s)
     now = round(now, 3)
     return Job(
-        id="job_" + uuid.uuid4().hex,
+        id=job_id or "job_" + uuid.uuid4().hex,
         status=JobStatus.queued,
         tenant=tenant,
         created_at=now,

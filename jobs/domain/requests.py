@@ -13,7 +13,7 @@ import base64
 import json
 from typing import Any
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from jobs.domain.checks import explain, json_value_problems, too_deep
 
@@ -48,6 +48,13 @@ class WebhookSpec(BaseModel):
 MAX_METADATA_BYTES = 16_384  # metadata as JSON (json.dumps)
 MAX_METADATA_DEPTH = 32  # levels of objects / arrays in metadata
 MAX_INTERACTION_DEPTH = 64  # in an interaction body, a continue input
+# validation context of a body read as strict JSON (orjson: no NaN, Infinity or
+# lone surrogate can be in it), whose values need no check for them
+CLEAN = {"clean_json": True}
+
+
+def _clean(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("clean_json"))
 
 
 class JobCreate(BaseModel):
@@ -64,14 +71,14 @@ class JobCreate(BaseModel):
 
     @field_validator("interaction")
     @classmethod
-    def _check_interaction(cls, v: dict[str, Any]) -> dict[str, Any]:
+    def _check_interaction(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         check_depth(v, MAX_INTERACTION_DEPTH, "interaction")
-        return check_interaction_body(v)
+        return check_interaction_body(v, values_checked=_clean(info))
 
     @field_validator("metadata")
     @classmethod
-    def _check_metadata(cls, v: Any) -> Any:
-        return check_metadata(v)
+    def _check_metadata(cls, v: Any, info: ValidationInfo) -> Any:
+        return check_metadata(v, values_checked=_clean(info))
 
 
 def check_json_values(v: Any) -> None:
@@ -87,20 +94,26 @@ def check_depth(v: Any, limit: int, what: str) -> None:
         raise ValueError(problem)
 
 
-def check_metadata(v: Any) -> Any:
+def check_metadata(v: Any, *, values_checked: bool = False) -> Any:
     """``metadata`` (of a job or a batch): at most ``MAX_METADATA_DEPTH``
-    levels deep, values JSON can carry, at most ``MAX_METADATA_BYTES``."""
+    levels deep, values JSON can carry (``values_checked``: known already),
+    at most ``MAX_METADATA_BYTES``."""
     check_depth(v, MAX_METADATA_DEPTH, "metadata")
-    check_json_values(v)
+    if not values_checked:
+        check_json_values(v)
     if len(json.dumps(v)) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
     return v
 
 
-def check_interaction_body(v: dict[str, Any], *, need_input: bool = True) -> dict[str, Any]:
-    """interq's own rules for a create body; the SDK's types are checked by
+def check_interaction_body(
+    v: dict[str, Any], *, need_input: bool = True, values_checked: bool = False
+) -> dict[str, Any]:
+    """interq's own rules for a create body (``values_checked``: its values
+    are known to be ones JSON can carry); the SDK's types are checked by
     ``jobs/domain/checks.py`` where the settings are known."""
-    check_json_values(v)
+    if not values_checked:
+        check_json_values(v)
     model, agent = v.get("model"), v.get("agent")
     if (model is None) == (agent is None):
         raise ValueError("interaction needs exactly one of 'model' or 'agent'")

@@ -48,6 +48,12 @@ class Page:
     next_cursor: str | None = None
 
 
+def record_json(job: Job) -> bytes:
+    """A new job's record as one UTF-8 JSON object, field -> value, for the
+    create scripts' ``cjson`` (``lua/create_job.lua``, ``create_batch_jobs.lua``)."""
+    return orjson.dumps(job.to_redis())
+
+
 class Store(Transitions):
     def __init__(
         self,
@@ -85,8 +91,7 @@ class Store(Transitions):
         if job.batch_id:
             keys.append(k.batch_jobs(job.batch_id))
         args: list[Any] = [job.id, job.status.value, lane, idem[1] if idem else ""]
-        record = orjson.dumps(job.to_redis())  # UTF-8 JSON, for the script's cjson
-        args += [idem_ttl_s, "1" if job.batch_id else "", record]
+        args += [idem_ttl_s, "1" if job.batch_id else "", record_json(job)]
         if pipe is not None:
             await self._lua["create_job"](keys=keys, args=args, client=pipe)
             return True, ""

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from jobs.delivery import signing
 from jobs.domain import batch_pause, batches
-from jobs.domain.batch_lines import Intake, explain
+from jobs.domain.batch_ingest import Ingest
+from jobs.domain.batch_lines import Frame, explain
 from jobs.domain.requests import BatchCreate, WebhookSpec
 from jobs.errors import Conflict, InvalidRequest
 from jobs.http.deps import Svc, Tenant, own_batch
@@ -26,6 +27,7 @@ NDJSON_TYPES = frozenset(
     {"application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson"}
 )
 READ_CHUNK = 1 << 20  # bytes of body handed to the parsing thread at a time
+JSON_SLICE = 2_000  # items of a JSON body's jobs handed to it at a time
 router = APIRouter(responses=errors(401, 422, 429, 503))
 BATCH_BODY = {
     "requestBody": {
@@ -53,34 +55,45 @@ async def create_batch(
     checked first: any invalid line refuses the whole batch (422
     ``invalid_batch`` listing every bad line)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    intake = batches.new_intake(s, t)
+    ingest = Ingest(s, t)
     try:
-        if ctype in NDJSON_TYPES:
-            hook = None
-            if x_webhook_url:
-                spec = {"url": x_webhook_url, "secret": x_webhook_secret}
-                hook = WebhookSpec.model_validate(spec)
-            metadata = None
-            await read_ndjson(request, intake)
-        else:
-            hook, metadata = await read_json(request, intake)
-        await asyncio.to_thread(intake.finish)
-        if hook is not None and hook.secret is None:
-            hook = WebhookSpec(url=hook.url, secret=signing.generate_secret())
-            response.headers["X-Webhook-Secret"] = hook.secret or ""
-        batch_id = await batches.create_batch(s, intake, hook, metadata)
+        try:
+            if ctype in NDJSON_TYPES:
+                hook = None
+                if x_webhook_url:
+                    spec = {"url": x_webhook_url, "secret": x_webhook_secret}
+                    hook = WebhookSpec.model_validate(spec)
+                await read_ndjson(request, ingest, response, hook)
+            else:
+                await read_json(request, ingest, response)
+            batch_id = await ingest.finish()
+        except BaseException:
+            await asyncio.shield(ingest.abort())
+            raise
     except ValidationError as e:
         raise InvalidRequest(explain(e)) from None
-    finally:
-        intake.close()
     return await batches.batch_view(s, await own_batch(s, t, batch_id))
 
 
-async def read_ndjson(request: Request, intake: Intake) -> None:
-    """The body as it arrives, ``READ_CHUNK`` bytes at a time, each chunk parsed
-    in a worker thread while the next one is read (the body size limit is
-    the middleware's: ``jobs/http/middleware.py``)."""
-    parsing: asyncio.Future[None] | None = None
+def start(ingest: Ingest, response: Response, hook: WebhookSpec | None, metadata: Any) -> None:
+    """The batch's own fields known: a webhook without a secret gets one
+    (answered in ``X-Webhook-Secret``), and its jobs can be written."""
+    if hook is not None and hook.secret is None:
+        hook = WebhookSpec(url=hook.url, secret=signing.generate_secret())
+        response.headers["X-Webhook-Secret"] = hook.secret or ""
+    ingest.start(hook, metadata)
+
+
+async def read_ndjson(
+    request: Request, ingest: Ingest, response: Response, hook: WebhookSpec | None
+) -> None:
+    """The body as it arrives, ``READ_CHUNK`` bytes at a time, each chunk
+    checked in a worker thread while the next one is read and the jobs of the
+    one before are written (the body size limit is the middleware's:
+    ``jobs/http/middleware.py``)."""
+    start(ingest, response, hook, None)
+    feed = ingest.intake.feed
+    parsing: asyncio.Future[list[Frame]] | None = None
     buf: list[bytes] = []
     size = 0
     try:
@@ -88,26 +101,27 @@ async def read_ndjson(request: Request, intake: Intake) -> None:
             buf.append(chunk)
             size += len(chunk)
             if size >= READ_CHUNK:
-                if parsing is not None:
-                    await parsing
-                parsing = asyncio.ensure_future(asyncio.to_thread(intake.feed, b"".join(buf)))
+                made = await parsing if parsing is not None else []
+                parsing = asyncio.ensure_future(asyncio.to_thread(feed, b"".join(buf)))
                 buf, size = [], 0
-    finally:
+                await ingest.send(made)  # written while the next chunk is checked
         if parsing is not None:
-            await parsing
-    await asyncio.to_thread(intake.feed, b"".join(buf), True)
+            await ingest.send(await parsing)
+    finally:
+        if parsing is not None and not parsing.done():
+            await asyncio.wait([parsing])  # the thread ends (its frames are not wanted)
+    await ingest.feed(feed, b"".join(buf), True)
 
 
-async def read_json(request: Request, intake: Intake) -> tuple[WebhookSpec | None, Any]:
-    """A JSON body (parsed whole, in a worker thread); its jobs go to ``intake``."""
+async def read_json(request: Request, ingest: Ingest, response: Response) -> None:
+    """A JSON body, parsed whole in a worker thread; its jobs checked
+    ``JSON_SLICE`` at a time while the ones before are written."""
     raw = await request.body()
-
-    def parse() -> tuple[WebhookSpec | None, Any]:
-        body = BatchCreate.model_validate_json(raw)
-        intake.feed_items(body.jobs)
-        return body.webhook, body.metadata
-
-    return await asyncio.to_thread(parse)
+    body = await asyncio.to_thread(BatchCreate.model_validate_json, raw)
+    del raw
+    start(ingest, response, body.webhook, body.metadata)
+    for i in range(0, len(body.jobs), JSON_SLICE):
+        await ingest.feed(ingest.intake.feed_items, body.jobs[i : i + JSON_SLICE], i + 1)
 
 
 @router.get("/v1/batches/{batch_id}", responses=errors(404))
