@@ -1,125 +1,91 @@
-"""A create body's skeleton, under which ``checks.sdk_problems`` remembers that
-a body passed the SDK's check, so that the lines of a batch that differ only in
-free text (``input``, a part's ``text``, ``system_instruction``) pay the SDK's
-pydantic validation once.
+"""The skeleton under which ``checks.sdk_problems`` remembers that a create body
+passed the SDK's check, so that a batch's lines that differ only in free text
+(``input``, a part's ``text``, ``system_instruction``) are validated once.
 
-Which strings are free is derived, once and on first use, from the SDK's own
-request models (``google.genai._gaos.types.interactions``): every model
-reachable from ``CreateModelInteraction`` and ``CreateAgentInteraction``
-through its field annotations (Union, Optional, list, dict, Annotated, the
-variants of its open unions). A key name is **sensitive** when, in any model
-that has it, a string under it (its value, or an item of a list that is its
-value) can change the verdict: a closed ``Literal``, an Enum, a number or a
-bool (pydantic's lax mode reads ``"5"`` as 5), a constraint or a validator that
-reads the string. Every discriminator key of the SDK's unions is sensitive. A
-key whose value is a dict whose *values* are such types is **opaque**: every
-string under it counts. Plain ``str``, the SDK's open enums
-(``Union[Literal[...], UnrecognizedStr]``), unions holding an unconstrained
-``str`` and ``Any`` accept every string alike.
-
-The skeleton is the body with every string under a key that is not sensitive
-made ``""``; keys, numbers, bools, null and sensitive strings stay. Two bodies
-with one skeleton reach the same fields of the same models with strings that
-the SDK accepts or refuses alike, so their verdicts are the same. What the walk
-cannot vouch for turns the cache off rather than guess (``Shapes.unbounded``):
-a model or field validator, a validator function not known here, a model
-config beyond the SDK's usual one, a callable discriminator, a type not known
-here. A body that is odd (a non-finite float, a non-JSON value) or whose
-skeleton is over ``MAX_SKELETON`` bytes gets no skeleton and is always checked.
+The strings that can change the verdict are found once, on first use, in the
+SDK's request models (every model reachable from the two create models through
+Union, Optional, list, dict, Annotated and the SDK's open unions). A key is
+**sensitive** when in any model a string as its value (or in a list that is its
+value) is read: a closed ``Literal``, an Enum, a number or a bool (lax mode
+reads ``"5"``), a constraint, a validator; every discriminator key is.
+``str``, ``Any``, open enums (``Union[Literal[...], UnrecognizedStr]``) and unions
+with a plain ``str`` take every string alike. What the walk cannot vouch for (a
+model or unknown validator, an odd config or discriminator, a dict of such
+values, an unknown type) turns the cache off (``Shapes.unbounded``).
 """
 
 from __future__ import annotations
 
 import collections.abc as cabc
 import enum
-import threading
 import types
-from collections import OrderedDict
-from collections.abc import Container, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache, partial
+from functools import cache, lru_cache, partial
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import orjson
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Discriminator, WrapValidator
 from pydantic.fields import FieldInfo
+from pydantic.functional_serializers import PlainSerializer, WrapSerializer
 
 MAX_SKELETON = 4096  # bytes; a bigger body is checked every time
 MAX_ENTRIES = 4096  # skeletons remembered as passing (least recently used go)
 
-# What a string at a position does to the verdict: every string is accepted,
-# every string is refused (a model, a list), or it depends on the string.
+# A string at a position: every string is accepted, or refused, or it depends.
 ACCEPT, REJECT, SCALAR = 0, 1, 2
-
-# The SDK model config keys that do not change how a string validates.
 _PLAIN_CONFIG = {"arbitrary_types_allowed", "extra", "frozen", "populate_by_name"}
 _PLAIN_CONFIG |= {"protected_namespaces", "title", "json_schema_extra"}
 _SCALARS = (int, float, bool, bytes, bytearray, complex)
 _SEQUENCES = (list, tuple, set, frozenset, cabc.Sequence, cabc.Set)
 _MAPPINGS = (dict, cabc.Mapping)
+# The SDK's validators that check a scalar only: int("...") and a comparison with a constant.
+_SCALAR_CHECKS = {"utils.serializers.validate_int"}
+_SCALAR_CHECKS.add("utils.serializers.validate_const.<locals>.validate")
 
 
 @dataclass(frozen=True)
 class Shapes:
     sensitive: frozenset[str]
-    opaque: frozenset[str]
     unbounded: tuple[str, ...]  # why no skeleton can be trusted (empty: it can)
     models: int  # how many SDK models were walked
 
 
 @dataclass
-class _Acc:
-    """One field's findings: a string in a list under it matters (``blind``
-    false), or a string under a free key of a dict under it does (``opaque``)."""
-
+class _Acc:  # a field's: strings in its lists are read (not blind)
     blind: bool = True
-    opaque: bool = False
 
 
 @dataclass
 class _Walk:
-    sdk: Any  # the SDK's functions this walk knows (see ``_sdk``)
     sensitive: set[str] = field(default_factory=set)
-    opaque: set[str] = field(default_factory=set)
     unbounded: list[str] = field(default_factory=list)
     seen: set[type[BaseModel]] = field(default_factory=set)
     todo: list[type[BaseModel]] = field(default_factory=list)
 
     def model(self, cls: type[BaseModel]) -> None:
-        if cls not in self.seen:
-            self.seen.add(cls)
-            self.todo.append(cls)
+        self.todo += [] if cls in self.seen else [cls]
+        self.seen.add(cls)
 
 
-def _sdk() -> types.SimpleNamespace:
-    from google.genai._gaos.types.base64fileinput import encode_base64_file_input
-    from google.genai._gaos.types.basemodel import UnrecognizedStr
-    from google.genai._gaos.types.interactions import createagentinteraction as agent
-    from google.genai._gaos.types.interactions import createmodelinteraction as model
-    from google.genai._gaos.utils import serializers, unions
-
-    return types.SimpleNamespace(
-        roots=(model.CreateModelInteraction, agent.CreateAgentInteraction),
-        open_str=UnrecognizedStr,
-        open_union=unions.parse_open_union,
-        decline=unions.decline_sibling_variants,
-        dispatch=unions.dispatch_open_union_members,
-        passthrough=encode_base64_file_input,
-        validate_int=serializers.validate_int,
-        serializers=serializers.__name__,
-    )
+def _sdk_name(obj: Any) -> str:
+    """An SDK function's or class's name (``utils.unions.parse_open_union``)."""
+    name = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+    return name.removeprefix("google.genai._gaos.")
 
 
 @cache
 def shapes() -> Shapes:
-    """The sensitive and opaque key names, derived from the SDK's models (the
-    SDK is imported here, on first use: it takes seconds)."""
-    w = _Walk(_sdk())
-    for root in w.sdk.roots:
-        w.model(root)
+    """The sensitive keys of the SDK's models (imported here, first use: slow)."""
+    from google.genai._gaos.types.interactions import createagentinteraction as agent
+    from google.genai._gaos.types.interactions import createmodelinteraction as model
+
+    w = _Walk()
+    w.model(model.CreateModelInteraction)
+    w.model(agent.CreateAgentInteraction)
     while w.todo:
         _visit(w.todo.pop(), w)
-    return Shapes(frozenset(w.sensitive), frozenset(w.opaque), tuple(w.unbounded), len(w.seen))
+    return Shapes(frozenset(w.sensitive), tuple(w.unbounded), len(w.seen))
 
 
 def _visit(cls: type[BaseModel], w: _Walk) -> None:
@@ -129,41 +95,41 @@ def _visit(cls: type[BaseModel], w: _Walk) -> None:
         fate = _meta(_fate(f.annotation, w, acc), f.metadata, w, acc)
         if f.discriminator is not None:
             _discriminator(f.discriminator, w)
-        keys = {name, *(k for k in (f.alias, f.validation_alias) if k is not None)}
-        if not all(isinstance(k, str) for k in keys):
+        keys = [name, f.alias, f.validation_alias]
+        if not all(k is None or isinstance(k, str) for k in keys):
             w.unbounded.append(f"{cls.__name__}.{name}: an alias path or choices")
-        names = {k for k in keys if isinstance(k, str)}
-        if fate == SCALAR or not acc.blind or acc.opaque:
-            w.sensitive |= names
-        if acc.opaque:
-            w.opaque |= names
+        if fate == SCALAR or not acc.blind:
+            w.sensitive |= {k for k in keys if isinstance(k, str)}
 
 
 def _check_class(cls: type[BaseModel], w: _Walk) -> None:
     """What about a model as a whole could read any of its strings."""
     d = cls.__pydantic_decorators__
-    if d.model_validators or d.field_validators or d.root_validators or d.validators:
-        w.unbounded.append(f"{cls.__name__}: a validator")
-    if not set(cls.model_config) <= _PLAIN_CONFIG:
-        w.unbounded.append(f"{cls.__name__}: config {sorted(cls.model_config)}")
-    if cls.__pydantic_post_init__ is not None and not _marks_fields_set(cls):
-        w.unbounded.append(f"{cls.__name__}: model_post_init")
-    for base in cls.__mro__[: cls.__mro__.index(BaseModel)]:
-        if "__get_pydantic_core_schema__" in vars(base):
-            w.unbounded.append(f"{cls.__name__}: its own core schema")
     schema: Any = cls.__pydantic_core_schema__
     while isinstance(schema, dict) and schema.get("type") in ("definitions", "model"):
         schema = schema.get("schema")
-    if not isinstance(schema, dict) or schema.get("type") != "model-fields":
-        w.unbounded.append(f"{cls.__name__}: an unexpected core schema")
-    elif (schema.get("extras_schema") or {"type": "any"})["type"] != "any":
-        w.unbounded.append(f"{cls.__name__}: typed extra fields")
+    fields = isinstance(schema, dict) and schema.get("type") == "model-fields"
+    bad = {
+        "a validator": d.model_validators
+        or d.field_validators
+        or d.root_validators
+        or d.validators,
+        "a config": not set(cls.model_config) <= _PLAIN_CONFIG,
+        "model_post_init": cls.__pydantic_post_init__ is not None and not _marks_fields_set(cls),
+        "its own core schema": any(
+            "__get_pydantic_core_schema__" in vars(b)
+            for b in cls.__mro__[: cls.__mro__.index(BaseModel)]
+        ),
+        "an unexpected core schema": not fields,
+        "typed extra fields": fields
+        and (schema.get("extras_schema") or {}).get("type", "any") != "any",
+    }
+    w.unbounded += [f"{cls.__name__}: {why}" for why, yes in bad.items() if yes]
 
 
 def _marks_fields_set(cls: type[BaseModel]) -> bool:
-    """Whether the model's ``model_post_init`` is the SDK's usual one, which
-    only adds a constant field name to ``__pydantic_fields_set__`` (it names
-    nothing else: no call, no read of a field)."""
+    """The SDK's usual ``model_post_init``: it names nothing but ``update`` of
+    ``__pydantic_fields_set__`` (a constant field name is added), reads nothing."""
     code = getattr(cls.model_post_init, "__code__", None)
     return code is not None and set(code.co_names) <= {"__pydantic_fields_set__", "update"}
 
@@ -174,7 +140,7 @@ def _fate(tp: Any, w: _Walk, acc: _Acc) -> int:
     while type(tp).__name__ == "TypeAliasType":
         tp = tp.__value__
     origin = get_origin(tp)
-    if tp is str or tp is w.sdk.open_str or tp is Any or tp is object:
+    if tp is str or tp is Any or tp is object or _sdk_name(tp) == "types.basemodel.UnrecognizedStr":
         return ACCEPT
     if tp is None or tp is type(None):
         return REJECT
@@ -193,9 +159,8 @@ def _fate(tp: Any, w: _Walk, acc: _Acc) -> int:
     if origin in _MAPPINGS or tp in _MAPPINGS:
         args = get_args(tp)
         sub = _Acc()  # a dict's values sit under keys of the caller's choosing
-        value_fate = _fate(args[1], w, sub) if len(args) == 2 else ACCEPT
-        if value_fate == SCALAR or not sub.blind or sub.opaque:
-            acc.opaque = True
+        if (_fate(args[1], w, sub) if len(args) == 2 else ACCEPT) == SCALAR or not sub.blind:
+            w.unbounded.append(f"{tp!r}: its values' strings are read")
         return REJECT
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         w.model(tp)
@@ -216,9 +181,6 @@ def _union(fates: list[int]) -> int:
 
 def _meta(fate: int, meta: Iterable[Any], w: _Walk, acc: _Acc) -> int:
     """``fate`` as ``Annotated`` metadata changes it."""
-    from pydantic import AfterValidator, BeforeValidator, Discriminator, WrapValidator
-    from pydantic.functional_serializers import PlainSerializer, WrapSerializer
-
     for m in meta:
         if isinstance(m, FieldInfo):
             if m.discriminator is not None:
@@ -240,137 +202,95 @@ def _meta(fate: int, meta: Iterable[Any], w: _Walk, acc: _Acc) -> int:
 def _validator(func: Any, fate: int, w: _Walk, acc: _Acc) -> int:
     """A validator function's effect on strings, for the SDK's own ones; any
     other could read anything."""
-    sdk = w.sdk
-    inner = func.func if isinstance(func, partial) else None
+    name = _sdk_name(func.func if isinstance(func, partial) else func)
     kw = func.keywords if isinstance(func, partial) else {}
-    if inner is sdk.open_union:  # refuses a non-dict; reads the dict's disc_key
+    if name == "utils.unions.parse_open_union":  # refuses a non-dict, reads its disc_key
         w.sensitive.add(kw["disc_key"])
         for variant in [*kw["variants"].values(), kw["unknown_cls"]]:
             _fate(variant, w, acc)
         return REJECT
-    if inner is sdk.decline:  # reads the sibling discriminators of a dict
+    if name == "utils.unions.decline_sibling_variants":  # reads a dict's discriminators
         w.sensitive.update(key for key, _ in kw["sibling_variants"])
         return fate
-    if inner is sdk.dispatch:  # reads its members' discriminators of a dict
+    if name == "utils.unions.dispatch_open_union_members":  # the same, of its members
         for member in kw["members"]:
             _fate(member, w, acc)
         return fate
-    if func is sdk.passthrough:  # a str passes unchanged
+    if name == "types.base64fileinput.encode_base64_file_input":  # a str passes as it is
         return fate
-    if func is sdk.validate_int or _is_const_check(func, sdk.serializers):
+    if name in _SCALAR_CHECKS:
         return SCALAR
     w.unbounded.append(f"validator {func!r}")
     return SCALAR
 
 
-def _is_const_check(func: Any, module: str) -> bool:
-    qualname = getattr(func, "__qualname__", "")
-    return bool(qualname == "validate_const.<locals>.validate" and func.__module__ == module)
-
-
 def _discriminator(disc: Any, w: _Walk) -> None:
-    from pydantic import Discriminator
-
-    if isinstance(disc, Discriminator):
-        disc = disc.discriminator
-    if isinstance(disc, str):
-        w.sensitive.add(disc)
-    else:
+    disc = disc.discriminator if isinstance(disc, Discriminator) else disc
+    if not isinstance(disc, str):  # a callable: it could read any key
         w.unbounded.append(f"discriminator {disc!r}")
+    w.sensitive.add(str(disc))
 
 
 # ------------------------------------------------------------------ skeleton
 
 
-class _Odd(Exception):
-    """A value with no faithful skeleton."""
-
-
-class _Every:
-    """A key set holding every key: under an opaque key, every string stays."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-
-_EVERY = _Every()
-_NONE: frozenset[str] = frozenset()
-
-
 def skeleton(body: Any) -> bytes | None:
-    """``body`` with its free strings blanked, as bytes; ``None`` when it has
-    no skeleton worth keeping (odd, too large, or the SDK's models have
-    something this module cannot vouch for)."""
+    """``body`` with its free strings blanked, as bytes; ``None`` for an odd or
+    large body, or when the SDK's models have what this module cannot vouch for."""
     s = shapes()
     if s.unbounded or type(body) is not dict:
         return None
     try:
-        out = orjson.dumps(_strip(body, False, s.sensitive, s.opaque))
-    except (_Odd, orjson.JSONEncodeError, RecursionError):
+        out = orjson.dumps(_strip(body, False, s.sensitive))
+    except (TypeError, RecursionError):  # orjson.JSONEncodeError is a TypeError
         return None
     return out if len(out) <= MAX_SKELETON else None
 
 
-def _strip(v: Any, keep: bool, sensitive: Container[str], opaque: Container[str]) -> Any:
+def _strip(v: Any, keep: bool, sensitive: frozenset[str]) -> Any:
     t = type(v)
     if t is str:
         return v if keep else ""
     if t is dict:
-        return {
-            k: _strip(x, True, _EVERY, _NONE)
-            if k in opaque
-            else _strip(x, k in sensitive, sensitive, opaque)
-            for k, x in v.items()
-        }
+        return {k: _strip(x, k in sensitive, sensitive) for k, x in v.items()}
     if t is list:
-        return [_strip(x, keep, sensitive, opaque) for x in v]
+        return [_strip(x, keep, sensitive) for x in v]
     if t is float and v - v != 0.0:  # NaN, Infinity: orjson would write null
-        raise _Odd
+        raise TypeError("not a JSON number")
     if t is int or t is bool or t is float or v is None:
         return v
-    raise _Odd
+    raise TypeError(f"not a JSON value: {t.__name__}")
 
 
 # --------------------------------------------------------------------- cache
 
-CacheKey = tuple[bytes, bool, bool]
-_passed: OrderedDict[CacheKey, None] = OrderedDict()
-_lock = threading.Lock()
+CacheKey = tuple[bytes, bool, bool]  # (skeleton, forward_unknown, for an agent)
 _enabled = True
 
 
 def cache_key(body: Any, forward_unknown: bool, for_agent: bool) -> CacheKey | None:
-    if not _enabled:
-        return None
-    skel = skeleton(body)
+    skel = skeleton(body) if _enabled else None
     return None if skel is None else (skel, forward_unknown, for_agent)
+
+
+@lru_cache(maxsize=MAX_ENTRIES)  # thread-safe; the least recently used go
+def _verdict(key: CacheKey) -> list[bool]:
+    return [False]  # [True] once a body with this key passed
 
 
 def passed(key: CacheKey | None) -> bool:
     """Whether a body with this key passed the SDK's check before."""
-    if key is None:
-        return False
-    with _lock:
-        if key not in _passed:
-            return False
-        _passed.move_to_end(key)
-        return True
+    return key is not None and _verdict(key)[0]
 
 
 def remember(key: CacheKey | None) -> None:
     """A body with this key passed the SDK's check."""
-    if key is None:
-        return
-    with _lock:
-        _passed[key] = None
-        _passed.move_to_end(key)
-        while len(_passed) > MAX_ENTRIES:
-            _passed.popitem(last=False)
+    if key is not None:
+        _verdict(key)[0] = True
 
 
 def clear() -> None:
-    with _lock:
-        _passed.clear()
+    _verdict.cache_clear()
 
 
 def set_enabled(on: bool) -> None:
