@@ -76,13 +76,18 @@ def _sdk_name(obj: Any) -> str:
 
 @cache
 def shapes() -> Shapes:
-    """The sensitive keys of the SDK's models (imported here, first use: slow)."""
+    """The create models' sensitive keys (the SDK is imported on first use: slow)."""
     from google.genai._gaos.types.interactions import createagentinteraction as agent
     from google.genai._gaos.types.interactions import createmodelinteraction as model
 
+    return derive(model.CreateModelInteraction, agent.CreateAgentInteraction)
+
+
+def derive(*roots: type[BaseModel]) -> Shapes:
+    """The sensitive keys of ``roots`` and of every model they reach."""
     w = _Walk()
-    w.model(model.CreateModelInteraction)
-    w.model(agent.CreateAgentInteraction)
+    for root in roots:
+        w.model(root)
     while w.todo:
         _visit(w.todo.pop(), w)
     return Shapes(frozenset(w.sensitive), tuple(w.unbounded), len(w.seen))
@@ -147,8 +152,9 @@ def _fate(tp: Any, w: _Walk, acc: _Acc) -> int:
     if origin is Annotated:
         base, *meta = get_args(tp)
         return _meta(_fate(base, w, acc), meta, w, acc)
-    if origin is Union or origin is types.UnionType:
-        return _union([_fate(a, w, acc) for a in get_args(tp)])
+    if origin is Union or origin is types.UnionType:  # one member taking every string decides
+        fates = {_fate(a, w, acc) for a in get_args(tp)}
+        return ACCEPT if ACCEPT in fates else REJECT if fates == {REJECT} else SCALAR
     if origin is Literal:
         return SCALAR
     if origin in _SEQUENCES or tp in _SEQUENCES:
@@ -169,14 +175,6 @@ def _fate(tp: Any, w: _Walk, acc: _Acc) -> int:
         return SCALAR
     w.unbounded.append(f"type {tp!r}")
     return SCALAR
-
-
-def _union(fates: list[int]) -> int:
-    """A union accepts a string when any member does: one member accepting
-    every string makes the union accept every string."""
-    if ACCEPT in fates:
-        return ACCEPT
-    return REJECT if all(f == REJECT for f in fates) else SCALAR
 
 
 def _meta(fate: int, meta: Iterable[Any], w: _Walk, acc: _Acc) -> int:
