@@ -53,14 +53,9 @@ STEPS = [
     {"type": "function_call", "id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}},
     {"type": "function_result", "call_id": "c1", "name": "get_weather", "result": "sunny"},
 ]
-GENERATION = {
-    "temperature": 0.5,
-    "top_p": 0.9,
-    "seed": 7,
-    "max_output_tokens": 100,
-    "thinking_level": "low",
-    "stop_sequences": ["END", "STOP"],
-}
+GENERATION = {"temperature": 0.5, "top_p": 0.9, "seed": 7, "max_output_tokens": 100}
+GENERATION |= {"thinking_level": "low", "stop_sequences": ["END", "STOP"]}
+CHAINED = {"labels": {"team": "a"}, "environment": "env-1", "previous_interaction_id": "i-1"}
 DEEP = {"type": "deep-research", "thinking_summaries": "auto", "collaborative_planning": True}
 CORPUS: dict[str, dict[str, Any]] = {
     "plain": {"model": M, "input": "item 1 [sim duration=1]"},
@@ -74,13 +69,7 @@ CORPUS: dict[str, dict[str, Any]] = {
     "generation_config": {"model": M, "input": "x", "generation_config": GENERATION},
     "response_modalities": {"model": M, "input": "x", "response_modalities": ["text", "image"]},
     "function tool": {"model": M, "input": "x", "tools": [WEATHER, {"type": "google_search"}]},
-    "labels and env": {
-        "model": M,
-        "input": "x",
-        "labels": {"team": "a"},
-        "environment": "env-1",
-        "previous_interaction_id": "i-1",
-    },
+    "labels and env": {"model": M, "input": "x", **CHAINED},
     "safety": {
         "model": M,
         "input": "x",
@@ -243,12 +232,20 @@ class Strict(BaseModel):
     x: str
 
 
-@pytest.mark.parametrize("model", [Checked, Whole, Counts, Strict])
-def test_what_the_walk_cannot_vouch_for_turns_it_off(model: type[BaseModel]) -> None:
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [
+        (Checked, "Checked: a validator"),
+        (Whole, "Whole: a validator"),
+        (Counts, "dict[str, int]: its values' strings are read"),
+        (Strict, "Strict: a config"),
+    ],
+)
+def test_what_the_walk_cannot_vouch_for_turns_it_off(model: type[BaseModel], why: str) -> None:
     class Holder(BaseModel):
         inner: model  # type: ignore[valid-type]
 
-    assert sdk_shapes.derive(Holder).unbounded
+    assert why in sdk_shapes.derive(Holder).unbounded
 
 
 def sdk_models() -> set[type[BaseModel]]:
@@ -342,9 +339,8 @@ def test_free_strings_are_blanked_and_read_ones_kept() -> None:
     assert sdk_shapes.skeleton(part) == (
         b'{"model":"","input":[{"type":"text","text":""}],"stream":"true"}'
     )
-    assert sdk_shapes.skeleton(CORPUS["string temperature"]) != sdk_shapes.skeleton(
-        CORPUS["bad temperature"]
-    )
+    hot, warm = (sdk_shapes.skeleton(CORPUS[n]) for n in ("bad temperature", "string temperature"))
+    assert hot != warm
     modalities = sdk_shapes.skeleton({"model": M, "response_modalities": ["text", "audio"]})
     assert modalities == b'{"model":"","response_modalities":["",""]}'
 
@@ -391,16 +387,13 @@ def test_a_second_body_of_one_skeleton_skips_the_sdk(monkeypatch: pytest.MonkeyP
     bad = CORPUS["bad temperature"]
     assert checks.sdk_problems(bad) == checks.sdk_problems(bad) != []
     assert len(calls) == 3
-    # the same body with the cache off: the SDK every time
-    sdk_shapes.set_enabled(False)
-    checks.sdk_problems(CORPUS["plain"])
-    checks.sdk_problems(CORPUS["plain"])
+    sdk_shapes.set_enabled(False)  # the cache off: the SDK every time
+    assert checks.sdk_problems(CORPUS["plain"]) == checks.sdk_problems(CORPUS["plain"]) == []
     assert len(calls) == 5
 
 
 def test_forwarding_unknown_fields_is_part_of_the_key() -> None:
     body = {"model": M, "input": "x", "newer_field": "y"}
     assert checks.sdk_problems(body, forward_unknown=True) == []
-    assert checks.sdk_problems(body) == [
-        (("newer_field",), "unknown field (the API answers 400 'Unknown name')")
-    ]
+    [(path, _)] = checks.sdk_problems(body)
+    assert path == ("newer_field",)
