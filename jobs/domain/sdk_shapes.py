@@ -11,7 +11,8 @@ reads ``"5"``), a constraint, a validator; every discriminator key is.
 ``str``, ``Any``, open enums (``Union[Literal[...], UnrecognizedStr]``) and unions
 with a plain ``str`` take every string alike. What the walk cannot vouch for (a
 model or unknown validator, an odd config or discriminator, a dict of such
-values, an unknown type) turns the cache off (``Shapes.unbounded``).
+values, an unknown type) turns the cache off (``Shapes.unbounded``). The skeleton
+blanks each string under a key not sensitive; an odd or large body has none.
 """
 
 from __future__ import annotations
