@@ -17,6 +17,10 @@ with the google-genai SDK's own request models, ``CreateModelInteraction`` and
   Free-form objects (a function ``result``, ``arguments``, a JSON schema) are
   models without declared fields or plain dicts in the SDK, and are not checked.
 
+A body that passes is remembered by its skeleton (``jobs/domain/sdk_shapes.py``:
+the body with the strings that cannot change the SDK's verdict blanked), so
+the lines of a batch that differ only in free text are validated once.
+
 JSON values that cannot be sent (a lone surrogate, NaN, Infinity) are found by
 :func:`json_value_problems`, for ``metadata`` too, and values nested deeper than
 a bound by :func:`too_deep` (``jobs/domain/requests.py`` sets the bounds: a
@@ -36,6 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from jobs.domain import sdk_shapes
 from jobs.errors import BatchError, InvalidRequest
 from jobs.storage.store import Store
 
@@ -136,6 +141,9 @@ def sdk_problems(body: dict[str, Any], *, forward_unknown: bool = False) -> list
     """What the SDK's request model finds wrong with ``body`` (paths inside it)."""
     for_model, for_agent = request_models()
     model = for_agent if "agent" in body else for_model
+    key = sdk_shapes.cache_key(body, forward_unknown, model is for_agent)
+    if sdk_shapes.passed(key):  # a body with this skeleton passed: this one does
+        return []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # deprecated fields
@@ -144,6 +152,8 @@ def sdk_problems(body: dict[str, Any], *, forward_unknown: bool = False) -> list
         return _from_validation(e, body)
     out: list[Problem] = []
     _unknowns(parsed, (), out, forward_unknown)
+    if not out:
+        sdk_shapes.remember(key)
     return out[:MAX_PROBLEMS]
 
 
