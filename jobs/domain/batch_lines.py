@@ -6,9 +6,10 @@ records one chunk at a time, with bounded memory.
 is parsed, its nesting depth bounded (``MAX_DEPTH``), checked (``BatchLine``,
 then the SDK's types: ``checks.batch_line_problem``) and turned into its job
 record (``lifecycle.new_job``, encoded as the create script takes it) at once.
-Each call returns the frames of ``FRAME`` records it completed, which the
-caller writes while the next chunk is checked (``jobs/domain/batch_ingest.py``,
-``jobs/storage/batch_write.py``); ``finish`` returns the last one. What stays
+Each call returns the frames it completed (``FRAME`` records, fewer when
+they reach ``FRAME_BYTES``), which the caller writes while the next chunk is
+checked (``jobs/domain/batch_ingest.py``, ``jobs/storage/batch_write.py``);
+``finish`` returns the last one. What stays
 in memory per line is small: its custom_id (for repeats), a webhook URL and a
 chained interaction id when it has them, its model's metric label. The first
 ``MAX_REPORTED_ERRORS`` bad lines are kept; once a line is bad, no more
@@ -37,7 +38,8 @@ from jobs.storage.store import record_json
 
 MAX_REPORTED_ERRORS = 100
 MAX_DEPTH = 100  # nesting of arrays and objects in one line (protobuf's default limit)
-FRAME = 250  # job records per frame: one create script call (batch_write.py)
+FRAME = 250  # job records per frame: one create script call (batch_write.py) ...
+FRAME_BYTES = 256 * 1024  # ... or fewer, when their records reach this size
 
 _LONG_DIGITS = re.compile(rb"\d{19}")
 NewJob = tuple[str, bytes]  # a job's id and its record (``store.record_json``)
@@ -120,6 +122,7 @@ class Intake:
         self._line = 0  # NDJSON: the number of the last line split off
         self._rest: list[bytes] = []  # NDJSON: the start of a line not ended yet
         self._frame: Frame = []
+        self._frame_bytes = 0
         self._done: list[Frame] = []  # full frames not handed back yet
         self._ids: list[str] = []  # job ids minted ahead (ids.new_job_ids)
         self.traceparent = tracing.current_traceparent()  # the POST's, for every job
@@ -213,10 +216,12 @@ class Intake:
             traceparent=self.traceparent,
             job_id=self._next_id(),
         )
-        self._frame.append((job.id, record_json(job)))
-        if len(self._frame) >= FRAME:
+        record = record_json(job)
+        self._frame.append((job.id, record))
+        self._frame_bytes += len(record)
+        if len(self._frame) >= FRAME or self._frame_bytes >= FRAME_BYTES:
             self._done.append(self._frame)
-            self._frame = []
+            self._frame, self._frame_bytes = [], 0
 
     def _next_id(self) -> str:
         if not self._ids:
@@ -235,7 +240,7 @@ class Intake:
         last frame."""
         if self._frame:
             self._done.append(self._frame)
-            self._frame = []
+            self._frame, self._frame_bytes = [], 0
         last = self._take()
         if self.count == 0:
             raise BatchError("the batch has no jobs")

@@ -1,8 +1,8 @@
 """A batch written in chunks, made visible in one small atomic step.
 
 A 50,000-job batch written as one transaction holds Redis (every other client)
-for over a second. So its jobs are written in pipelines of a few hundred
-``create_job`` calls, without MULTI, and the batch is accepted whole or not at
+for over a second. So its jobs are written a frame of a few hundred at a time,
+one script call each, without MULTI, and the batch is accepted whole or not at
 all by a commit protocol:
 
 1. ``stage``: the batch's record, marked ``staging = 1``, and an entry in

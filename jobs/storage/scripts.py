@@ -19,6 +19,7 @@ they touch passed in ``KEYS`` (each file's header names its KEYS and ARGV).
   reschedule_delivery  a delivery attempt written back
   purge_job            a job and everything of its own deleted
   purge_batch          a batch's own keys deleted once its jobs are gone
+  create_batch_jobs    a frame of a batch's new jobs: records, indexes, lane, job list
   renew_stage          a batch being written: its staging lease renewed
   commit_batch         a batch written: visible, its lane dispatchable, in one step
   abandon_batch        a batch that did not commit: marked so that no commit follows
