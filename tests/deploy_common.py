@@ -1,5 +1,6 @@
 """What the deploy/ checks share: the paths, the metric names jobs/metrics.py
-defines, the dashboard and alert readers, and a subprocess runner."""
+defines, the dashboard and alert readers, the variables the settings are read
+from, and a subprocess runner."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
+from pydantic import AliasChoices
 
 from jobs.observe import metrics
 from jobs.settings import Settings
@@ -35,6 +37,21 @@ PENDING_GAUGES = frozenset(
         "interq_jobs_by_status",
     }
 )
+
+# Settings deliberately not listed in the deploy files, field name -> the
+# reason (test-only or dev-only ones, say). Every other field of
+# jobs.settings.Settings must be listed in deploy/k8s/configmap.yaml (the Secret
+# template if it is a secret; a value, or a commented-out example when its
+# default is "unset") and in compose.yaml's API/worker environment, so a new
+# setting cannot be forgotten (test_k8s_configmap_and_secret_list_every_setting,
+# test_compose_lists_every_setting): list it there with a one-line comment, or
+# add it here with its reason. None so far: every setting is one an operator
+# may want.
+NOT_DEPLOY_LEVEL: dict[str, str] = {}
+
+# Settings that go in the Secret, never in the ConfigMap (every SecretStr field
+# is one, which test_deploy_k8s checks).
+SECRET_FIELDS = frozenset({"gemini_api_key", "api_keys", "upstream_webhook_secret"})
 SERIES_SUFFIXES = {
     "counter": ("_total",),
     "histogram": ("_bucket", "_sum", "_count"),
@@ -45,6 +62,21 @@ METRIC_RE = re.compile(r"\binterq_[a-z0-9_]+")
 # Grafana's variables, replaced by something PromQL accepts before parsing.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 K8S_VERSIONS = ("1.29.0", "latest")
+# The OpenTelemetry SDK variables the deploy files may set beside the settings
+# (jobs/observe/tracing.py, README "Traces"); OTEL_BSP_* and the rest also work.
+OTEL_ENV_NAMES = frozenset(
+    {
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_SDK_DISABLED",
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+    }
+)
 
 
 def metric_families() -> dict[str, str]:
@@ -96,8 +128,31 @@ def alert_rules() -> list[dict[str, Any]]:
     return [r for g in groups for r in g["rules"] if "alert" in r]
 
 
+def field_env_names(field: str) -> tuple[str, ...]:
+    """The variables ``Settings`` reads ``field`` from: its alias's choices
+    (``gemini_api_key``: GEMINI_API_KEY, INTERQ_GEMINI_API_KEY), else INTERQ_ + FIELD."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return tuple(c for c in alias.choices if isinstance(c, str))
+    if isinstance(alias, str):
+        return (alias,)
+    return (f"INTERQ_{field.upper()}",)
+
+
 def settings_env_names() -> set[str]:
-    return {f"INTERQ_{name.upper()}" for name in Settings.model_fields} | {"GEMINI_API_KEY"}
+    """Every variable the API and the workers read: each setting's names, and
+    the OpenTelemetry SDK's variables their tracing reads."""
+    return {n for field in Settings.model_fields for n in field_env_names(field)} | OTEL_ENV_NAMES
+
+
+# Commented-out entries (``# NAME: example``) of a YAML mapping: how the deploy
+# files list a setting whose default is "unset" (an empty value is a value).
+COMMENTED_ENTRY_RE = re.compile(r"^\s*#\s*([A-Z][A-Z0-9_]*):\s+(\S.*)$", re.M)
+
+
+def commented_entries(path: Path) -> dict[str, str]:
+    """Name -> example value of each commented-out entry in ``path``."""
+    return {m[1]: m[2] for m in COMMENTED_ENTRY_RE.finditer(path.read_text())}
 
 
 def step_timeout_default() -> float:

@@ -1,6 +1,7 @@
-"""Checks of deploy/: alerts, Prometheus config, Grafana dashboard, and the
-README's Deploy section (Kubernetes in test_deploy_k8s.py, compose and the image
-in test_deploy_image.py; shared readers in deploy_common.py).
+"""Checks of deploy/: alerts, Prometheus config, Grafana dashboard, that
+compose.yaml lists every setting, and the README's Deploy section (Kubernetes in
+test_deploy_k8s.py, the rest of compose and the image in test_deploy_image.py;
+shared readers in deploy_common.py).
 
 ``promtool`` (Debian package ``prometheus``; ``make test`` installs it) is
 required: the promtool tests fail without it.
@@ -23,6 +24,7 @@ from tests.deploy_common import (
     DEPLOY,
     GRAFANA_VARS,
     METRIC_RE,
+    NOT_DEPLOY_LEVEL,
     PENDING_GAUGES,
     PROM,
     ROOT,
@@ -31,6 +33,7 @@ from tests.deploy_common import (
     assert_ok,
     dashboard_exprs,
     dashboard_panels,
+    field_env_names,
     known_series,
     load_yaml,
     metric_families,
@@ -171,6 +174,27 @@ def test_grafana_provisioning() -> None:
     mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
     assert mounts[path] == "./grafana/dashboards"
     assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def test_compose_lists_every_setting() -> None:
+    """Each setting (but NOT_DEPLOY_LEVEL) is in the API's and the workers'
+    environment, most with no value: passed through from the shell when set."""
+    services = load_yaml(COMPOSE)["services"]
+    for service in ("api", "worker"):
+        env = set(services[service]["environment"])
+        missing = [
+            field_env_names(f)[0]
+            for f in Settings.model_fields
+            if f not in NOT_DEPLOY_LEVEL and not set(field_env_names(f)) & env
+        ]
+        assert missing == [], (
+            f"compose.yaml's {service} environment lacks {missing}: list each in "
+            "x-interq-env with a one-line comment, or add it to NOT_DEPLOY_LEVEL "
+            "(tests/deploy_common.py) with the reason"
+        )
 
 
 # --------------------------------------------------------------------------- README
