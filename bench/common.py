@@ -10,7 +10,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -62,13 +62,15 @@ def stack(
     api: bool = True,
     api_port: int | None = None,
     api_log_level: str = "WARNING",
+    env: Mapping[str, str] | None = None,
     **interq_env: str,
 ) -> Iterator[Stack]:
-    """redis-server + simulator (+ API + workers) with INTERQ_* overrides; the
-    processes' output goes to $BENCH_LOG_DIR/<name>.log when that is set, else
-    to a temporary folder removed at exit. The API logs at ``api_log_level``."""
+    """redis-server + simulator (+ API + workers) with INTERQ_* overrides (``env``
+    and/or keyword arguments); the processes' output goes to $BENCH_LOG_DIR/<name>.log
+    when that is set, else to a temporary folder removed at exit. The API logs at
+    ``api_log_level``."""
     log_dir = os.environ.get("BENCH_LOG_DIR") or True
-    st = Stack(extra_env=interq_env, log_dir=log_dir)
+    st = Stack(extra_env={**(env or {}), **interq_env}, log_dir=log_dir)
     with st:
         st.start_redis()
         st.start_simulator()
@@ -100,7 +102,7 @@ def save(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-def table(rows: list[tuple[str, ...]]) -> str:
+def table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -151,7 +151,7 @@ def summary(
 def run_interq(durs: list[float], budget: float, log_level: str) -> dict[str, Any]:
     n = len(durs)
     env = {"INTERQ_POLL_JITTER": "0", "INTERQ_LOG_LEVEL": log_level}
-    with stack(workers=0, **env) as st:
+    with stack(workers=0, env=env) as st:
         worker = st.start_worker("worker-interq")
         mem = MemSampler(worker.pid, every=1.0)
         r = sync_redis(st.redis_url)

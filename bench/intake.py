@@ -303,12 +303,12 @@ def command(
             print(f"closed loop: {n} clients for {a.closed_seconds:g} s ...", flush=True)
             closed.append(asyncio.run(closed_loop(st.api_url, n, a.closed_seconds)))
         print(f"batch: {a.batch_reps} x {a.batch} NDJSON lines ...", flush=True)
-        batch = batch_intake(st.api_url, a.batch, a.batch_reps)
+        batched = batch_intake(st.api_url, a.batch, a.batch_reps)
         print(f"arq: {a.batch} x enqueue_job, then a pipeline ...", flush=True)
         floor = asyncio.run(arq_floor(st.redis_url, a.batch))
 
     print(wrk.report(by_wrk))
-    ratios = report(a, opened, closed, batch, floor)
+    ratios = report(a, opened, closed, batched, floor)
     path = save(
         "intake-quick" if a.quick else "intake",
         {
@@ -317,7 +317,7 @@ def command(
             "open_loop": opened,
             "closed_loop": closed,
             "closed_loop_best_per_s": max(r["per_s"] for r in closed),
-            "batch": batch,
+            "batch": batched,
             "arq": floor,
             **ratios,
         },

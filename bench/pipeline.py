@@ -277,7 +277,7 @@ def run_all(a: SimpleNamespace) -> tuple[dict[str, Any], dict[str, Any], dict[st
         "INTERQ_WORKER_POLL_DELAY_S": str(a.poll_delay),
         "INTERQ_LOG_LEVEL": a.log_level,
     }
-    with stack(workers=0, **env) as st:
+    with stack(workers=0, env=env) as st:
         print(f"interq: {a.jobs} jobs, one worker, max_jobs {a.max_jobs} ...", flush=True)
         interq = run_interq(st, a.jobs, a.max_jobs, a.webhook, a.budget_s)
         print(f"arq: {a.arq_jobs} no-op jobs, one worker ...", flush=True)

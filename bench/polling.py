@@ -126,7 +126,9 @@ def warm_up_sim_webhooks(st: Any) -> None:
 def drive(st: Stack, name: str, scaled: list[float], arrival_s: float, **env: str) -> Any:
     """One worker, the jobs submitted over ``arrival_s``, until all are completed
     (or out of time); returns (the job records, elapsed s)."""
-    worker = st.start_worker(f"worker-{name}", **env)
+    # metrics_port and wait given (their defaults), so that no key of **env can be
+    # taken for them: env holds INTERQ_* names only
+    worker = st.start_worker(f"worker-{name}", metrics_port=None, wait=True, **env)
     r = sync_redis(st.redis_url)
     t0 = time.monotonic()
     ids = asyncio.run(submit(st.api_url, scaled, arrival_s))
@@ -189,7 +191,7 @@ def run(
     public = {"INTERQ_PUBLIC_URL": f"http://127.0.0.1:{api_port}"}
     if webhooks:  # the API checks the simulator's JWTs' audience: its own public URL
         env = {**env, **public, "INTERQ_UPSTREAM_WEBHOOK_SECRET": secret}
-    with stack(workers=0, api_port=api_port, **env) as st:
+    with stack(workers=0, api_port=api_port, env=env) as st:
         worker_env = public if webhooks else {}
         if webhooks:
             st.sim_config(webhook_secret=secret)

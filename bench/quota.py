@@ -49,7 +49,7 @@ def run_interq(jobs: int, rpm: int, window: int, duration: float, workers: int) 
         "INTERQ_POLL_INITIAL_S": str(1.5 / scale),
         "INTERQ_POLL_MAX_S": str(30.0 / scale),
     }
-    with stack(workers=workers, **env) as st:
+    with stack(workers=workers, env=env) as st:
         st.sim_config(quota_rpm=rpm, quota_window_s=float(window), duration_s=duration)
         body = batch_body(jobs, duration)
         with httpx.Client(base_url=st.api_url, timeout=120) as c:

@@ -351,7 +351,7 @@ def report(res: dict[str, Any], a: SimpleNamespace) -> bool:
         ),
     ]
     print(table(rows))
-    ok = st["scrape_ms"]["p99"] <= 50 and sw["after"]["dbsize"] == b["dbsize"]
+    ok = bool(st["scrape_ms"]["p99"] <= 50 and sw["after"]["dbsize"] == b["dbsize"])
     print(f"target /metrics p99 <= 50 ms and DBSIZE back to baseline: {'met' if ok else 'NOT met'}")
     return ok
 

@@ -21,7 +21,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import urlparse
 
 import httpx
@@ -43,8 +43,10 @@ def cpu_s(pid: int) -> float:
 
 def sample(pid: int, redis_url: str) -> dict[str, Any]:
     r = Redis.from_url(redis_url)
-    info = r.info("clients")
-    ((_, subscribers),) = r.pubsub_numsub(Keys().changes_channel)
+    # redis-py types every reply as Awaitable | Any (sync and asyncio clients alike);
+    # this client is the sync one, so these are the replies themselves
+    info = cast("dict[str, Any]", r.info("clients"))
+    ((_, subscribers),) = cast("list[tuple[bytes, int]]", r.pubsub_numsub(Keys().changes_channel))
     r.close()
     return {
         **proc_mem_mb(pid),

@@ -87,7 +87,7 @@ def table_rows(
     """Table rows: one per connection count, with the ratio to the /healthz
     run at the same count."""
     by_conns = {r["conns"]: r for r in ceiling}
-    out = []
+    out: list[tuple[str, ...]] = []
     for r in runs:
         top = by_conns.get(r["conns"])
         ratio = r["per_s"] / top["per_s"] if top and top["per_s"] else None

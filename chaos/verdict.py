@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -277,7 +277,8 @@ def step_evidence(r: redis.Redis, summary: dict[str, Any]) -> dict[str, Any]:
         return "none"
 
     def due(index: str, member: str) -> str:
-        score = r.zscore(f"{PREFIX}:{index}", member)
+        # the sync client's reply (redis-py types it Awaitable | Any)
+        score = cast("float | None", r.zscore(f"{PREFIX}:{index}", member))
         return "none" if score is None else f"due in {float(score) / 1000 - time.time():.1f} s"
 
     for jid, info in (ev.get("undelivered") or {}).items():
