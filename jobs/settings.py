@@ -45,7 +45,7 @@ class TenantLimit(BaseModel):
         default=None, ge=1, description="jobs dispatched and not ended (requires_action excluded)"
     )
     creates_per_minute: int | None = Field(
-        default=None, ge=1, description="jobs the dispatcher sends upstream per minute"
+        default=None, ge=1, description="creates sent upstream per minute (first and follow-up)"
     )
     tokens_per_day: int | None = Field(
         default=None, ge=1, description="input + output + thought tokens per Pacific day"

@@ -5,7 +5,10 @@ Redis, the upstream an ``httpx.MockTransport`` (``tests/fakeclock.py``):
   jobs dispatched and not started, and its running ones, count; one ending or
   pausing in ``requires_action`` makes room;
 - creates per minute: the dispatcher sends no more of a tenant's jobs than
-  its window holds;
+  its window holds; a follow-up create of a running job (a continuation hop,
+  on the simulator) takes a hit right before it is sent and waits while the
+  window is full, its first create counted once (at dispatch); a tenant
+  without the limit is not held back;
 - a tenant whose day reaches its tokens_per_day: 429 ``tenant_daily_tokens``
   (Retry-After at the day's turn) on new jobs and batches, its queued jobs
   stay queued (not dispatched; a submit already dispatched waits), its
@@ -23,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from arq import Retry
+from limits import RateLimitItemPerSecond
 from typer.testing import CliRunner
 
 from jobs.cli.main import app as cli
@@ -30,12 +34,14 @@ from jobs.domain import lifecycle, tenants
 from jobs.domain.lifecycle import new_job
 from jobs.domain.statuses import JobStatus
 from jobs.services import Services
-from jobs.settings import TenantLimit, get_settings
+from jobs.settings import ModelLimit, Settings, TenantLimit, get_settings
 from jobs.upstream.client import daily_reset
 from jobs.work.dispatch import Dispatcher, lane_of
+from jobs.work.poller import poll_job
 from jobs.work.steps import submit
+from jobs.work.tenant_gate import WINDOW, TenantGate, take_follow_up, window
 from tests.fakeclock import FakeClock, Upstream, clocked_services, reread
-from tests.helpers import app_client
+from tests.helpers import SimServer, app_client
 
 MODEL = "sim-model"
 
@@ -129,6 +135,134 @@ async def test_creates_per_minute_bound_what_the_dispatcher_sends(
         await d.pass_once()  # the same minute: the window is spent
         assert await waiting(svc, "team-a") == 2
         assert await waiting(svc, "team-b") == 0
+
+
+# --------------------------------------------------------------------------- follow-ups
+
+HOP = "go on [sim duration=0 outcome=requires_continuation]"  # a continuation hop at once
+
+
+@pytest.fixture()
+async def hopping(settings: Settings) -> AsyncIterator[Services]:
+    """Services on the simulator: team-a may send 3 creates a minute, team-b
+    any number; the model has a window of its own."""
+    limits = {"team-a": TenantLimit(creates_per_minute=3)}
+    cfg = settings.model_copy(
+        update={"tenant_limits": limits, "limits": {MODEL: ModelLimit(rpm=1000)}}
+    )
+    svc = Services.open(cfg)
+    try:
+        yield svc
+    finally:
+        await svc.close()
+
+
+async def hop_jobs(svc: Services, clock: FakeClock, tenant: str, n: int) -> list[str]:
+    ids = []
+    for _ in range(n):
+        job = new_job(svc.settings, tenant, {"model": MODEL, "input": HOP}, now=clock.time())
+        assert (await svc.store.create_job(job, lane=lane_of(tenant, None)))[0]
+        ids.append(job.id)
+    return ids
+
+
+async def sent_and_continued(svc: Services, jid: str) -> None:
+    """The job's (dispatched) first create sent, and its poll finding
+    ``requires_continuation``: running, its follow-up create pending."""
+    await submit({"svc": svc}, jid)
+    await poll_job(svc, await reread(svc, jid))
+    job = await reread(svc, jid)
+    assert job.status == JobStatus.running and job.pending_create
+    assert len(job.interaction_ids) == 1
+
+
+async def room(svc: Services, tenant: str) -> int:
+    item = window(svc, tenant)
+    assert item is not None
+    return (await svc.budgets.limiter.get_window_stats(item, WINDOW, tenant)).remaining
+
+
+async def model_room(svc: Services) -> int:
+    item = RateLimitItemPerSecond(1000, svc.settings.rate_window_s)
+    return (await svc.budgets.limiter.get_window_stats(item, MODEL)).remaining
+
+
+async def a_minute_later(svc: Services, tenant: str, taken: int) -> None:
+    """The window's hits age out (the ``limits`` window is on real time: it
+    is emptied rather than waited for), then ``taken`` new creates count."""
+    item = window(svc, tenant)
+    assert item is not None
+    await svc.budgets.limiter.clear(item, WINDOW, tenant)
+    await svc.budgets.limiter.hit(item, WINDOW, tenant, cost=taken)
+
+
+async def test_a_follow_up_create_waits_for_room_in_its_tenants_creates_per_minute(
+    hopping: Services, sim: SimServer, clock: FakeClock
+) -> None:
+    svc, ctx = hopping, {"svc": hopping}
+    a1, a2 = await hop_jobs(svc, clock, "team-a", 2)
+    d = Dispatcher(svc, clock)
+    await d.pass_once()
+    await sent_and_continued(svc, a1)
+    await sent_and_continued(svc, a2)
+    assert await room(svc, "team-a") == 1  # the first creates counted once, at dispatch
+    [a3] = await hop_jobs(svc, clock, "team-a", 1)
+    await d.pass_once()
+    assert await room(svc, "team-a") == 0  # spent by dispatched creates
+    await submit(ctx, a3)  # dispatched: counted already, it goes
+    assert (await reread(svc, a3)).status == JobStatus.running
+
+    sent, tokens = len(sim.state.created), await model_room(svc)
+    before = await reread(svc, a1)
+    with pytest.raises(Retry) as deferred:
+        await submit(ctx, a1)
+    assert deferred.value.defer_score > 0
+    assert len(sim.state.created) == sent  # not sent
+    assert await model_room(svc) == tokens  # and no model token taken
+    after = await reread(svc, a1)
+    assert after.status == JobStatus.running and after.pending_create == before.pending_create
+    assert after.interaction_ids == before.interaction_ids and not after.create_inflight
+
+    await a_minute_later(svc, "team-a", taken=2)  # room for one more
+    await submit(ctx, a1)
+    assert len(sim.state.created) == sent + 1
+    job = await reread(svc, a1)
+    assert not job.pending_create and len(job.interaction_ids) == 2
+    assert await room(svc, "team-a") == 0  # the follow-up took it
+    with pytest.raises(Retry):
+        await submit(ctx, a2)
+    assert len(sim.state.created) == sent + 1
+    assert (await reread(svc, a2)).pending_create
+
+
+async def test_a_follow_up_of_a_tenant_without_the_limit_goes_at_once(
+    hopping: Services, sim: SimServer, clock: FakeClock
+) -> None:
+    svc = hopping
+    await hop_jobs(svc, clock, "team-a", 3)
+    [b] = await hop_jobs(svc, clock, "team-b", 1)
+    await Dispatcher(svc, clock).pass_once()
+    assert await room(svc, "team-a") == 0  # team-a's window is full
+    await sent_and_continued(svc, b)
+    sent = len(sim.state.created)
+    await submit({"svc": svc}, b)  # no Retry
+    assert len(sim.state.created) == sent + 1
+    assert len((await reread(svc, b)).interaction_ids) == 2
+    windows = [k async for k in svc.redis.scan_iter(match=f"*{WINDOW}/*")]
+    assert windows and not [k for k in windows if b"/team-b/" in k]  # team-a's only
+
+
+async def test_a_pass_whose_room_a_follow_up_took_meanwhile_fills_the_window(
+    hopping: Services,
+) -> None:
+    svc = hopping
+    gate = TenantGate(svc, FakeClock())
+    gate.new_pass()
+    assert await gate.allowance("team-a") == (3, 0.0)
+    assert await take_follow_up(svc, "team-a") == 0.0  # a follow-up, after the pass read
+    await gate.moved("team-a", 3)  # the pass's three went anyway
+    assert await room(svc, "team-a") == 0  # counted as far as they fit
+    assert await take_follow_up(svc, "team-a") > 0
 
 
 # --------------------------------------------------------------------------- tokens per day

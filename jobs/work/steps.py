@@ -7,7 +7,10 @@ from due-time indexes.
 puts the job in the poll index in one atomic step. A re-run that finds the job
 no longer ``queued`` does nothing. A re-run that finds ``create_inflight`` set
 knows an earlier create may have reached the upstream with its answer lost: it
-re-sends and flags the job ``possible_duplicate``.
+re-sends and flags the job ``possible_duplicate``. Right before the create
+goes it takes its model's window token and, for a follow-up of a job already
+running (not dispatched), a hit on its tenant's creates per minute; short of
+either, the step defers (arq's ``Retry``) and the job stays as it is.
 
 Errors are counted as errors: a budget wait or a retried 429 is not a fault.
 An unexpected exception counts in the job's ``submit_faults`` (consecutive,
@@ -34,6 +37,7 @@ from jobs.observe import logs, metrics, tracing
 from jobs.services import Services
 from jobs.storage.keys import Keys
 from jobs.upstream.client import KeyRefused, QuotaExhausted, Retryable, UpstreamError, daily_reset
+from jobs.work import tenant_gate
 from jobs.work.clock import SYSTEM, Clock
 
 log = logging.getLogger("interq.steps")
@@ -185,7 +189,7 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
         return
     await wait_for_polls(ctx)
     await wait_while_paused(ctx, svc, job, clock)
-    wait = await svc.budgets.take_create(job.model, job_id)
+    wait = await take_budgets(svc, job, follow_up=state == JobStatus.running)
     if wait > 0:
         raise Retry(defer=wait)
     flags: JobUpdate = {"create_inflight": True}
@@ -208,6 +212,22 @@ async def submit(ctx: dict[str, Any], job_id: str) -> None:
             return
         await svc.budgets.key_ok()
         await record_interaction(svc, job, inter, clock)
+
+
+async def take_budgets(svc: Services, job: Job, *, follow_up: bool) -> float:
+    """Right before the create: its model's window token (``budgets.py``),
+    and for a follow-up, not dispatched so not counted then, a hit on its
+    tenant's creates per minute (``tenant_gate.py``). Returns 0 when taken,
+    else how long to wait. The tenant's window is looked at first: a
+    follow-up waiting for it takes no model token."""
+    if follow_up:
+        wait = await tenant_gate.follow_up_wait(svc, job.tenant)
+        if wait > 0:
+            return wait
+    wait = await svc.budgets.take_create(job.model, job.id)
+    if wait > 0 or not follow_up:
+        return wait
+    return await tenant_gate.take_follow_up(svc, job.tenant)
 
 
 # --------------------------------------------------------------------------- pauses

@@ -1,21 +1,29 @@
-"""The dispatcher's per-tenant limits (``INTERQ_TENANT_LIMITS``), beside the
-per-model budgets of ``budgets.py``: how many of a tenant's queued jobs may go
-to the workers in this pass.
+"""The per-tenant limits (``INTERQ_TENANT_LIMITS``), beside the per-model
+budgets of ``budgets.py``: how many of a tenant's queued jobs the dispatcher
+may send to the workers in this pass, and whether a follow-up create may go.
 
 - held for its daily tokens (``jobs/domain/tenants.py``): none, until the
   day's turn or an operator's lift;
 - ``in_flight``: the cap less its jobs dispatched and not ended
   (``tenants.in_flight``);
 - ``creates_per_minute``: what is left of its moving window of a minute (the
-  ``limits`` library, in Redis beside the models' windows), taken when the
-  jobs are moved. Follow-up creates of a job already running (a continue, a
-  continuation) are not dispatched and do not count.
+  ``limits`` library, in Redis beside the models' windows). A first create
+  takes its hit when the dispatcher moves the job (``TenantGate.moved``), and
+  only then. A follow-up create of a job already running (a continue, a
+  continuation, a relaunch) is not dispatched: the submit step takes its hit
+  right before it sends it (``take_follow_up``), and defers while the window
+  is full (``follow_up_wait``), the job left as it is.
 
 The room of a tenant is read once per pass, then spent by each of its lanes
-the pass serves (one dispatcher runs at a time, so nothing else spends it).
+the pass serves (one dispatcher runs at a time). Follow-ups may take some of
+the window meanwhile: the pass's jobs went anyway, so the window then counts
+as many of them as fit (it is full), and the tenant is over its limit by at
+most the follow-ups sent during that one pass.
 """
 
 from __future__ import annotations
+
+import time
 
 from limits import RateLimitItemPerMinute
 
@@ -25,6 +33,38 @@ from jobs.work.clock import Clock
 
 HELD_S = 1.0  # a held tenant is looked at again this often
 FULL_S = 0.1  # a tenant at its in-flight cap
+WINDOW = "tenant_creates"  # the window's key: (WINDOW, tenant)
+
+
+def window(svc: Services, tenant: str) -> RateLimitItemPerMinute | None:
+    """The tenant's creates-per-minute window, or None: not limited."""
+    per_minute = svc.settings.tenant_limit_for(tenant).creates_per_minute
+    return None if per_minute is None else RateLimitItemPerMinute(per_minute)
+
+
+async def _until_room(svc: Services, item: RateLimitItemPerMinute, tenant: str) -> float:
+    """0 when the window has room, else how long until its oldest hit ages out
+    (the ``limits`` window keeps real time, not a test's clock)."""
+    ws = await svc.budgets.limiter.get_window_stats(item, WINDOW, tenant)
+    return 0.0 if ws.remaining > 0 else max(0.01, ws.reset_time - time.time())
+
+
+async def follow_up_wait(svc: Services, tenant: str) -> float:
+    """For the submit step, before a follow-up takes its model token: 0 when
+    the tenant's window has room (nothing taken), else how long to wait. So a
+    follow-up waiting for its tenant holds none of the model's window."""
+    item = window(svc, tenant)
+    return 0.0 if item is None else await _until_room(svc, item, tenant)
+
+
+async def take_follow_up(svc: Services, tenant: str) -> float:
+    """For the submit step, right before a follow-up create is sent: one hit
+    from the tenant's window. Returns 0 when taken (or the tenant has no
+    such limit), else how long to wait (nothing taken)."""
+    item = window(svc, tenant)
+    if item is None or await svc.budgets.limiter.hit(item, WINDOW, tenant):
+        return 0.0
+    return max(0.01, await _until_room(svc, item, tenant))
 
 
 class TenantGate:
@@ -59,7 +99,7 @@ class TenantGate:
                 return 0, FULL_S
         if lim.creates_per_minute is not None:
             item = RateLimitItemPerMinute(lim.creates_per_minute)
-            ws = await self.svc.budgets.limiter.get_window_stats(item, "tenant_creates", tenant)
+            ws = await self.svc.budgets.limiter.get_window_stats(item, WINDOW, tenant)
             if ws.remaining <= 0:
                 return 0, max(0.005, min(HELD_S, ws.reset_time - self.clock.time()))
             room = ws.remaining if room is None else min(room, ws.remaining)
@@ -72,7 +112,12 @@ class TenantGate:
         room, wait = self.room[tenant]
         if room is not None:
             self.room[tenant] = (max(0, room - n), wait)
-        per_minute = self.svc.settings.tenant_limit_for(tenant).creates_per_minute
-        if per_minute is not None:
-            item = RateLimitItemPerMinute(per_minute)
-            await self.svc.budgets.limiter.hit(item, "tenant_creates", tenant, cost=n)
+        item = window(self.svc, tenant)
+        if item is None:
+            return
+        limiter = self.svc.budgets.limiter
+        if not await limiter.hit(item, WINDOW, tenant, cost=n):
+            # follow-ups took some of the room this pass read: count what fits
+            left = (await limiter.get_window_stats(item, WINDOW, tenant)).remaining
+            if left > 0:
+                await limiter.hit(item, WINDOW, tenant, cost=min(n, left))
