@@ -262,6 +262,16 @@ class Settings(BaseSettings):
             raise ValueError("INTERQ_UPSTREAM_URL must be an http(s) URL")
         return v.rstrip("/")
 
+    @field_validator("upstream_webhook_secret", "gemini_api_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        """A secret set to nothing (``INTERQ_UPSTREAM_WEBHOOK_SECRET=`` in a
+        compose file that passes it through) is no secret: unset, not a key of
+        zero bytes that anyone can sign with (or send upstream)."""
+        if isinstance(v, str) and not v.strip():
+            return None
+        return v
+
     @field_validator("upstream_jwks_url")
     @classmethod
     def _check_jwks_url(cls, v: str | None) -> str | None:

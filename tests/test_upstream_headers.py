@@ -125,3 +125,20 @@ async def test_without_any_kind_configured_it_is_404_json(settings: Settings) ->
         headers = {**signed(), "webhook-timestamp": "9" * 400}
         r = await api.post("/v1/upstream/webhook", content=EVENT, headers=headers)
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+async def test_a_blank_secret_is_no_secret(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a compose file passing INTERQ_UPSTREAM_WEBHOOK_SECRET through unset gives ""
+    monkeypatch.setenv("INTERQ_UPSTREAM_WEBHOOK_SECRET", "")
+    monkeypatch.setenv("GEMINI_API_KEY", " ")
+    cfg = Settings()
+    assert cfg.upstream_webhook_secret is None and cfg.gemini_api_key is None
+    blank = settings.model_copy(update={"upstream_webhook_secret": cfg.upstream_webhook_secret})
+    async with app_client(blank) as api:
+        # signed with an empty key, as anyone could: not a configured kind at all
+        key = "whsec_" + base64.b64encode(b"").decode()
+        headers = signing.headers_for(key, "msg_1", EVENT)
+        r = await api.post("/v1/upstream/webhook", content=EVENT, headers=headers)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
