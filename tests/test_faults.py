@@ -22,18 +22,18 @@ async def test_transient_faults_fail_no_job(
     cfg = sim.state.config
     cfg.seed = 7
     cfg.fault_5xx, cfg.fault_429, cfg.fault_timeout = 0.20, 0.10, 0.05
-    # a "timeout" fault holds its answer 3 s, past the client's 1.2 s; an answer
-    # that is not held (a 429 with its retry delay) has 1.2 s to be read even on
+    # a "timeout" fault holds its answer 6 s, past the client's 2.5 s; an answer
+    # that is not held (a 429 with its retry delay) has 2.5 s to be read even on
     # a loaded machine (at 0.7 s a 429 the worker never read was seen as a
     # timeout, retried sooner than its delay, and failed the delay check)
-    cfg.slow_s, cfg.retry_delay_s = 3.0, 1.0
+    cfg.slow_s, cfg.retry_delay_s = 6.0, 1.0
     ids = []
     for i in range(N_JOBS):
         r = await api.post("/v1/jobs", json=job_body(f"job {i} [sim duration=1]"))
         assert r.status_code == 202
         ids.append(r.json()["id"])
     fast = settings.model_copy(
-        update={"upstream_timeout_s": 1.2, "create_timeout_s": 1.2, "worker_max_jobs": 120}
+        update={"upstream_timeout_s": 2.5, "create_timeout_s": 2.5, "worker_max_jobs": 120}
     )
     async with running_worker(fast):
         done = await wait_terminal(api, ids, timeout=400)
