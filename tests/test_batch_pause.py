@@ -91,3 +91,23 @@ async def test_a_batch_whose_first_jobs_fail_differently_does_not_pause(
     async with running_worker(settings.model_copy(update={"batch_pause_after": 3})):
         done = await wait_until(lambda: _ended(api, bid), timeout=120, what="the batch to end")
     assert done["status"] == "completed" and done["counts"]["failed"] == 8
+
+
+async def test_wait_batch_returns_at_a_pause_which_is_not_an_end(settings: Settings) -> None:
+    from api import create_app
+    from jobs.client import AsyncClient, batch_finished, batch_settled
+
+    app = create_app(settings)
+    few = settings.model_copy(update={"batch_pause_after": 3})
+    rows = [json.loads(line) for line in refused_batch(30).splitlines()]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncClient("http://interq", transport=transport) as c:
+            bid = (await c.submit_batch(iter(rows)))["id"]
+            async with running_worker(few, max_jobs=2):
+                view = await c.wait_batch(bid, timeout=60)  # ?wait= long polls
+                assert view["status"] == "paused", view
+                assert batch_settled(view) and not batch_finished(view)
+                await c.cancel_batch(bid)
+                final = await c.wait_batch(bid, timeout=60)
+    assert final["status"] == "cancelled" and batch_finished(final)

@@ -28,6 +28,7 @@ from jobs.client.common import (
     InterqError,
     Webhook,
     batch_finished,
+    batch_settled,
 )
 from jobs.client.sync import Client
 
@@ -40,4 +41,5 @@ __all__ = [
     "InterqError",
     "Webhook",
     "batch_finished",
+    "batch_settled",
 ]

@@ -30,7 +30,7 @@ from jobs.client.common import (
     _result_line,
     _wait_params,
     _with_secret,
-    batch_finished,
+    batch_settled,
 )
 
 # --------------------------------------------------------------------------- async
@@ -178,7 +178,7 @@ class AsyncClient:
             view = await self._get_waiting(f"/v1/batches/{batch_id}", params)
             if on_update is not None:
                 on_update(view)
-            if batch_finished(view):
+            if batch_settled(view):
                 return view
             _check_deadline(
                 deadline, f"batch {batch_id} at {view.get('done')}/{view.get('total')}", timeout

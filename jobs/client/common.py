@@ -47,11 +47,21 @@ class InterqError(Exception):
         self.body = body or {}
 
 
+ENDED = frozenset({"completed", "cancelled"})  # a batch's final statuses
+
+
 def batch_finished(batch: Mapping[str, Any]) -> bool:
     """True once a batch has ended (``completed`` or ``cancelled``). Its status
     changes just after its last job ends, so ``done == total`` may be seen a
-    moment earlier; the final usage and ``finished_at`` come with the status."""
-    return bool(batch.get("status", "in_progress") != "in_progress")
+    moment earlier; the final usage and ``finished_at`` come with the status.
+    A ``paused`` batch has not ended: it waits for a resume or a cancel."""
+    return batch.get("status") in ENDED
+
+
+def batch_settled(batch: Mapping[str, Any]) -> bool:
+    """Ended, or paused (its first jobs were refused alike; nothing more runs
+    until someone resumes or cancels it): where ``wait_batch`` returns."""
+    return batch_finished(batch) or batch.get("status") == "paused"
 
 
 # --------------------------------------------------------------------------- shared

@@ -29,7 +29,7 @@ from jobs.client.common import (
     _result_line,
     _wait_params,
     _with_secret,
-    batch_finished,
+    batch_settled,
 )
 
 # --------------------------------------------------------------------------- sync
@@ -190,9 +190,12 @@ class Client:
         poll_interval: float = 1.0,
         on_update: Callable[[JSON], None] | None = None,
     ) -> JSON:
-        """Wait until the batch has ended; ``on_update`` sees each view (then it
-        polls every ``poll_interval``; without, each GET waits for the batch's
-        next change of status, ``?wait=``)."""
+        """Wait until the batch has ended, or paused (``"status": "paused"``:
+        its first jobs were refused alike, see ``pause_error``; nothing more
+        runs until it is resumed or cancelled), and return its view.
+        ``on_update`` sees each view (then it polls every ``poll_interval``;
+        without, each GET waits for the batch's next change of status,
+        ``?wait=``)."""
         deadline, seen = _deadline(timeout), None
         while True:
             params: dict[str, float] = {}
@@ -201,7 +204,7 @@ class Client:
             view = self._get_waiting(f"/v1/batches/{batch_id}", params)
             if on_update is not None:
                 on_update(view)
-            if batch_finished(view):
+            if batch_settled(view):
                 return view
             _check_deadline(
                 deadline, f"batch {batch_id} at {view.get('done')}/{view.get('total')}", timeout
