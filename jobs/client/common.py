@@ -59,8 +59,10 @@ def batch_finished(batch: Mapping[str, Any]) -> bool:
 
 
 def batch_settled(batch: Mapping[str, Any]) -> bool:
-    """Ended, or paused (its first jobs were refused alike; nothing more runs
-    until someone resumes or cancels it): where ``wait_batch`` returns."""
+    """Ended, or paused (``pause_error`` says why: its first jobs were refused
+    alike, and nothing more runs until someone resumes or cancels it; or its
+    tenant is held for its daily tokens until ``retry_at``): where
+    ``wait_batch`` returns."""
     return batch_finished(batch) or batch.get("status") == "paused"
 
 

@@ -190,9 +190,8 @@ class Client:
         poll_interval: float = 1.0,
         on_update: Callable[[JSON], None] | None = None,
     ) -> JSON:
-        """Wait until the batch has ended, or paused (``"status": "paused"``:
-        its first jobs were refused alike, see ``pause_error``; nothing more
-        runs until it is resumed or cancelled), and return its view.
+        """Wait until the batch has ended, or paused (``"status": "paused"``,
+        ``pause_error`` says why: see ``batch_settled``), and return its view.
         ``on_update`` sees each view (then it polls every ``poll_interval``;
         without, each GET waits for the batch's next change of status,
         ``?wait=``)."""
