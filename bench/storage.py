@@ -363,7 +363,7 @@ def command(
     ctx: typer.Context,
     jobs: Annotated[int, Opt(help="finished jobs stored in all")] = 1_000_000,
     sample: Annotated[int, Opt(help="of them, run the real way")] = 1_000,
-    scrapes: Annotated[int, Opt()] = 50,
+    scrapes: Annotated[int, Opt(min=1, help="scrapes of /metrics per state")] = 50,
     quick: Annotated[bool, Opt("--quick", help="short smoke run (20,000 jobs)")] = False,
 ) -> None:
     a = options(ctx)
