@@ -146,6 +146,10 @@ class Settings(BaseSettings):
         "same 400 (0: never)",
     )
     max_batch_bytes: int = 256 * 1024 * 1024
+    # a JSON batch body ({"jobs": [...]}) is parsed whole (~2.3 x its size in
+    # memory, much of it kept by the allocator afterwards); NDJSON is read as a
+    # stream up to max_batch_bytes
+    max_json_batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
 
     # --- tenant limits and prices (jobs/domain/tenants.py, jobs/domain/costs.py)
     # JSON: {"team-a": {"in_flight": 50, "creates_per_minute": 600,

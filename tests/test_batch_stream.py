@@ -301,3 +301,32 @@ async def test_numbers_json_reads_and_orjson_would_not_stay_exact(
     errors = [x["error"] for x in r.json()["error"]["lines"]]
     assert "nan is not a JSON number" in errors[0] and "inf is not a JSON number" in errors[1]
     assert "lone surrogate" in errors[2]
+
+
+async def test_a_json_batch_over_its_own_limit_is_413_and_ndjson_takes_it(
+    settings: Settings, svc: Services
+) -> None:
+    from tests.helpers import app_client
+
+    rows = [line(i) for i in range(300)]
+    body = json.dumps({"jobs": rows}).encode()
+    small = settings.model_copy(update={"max_json_batch_bytes": len(body) - 1})
+    json_type = {"content-type": "application/json"}
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for i in range(0, len(body), 4096):
+            yield body[i : i + 4096]
+
+    async with app_client(small) as api:
+        for content in (body, chunked()):
+            r = await api.post("/v1/batches", content=content, headers=json_type)
+            assert r.status_code == 413, r.text
+            assert r.json()["error"]["code"] == "body_too_large"
+            assert "NDJSON" in r.json()["error"]["message"]
+        assert await leftovers(svc) == NOTHING
+        r = await api.post("/v1/batches", content=ndjson(rows), headers=NDJSON)
+        assert r.status_code == 202 and r.json()["total"] == 300
+        fits = settings.model_copy(update={"max_json_batch_bytes": len(body)})
+    async with app_client(fits) as api:
+        r = await api.post("/v1/batches", content=body, headers=json_type)
+        assert r.status_code == 202 and r.json()["total"] == 300

@@ -16,7 +16,7 @@ from jobs.domain import batch_pause, batches
 from jobs.domain.batch_ingest import Ingest
 from jobs.domain.batch_lines import Frame, explain
 from jobs.domain.requests import BatchCreate, WebhookSpec
-from jobs.errors import Conflict, InvalidRequest
+from jobs.errors import Conflict, InvalidRequest, TooLarge
 from jobs.http.deps import Svc, Tenant, own_batch
 from jobs.http.routes import events
 from jobs.http.tenant_guard import DailyTokens
@@ -113,10 +113,31 @@ async def read_ndjson(
     await ingest.feed(feed, b"".join(buf), True)
 
 
+async def read_whole(request: Request, limit: int) -> bytes:
+    """A body read whole, at most ``limit`` bytes (413, before reading when
+    its Content-Length says so), not kept by the request once parsed."""
+    too_large = TooLarge(
+        f"a batch sent as one JSON body is at most {limit} bytes "
+        "(INTERQ_MAX_JSON_BATCH_BYTES); send a larger one as NDJSON "
+        "(Content-Type: application/x-ndjson, one job per line), read as a stream"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 async def read_json(request: Request, ingest: Ingest, response: Response) -> None:
-    """A JSON body, parsed whole in a worker thread; its jobs checked
-    ``JSON_SLICE`` at a time while the ones before are written."""
-    raw = await request.body()
+    """A JSON body (at most ``INTERQ_MAX_JSON_BATCH_BYTES``), parsed whole in a
+    worker thread; its jobs checked ``JSON_SLICE`` at a time while the ones
+    before are written."""
+    raw = await read_whole(request, ingest.svc.settings.max_json_batch_bytes)
     body = await asyncio.to_thread(BatchCreate.model_validate_json, raw)
     del raw
     start(ingest, response, body.webhook, body.metadata)
