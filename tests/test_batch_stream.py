@@ -330,3 +330,34 @@ async def test_a_json_batch_over_its_own_limit_is_413_and_ndjson_takes_it(
     async with app_client(fits) as api:
         r = await api.post("/v1/batches", content=body, headers=json_type)
         assert r.status_code == 202 and r.json()["total"] == 300
+
+
+async def test_an_ndjson_batch_carries_its_metadata_in_a_header(
+    api: httpx.AsyncClient, svc: Services
+) -> None:
+    rows = ndjson([line(i) for i in range(3)])
+    meta = {"run": 7, "by": "Zo\u00eb", "tags": ["a", "b"]}
+    headers = {**NDJSON, "X-Batch-Metadata": json.dumps(meta)}
+    r = await api.post("/v1/batches", content=rows, headers=headers)
+    assert r.status_code == 202, r.text
+    assert r.json()["metadata"] == meta
+    assert (await api.get(f"/v1/batches/{r.json()['id']}")).json()["metadata"] == meta
+    before = await leftovers(svc)
+    bad = {
+        "not JSON": "{run: 7",
+        "NaN": '{"x": NaN}',
+        "too deep": "[" * 40 + "]" * 40,
+        "too deep for the parser": "[" * 100_000 + "]" * 100_000,
+        "too large": json.dumps({"x": "y" * 20_000}),
+    }
+    for what, value in bad.items():
+        r = await api.post(
+            "/v1/batches", content=rows, headers={**NDJSON, "X-Batch-Metadata": value}
+        )
+        assert r.status_code == 422, (what, r.text)
+        assert r.json()["error"]["message"].startswith("X-Batch-Metadata"), (what, r.text)
+    body = json.dumps({"jobs": [line(1)]}).encode()
+    headers = {"content-type": "application/json", "X-Batch-Metadata": "{}"}
+    r = await api.post("/v1/batches", content=body, headers=headers)
+    assert r.status_code == 422 and "a JSON body has 'metadata'" in r.text
+    assert await leftovers(svc) == before  # nothing more stored

@@ -319,9 +319,9 @@ async def test_async_client_over_asgi_transport(settings: Settings, worker: None
 
             tagged = await c.submit_batch(
                 [{"custom_id": "a", "interaction": {"model": "m", "input": "x"}}],
-                metadata={"run": 7},  # sent as a JSON body
+                metadata={"run": 7, "by": "Zoë"},  # in X-Batch-Metadata, non-ASCII escaped
             )
-            assert tagged["metadata"] == {"run": 7} and tagged["total"] == 1
+            assert tagged["metadata"] == {"run": 7, "by": "Zoë"} and tagged["total"] == 1
 
             job = await c.submit({"model": "m", "input": "hi"}, custom_id="solo")
             done = await c.wait(job["id"], timeout=30, poll_interval=0.1)

@@ -24,7 +24,6 @@ from jobs.client.common import (
     _error_from,
     _headers,
     _job_body,
-    _json_batch,
     _json_body,
     _ndjson_lines,
     _result_line,
@@ -143,19 +142,14 @@ class AsyncClient:
     async def submit_batch(
         self, jobs: BatchJobs, *, webhook: Webhook | None = None, metadata: Any = None
     ) -> JSON:
-        if metadata is not None:
-            body = await asyncio.to_thread(_json_batch, jobs, webhook, metadata)
-            resp = await self._http.post("/v1/batches", json=body)
-        elif isinstance(jobs, str | os.PathLike):
+        headers = _batch_headers(webhook, metadata)
+        if isinstance(jobs, str | os.PathLike):
             path = Path(jobs)
-            headers = _batch_headers(webhook)
             headers["Content-Length"] = str((await anyio.Path(path).stat()).st_size)
             resp = await self._http.post("/v1/batches", content=_file_chunks(path), headers=headers)
         else:
             lines = _aiter_bytes(_ndjson_lines(jobs))
-            resp = await self._http.post(
-                "/v1/batches", content=lines, headers=_batch_headers(webhook)
-            )
+            resp = await self._http.post("/v1/batches", content=lines, headers=headers)
         return _with_secret(resp, _json_body(resp))
 
     async def batch(self, batch_id: str) -> JSON:

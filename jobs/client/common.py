@@ -6,7 +6,6 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -146,9 +145,13 @@ def _job_body(
     return body
 
 
-def _batch_headers(webhook: Webhook | None) -> dict[str, str]:
+def _batch_headers(webhook: Webhook | None, metadata: Any = None) -> dict[str, str]:
+    """An NDJSON batch's headers: its webhook, and its metadata as JSON
+    (ASCII: non-ASCII characters escaped, as a header must be)."""
     hook = _webhook_obj(webhook)
     headers = {"Content-Type": NDJSON}
+    if metadata is not None:
+        headers["X-Batch-Metadata"] = json.dumps(metadata, separators=(",", ":"))
     if hook is not None:
         headers["X-Webhook-Url"] = str(hook["url"])
         if hook.get("secret"):
@@ -159,32 +162,6 @@ def _batch_headers(webhook: Webhook | None) -> dict[str, str]:
 def _ndjson_lines(jobs: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:
     for job in jobs:
         yield json.dumps(job, separators=(",", ":")).encode() + b"\n"
-
-
-def _read_jobs_file(path: Path) -> list[JSON]:
-    """An NDJSON file as a list (only for a JSON-body batch, i.e. with metadata)."""
-    out: list[JSON] = []
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                out.append(json.loads(raw))
-            except ValueError as e:
-                raise ValueError(f"{path}, line {n}: not JSON ({e})") from None
-    return out
-
-
-def _json_batch(jobs: BatchJobs, webhook: Webhook | None, metadata: Any) -> JSON:
-    if isinstance(jobs, str | os.PathLike):
-        items = _read_jobs_file(Path(jobs))
-    else:
-        items = [dict(j) for j in jobs]
-    body: JSON = {"jobs": items, "metadata": metadata}
-    hook = _webhook_obj(webhook)
-    if hook is not None:
-        body["webhook"] = hook
-    return body
 
 
 def _result_line(raw: str) -> JSON | None:

@@ -22,7 +22,6 @@ from jobs.client.common import (
     _error_from,
     _headers,
     _job_body,
-    _json_batch,
     _json_body,
     _merge_event,
     _ndjson_lines,
@@ -164,19 +163,14 @@ class Client:
         self, jobs: BatchJobs, *, webhook: Webhook | None = None, metadata: Any = None
     ) -> JSON:
         """Submit a batch as NDJSON: a file path is streamed as is (its line numbers
-        are the ones a 422 reports); job dicts are encoded one per line. With
-        ``metadata`` the batch goes as one JSON body instead (NDJSON has no place
-        for it): a file is then read whole, blank lines skipped, and a 422's
-        ``lines`` count jobs rather than file lines."""
-        if metadata is not None:
-            body = _json_batch(jobs, webhook, metadata)
-            resp = self._http.post("/v1/batches", json=body)
-        elif isinstance(jobs, str | os.PathLike):
+        are the ones a 422 reports); job dicts are encoded one per line. The
+        batch's ``webhook`` and ``metadata`` travel in headers."""
+        headers = _batch_headers(webhook, metadata)
+        if isinstance(jobs, str | os.PathLike):
             with Path(jobs).open("rb") as f:  # httpx sends it with its Content-Length
-                resp = self._http.post("/v1/batches", content=f, headers=_batch_headers(webhook))
+                resp = self._http.post("/v1/batches", content=f, headers=headers)
         else:
-            lines = _ndjson_lines(jobs)
-            resp = self._http.post("/v1/batches", content=lines, headers=_batch_headers(webhook))
+            resp = self._http.post("/v1/batches", content=_ndjson_lines(jobs), headers=headers)
         return _with_secret(resp, _json_body(resp))
 
     def batch(self, batch_id: str) -> JSON:

@@ -5,6 +5,7 @@ tenant's id is a 404, like an unknown one."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
@@ -15,7 +16,7 @@ from jobs.delivery import signing
 from jobs.domain import batch_pause, batches
 from jobs.domain.batch_ingest import Ingest
 from jobs.domain.batch_lines import Frame, explain
-from jobs.domain.requests import BatchCreate, WebhookSpec
+from jobs.domain.requests import BatchCreate, WebhookSpec, check_metadata
 from jobs.errors import Conflict, InvalidRequest, TooLarge
 from jobs.http.deps import Svc, Tenant, own_batch
 from jobs.http.routes import events
@@ -49,11 +50,14 @@ async def create_batch(
     _: DailyTokens,  # 429 tenant_daily_tokens (jobs/http/tenant_guard.py)
     x_webhook_url: Annotated[str | None, Header()] = None,
     x_webhook_secret: Annotated[str | None, Header()] = None,
+    x_batch_metadata: Annotated[
+        str | None, Header(description="NDJSON: the batch's metadata, as JSON")
+    ] = None,
 ) -> Any:
     """A batch of jobs, as ``{"jobs": [...]}`` or one job per NDJSON line (its
-    webhook then in ``X-Webhook-Url`` / ``X-Webhook-Secret``). All lines are
-    checked first: any invalid line refuses the whole batch (422
-    ``invalid_batch`` listing every bad line)."""
+    webhook then in ``X-Webhook-Url`` / ``X-Webhook-Secret``, its metadata in
+    ``X-Batch-Metadata``). All lines are checked first: any invalid line
+    refuses the whole batch (422 ``invalid_batch`` listing every bad line)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     ingest = Ingest(s, t)
     try:
@@ -63,8 +67,13 @@ async def create_batch(
                 if x_webhook_url:
                     spec = {"url": x_webhook_url, "secret": x_webhook_secret}
                     hook = WebhookSpec.model_validate(spec)
-                await read_ndjson(request, ingest, response, hook)
+                metadata = header_metadata(x_batch_metadata)
+                await read_ndjson(request, ingest, response, hook, metadata)
             else:
+                if x_batch_metadata is not None:
+                    raise InvalidRequest(
+                        "X-Batch-Metadata goes with NDJSON; a JSON body has 'metadata'"
+                    )
                 await read_json(request, ingest, response)
             batch_id = await ingest.finish()
         except BaseException:
@@ -84,14 +93,31 @@ def start(ingest: Ingest, response: Response, hook: WebhookSpec | None, metadata
     ingest.start(hook, metadata)
 
 
+def header_metadata(raw: str | None) -> Any:
+    """``X-Batch-Metadata``: an NDJSON batch's metadata, as JSON (bounded as a
+    JSON body's ``metadata``); 422 if it is not."""
+    if raw is None:
+        return None
+    try:
+        return check_metadata(json.loads(raw))
+    except RecursionError:
+        raise InvalidRequest("X-Batch-Metadata is nested too deep") from None
+    except ValueError as e:  # not JSON, or over a bound (json's errors are ValueErrors)
+        raise InvalidRequest(f"X-Batch-Metadata: {e}") from None
+
+
 async def read_ndjson(
-    request: Request, ingest: Ingest, response: Response, hook: WebhookSpec | None
+    request: Request,
+    ingest: Ingest,
+    response: Response,
+    hook: WebhookSpec | None,
+    metadata: Any = None,
 ) -> None:
     """The body as it arrives, ``READ_CHUNK`` bytes at a time, each chunk
     checked in a worker thread while the next one is read and the jobs of the
     one before are written (the body size limit is the middleware's:
     ``jobs/http/middleware.py``)."""
-    start(ingest, response, hook, None)
+    start(ingest, response, hook, metadata)
     feed = ingest.intake.feed
     parsing: asyncio.Future[list[Frame]] | None = None
     buf: list[bytes] = []
