@@ -206,3 +206,28 @@ async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
     assert "interq_redis_up 1.0" in text
     assert "interq_queue_depth 1.0" in text  # the job waits for a dispatcher
     assert 'interq_jobs_by_status{status="queued"} 1.0' in text
+
+
+async def test_a_running_jobs_change_stream_costs_under_2_kb(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    # redis-server as interq starts it (jobs/dev/procs.py) and as deploy/ runs
+    # it: --stream-node-max-bytes 512 (at the default, 4,096 bytes preallocated,
+    # MEMORY USAGE says ~4.7 KB; here ~1.2 KB)
+    import redis.asyncio as aioredis
+
+    r = await api.post("/v1/jobs", json=job_body("slow [sim duration=60]"))
+    jid = r.json()["id"]
+    async with running_worker(settings):
+
+        async def running() -> bool:
+            return bool((await api.get(f"/v1/jobs/{jid}")).json()["status"] == "running")
+
+        await wait_until(running, timeout=30, what="the job running")
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        key = Keys(settings.key_prefix).job_changes(jid)
+        assert await client.xlen(key) >= 1
+        assert await client.memory_usage(key) < 2048
+    finally:
+        await client.aclose()
