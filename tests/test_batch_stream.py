@@ -6,6 +6,7 @@ transport still number right; a line nested too deep is a 422."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -361,3 +362,34 @@ async def test_an_ndjson_batch_carries_its_metadata_in_a_header(
     r = await api.post("/v1/batches", content=body, headers=headers)
     assert r.status_code == 422 and "a JSON body has 'metadata'" in r.text
     assert await leftovers(svc) == before  # nothing more stored
+
+
+async def test_a_client_that_pauses_mid_batch_keeps_its_lease(
+    api: httpx.AsyncClient, svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a batch streamed from a slow generator: its first frames are staged in
+    # Redis while the rest has not been sent; the writer renews its lease while
+    # it waits, so the sweeper does not take the batch from under it
+    monkeypatch.setattr(batch_write, "STAGE_S", 0.6)
+    monkeypatch.setattr(batch_write, "RENEW_S", 0.1)
+    monkeypatch.setattr(batch_ingest, "RENEW_S", 0.1)
+    monkeypatch.setattr("jobs.http.routes.batches.READ_CHUNK", 4096)
+    rows = ndjson([line(i) for i in range(2 * FRAME)]).splitlines(keepends=True)
+    swept: list[float] = []
+
+    async def slow_client() -> AsyncIterator[bytes]:
+        for row in rows[:FRAME]:
+            yield row
+        staged = await svc.redis.zrange(svc.store.keys.expiring_batches, 0, -1)  # type: ignore[misc]
+        while not staged:  # the first frames reach Redis as the next chunk is read
+            yield b"\n"
+            staged = await svc.redis.zrange(svc.store.keys.expiring_batches, 0, -1)  # type: ignore[misc]
+        await asyncio.sleep(1.5)  # the client thinks: longer than the staging lease
+        swept.append(await retention.sweep_once(svc))
+        for row in rows[FRAME:]:
+            yield row
+
+    r = await api.post("/v1/batches", content=slow_client(), headers=NDJSON)
+    assert swept, "the client did not pause"
+    assert r.status_code == 202, r.text
+    assert r.json()["total"] == 2 * FRAME and r.json()["counts"]["queued"] == 2 * FRAME

@@ -33,7 +33,7 @@ from jobs.domain.requests import WebhookSpec
 from jobs.errors import BatchError
 from jobs.observe import metrics
 from jobs.services import Services
-from jobs.storage.batch_write import StagedBatch, abandon
+from jobs.storage.batch_write import RENEW_S, StagedBatch, abandon
 
 QUEUED_STEPS = 2  # steps' frames made and not written yet, at most (then the checks wait)
 WRITE_GROUP = 4  # frames per round trip to Redis
@@ -88,7 +88,7 @@ class Ingest:
     async def _write(self, staged: StagedBatch) -> None:
         """The writer: frames in order until ``None``; after an error it only
         empties the queue (``send`` raises the error)."""
-        while (frames := await self._queue.get()) is not None:
+        while (frames := await self._next(staged)) is not None:
             if self._error is not None or self._stopping:
                 continue
             try:
@@ -99,6 +99,20 @@ class Ingest:
                         await staged.write(frames[i : i + WRITE_GROUP])
             except Exception as e:  # handed to the request (send, finish)
                 self._error = e
+
+    async def _next(self, staged: StagedBatch) -> list[Frame] | None:
+        """The next frames; while none come (a client sending its lines
+        slowly), the staging lease is renewed every ``RENEW_S``, so that a
+        batch is only swept when its writer is gone."""
+        while True:
+            try:
+                return await asyncio.wait_for(self._queue.get(), RENEW_S)
+            except TimeoutError:
+                if staged.deadline and self._error is None and not self._stopping:
+                    try:
+                        await staged.renew()
+                    except Exception as e:  # handed to the request (send, finish)
+                        self._error = e
 
     async def _drain(self) -> None:
         """Let the writer end after what it is writing now (never cut off

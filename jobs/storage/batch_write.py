@@ -39,13 +39,14 @@ from typing import Any
 
 from jobs.domain.records import Batch
 from jobs.domain.statuses import JobStatus
+from jobs.errors import Unavailable
 from jobs.services import Services
 from jobs.storage import purge
 from jobs.storage.keys import lane_of
 from jobs.storage.scripts import register
 
 STAGE_S = 60.0  # a staged batch not renewed for this long is purged by the sweeper
-RENEW_S = 10.0  # a writer renews its staging lease this often (before a frame)
+RENEW_S = 10.0  # a writer renews its staging lease this often (before a frame, or idle)
 PURGE_CHUNK = 500
 MARK = "staging"
 
@@ -135,11 +136,15 @@ class StagedBatch:
         await abandon(self.svc, self.batch.id)
 
 
-class Abandoned(Exception):
-    """The batch is no longer staged by this writer (a sweeper took it)."""
+class Abandoned(Unavailable):
+    """The batch is no longer staged by this writer (a sweeper took it: the
+    writer stalled past ``STAGE_S``); the request is answered 503, to retry."""
 
     def __init__(self, batch_id: str) -> None:
-        super().__init__(f"batch {batch_id} was given up while it was being written")
+        super().__init__(
+            f"batch {batch_id} was given up while it was being written (Redis or the "
+            "API stalled); nothing of it was kept: send it again"
+        )
 
 
 async def abandon(svc: Services, batch_id: str) -> bool:
