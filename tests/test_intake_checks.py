@@ -169,6 +169,40 @@ async def test_previous_interaction_must_be_the_tenants_own(
     assert "previous_interaction_id" in err["lines"][0]["error"]
 
 
+async def test_a_batch_of_many_chained_lines_names_each_foreign_chain(
+    two_tenants: httpx.AsyncClient, settings: Settings
+) -> None:
+    # more lines than one lookup chunk (jobs/domain/batch_ingest.py, CHAIN_CHUNK)
+    a = {"Authorization": "Bearer key-a"}
+    b = {"Authorization": "Bearer key-b"}
+    mine = await two_tenants.post("/v1/jobs", json={"interaction": body()}, headers=a)
+    theirs = await two_tenants.post("/v1/jobs", json={"interaction": body()}, headers=b)
+    r = aredis.from_url(settings.effective_redis_url)
+    keys = Keys(settings.key_prefix)
+    try:
+        await r.set(keys.iid("v1_a"), mine.json()["id"])
+        await r.set(keys.iid("v1_b"), theirs.json()["id"])
+        await r.set(keys.iid("v1_gone"), "job_" + "0" * 32)  # its job was purged
+    finally:
+        await r.aclose()
+    foreign = {700: "v1_b", 1001: "v1_nobody", 1100: "v1_gone", 1150: ""}
+    lines = [
+        {"custom_id": f"c{n}", "interaction": body(previous_interaction_id=foreign.get(n, "v1_a"))}
+        for n in range(1, 1201)
+    ]
+    rows = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+    ndjson = {**a, "content-type": "application/x-ndjson"}
+    refused = await two_tenants.post("/v1/batches", content=rows, headers=ndjson)
+    assert refused.status_code == 422, refused.text
+    err = refused.json()["error"]
+    assert [x["line"] for x in err["lines"]] == sorted(foreign)
+    assert all("is not an interaction of one of your jobs" in x["error"] for x in err["lines"])
+    own = [x for n, x in enumerate(lines, 1) if n not in foreign]
+    rows = b"".join(json.dumps(x).encode() + b"\n" for x in own)
+    ok = await two_tenants.post("/v1/batches", content=rows, headers=ndjson)
+    assert ok.status_code == 202 and ok.json()["total"] == 1200 - len(foreign), ok.text
+
+
 async def test_forward_setting_lets_an_unknown_field_through(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

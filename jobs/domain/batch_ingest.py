@@ -35,6 +35,7 @@ from jobs.observe import metrics
 from jobs.services import Services
 from jobs.storage.batch_write import RENEW_S, StagedBatch, abandon
 
+CHAIN_CHUNK = 500  # chained lines looked up per two round trips
 QUEUED_STEPS = 2  # steps' frames made and not written yet, at most (then the checks wait)
 WRITE_GROUP = 4  # frames per round trip to Redis
 
@@ -154,12 +155,14 @@ async def check_intake(svc: Services, intake: Intake, webhook: str = "") -> None
         except url_safety.UnsafeURL as e:
             raise BatchError(str(e)) from None
     bad = []
-    for n, prev in intake.chains:
-        problem = await checks.previous_problem(
-            svc.store, intake.tenant, {"previous_interaction_id": prev}
-        )
-        if problem:
-            bad.append({"line": n, "error": f"interaction.previous_interaction_id: {problem}"})
+    for i in range(0, len(intake.chains), CHAIN_CHUNK):
+        chunk = intake.chains[i : i + CHAIN_CHUNK]
+        named = [prev if isinstance(prev, str) else "" for _, prev in chunk]
+        owners = await svc.store.interaction_tenants(named)
+        for (n, prev), owner in zip(chunk, owners, strict=True):
+            if owner != intake.tenant:
+                problem = checks.not_own_interaction(prev)
+                bad.append({"line": n, "error": f"interaction.previous_interaction_id: {problem}"})
     if bad:
         msg = f"{len(bad)} of {intake.count} lines are invalid; nothing was queued"
         raise BatchError(msg, lines=bad[:MAX_REPORTED_ERRORS])

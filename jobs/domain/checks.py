@@ -41,7 +41,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from jobs.domain import sdk_shapes
-from jobs.errors import BatchError, InvalidRequest
+from jobs.errors import InvalidRequest
 from jobs.storage.store import Store
 
 Path = tuple[str | int, ...]
@@ -225,8 +225,14 @@ async def previous_problem(store: Store, tenant: str, body: dict[str, Any]) -> s
     job_id = await store.job_for_interaction(prev) if isinstance(prev, str) else None
     job = await store.get_job(job_id) if job_id else None
     if job is None or job.tenant != tenant:
-        return f"previous_interaction_id {prev!r} is not an interaction of one of your jobs"
+        return not_own_interaction(prev)
     return None
+
+
+def not_own_interaction(prev: Any) -> str:
+    """The problem of a ``previous_interaction_id`` that is not one of the
+    tenant's own (batches look them up many at a time: ``Store.interaction_tenants``)."""
+    return f"previous_interaction_id {prev!r} is not an interaction of one of your jobs"
 
 
 async def check_create(
@@ -248,20 +254,6 @@ def batch_line_problem(
 ) -> str | None:
     """What is wrong with a batch line that its model did not catch, as the
     line's error, or ``None``. A line's ``previous_interaction_id`` is checked
-    against the tenant's jobs afterwards (``check_batch_chains``)."""
+    against the tenant's jobs afterwards (``batch_ingest.check_intake``)."""
     problems = sdk_problems(interaction, forward_unknown=forward_unknown)
     return explain(problems, "interaction") if problems else None
-
-
-async def check_batch_chains(store: Store, tenant: str, interactions: list[dict[str, Any]]) -> None:
-    """Each batch line that chains (``previous_interaction_id``) must chain to
-    one of the tenant's own interactions; 422 ``invalid_batch`` listing the
-    lines (numbered from 1, in input order) that do not."""
-    bad = []
-    for n, body in enumerate(interactions, start=1):
-        problem = await previous_problem(store, tenant, body)
-        if problem:
-            bad.append({"line": n, "error": f"interaction.previous_interaction_id: {problem}"})
-    if bad:
-        n = len(interactions)
-        raise BatchError(f"{len(bad)} of {n} lines are invalid; nothing was queued", lines=bad)

@@ -143,6 +143,22 @@ class Store(Transitions):
         raw = await self.redis.get(self.keys.iid(interaction_id))
         return _s(raw) if raw is not None else None
 
+    async def interaction_tenants(self, interaction_ids: list[str]) -> list[str | None]:
+        """For each interaction, the tenant of the job it belongs to (None: no
+        such job), in two round trips whatever the count (a batch's chains)."""
+        raw = await self.redis.mget([self.keys.iid(i) for i in interaction_ids])
+        job_ids = [_s(r) if r is not None else None for r in raw]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for jid in job_ids:
+                if jid is not None:
+                    pipe.hmget(self.keys.job(jid), ["tenant", "status"])
+            found = iter(await pipe.execute())
+        out: list[str | None] = []
+        for jid in job_ids:
+            tenant, status = next(found) if jid is not None else (None, None)
+            out.append(_s(tenant) if tenant is not None and status is not None else None)
+        return out
+
     async def poke(self, job_id: str) -> bool:
         """Bring a job's next poll forward to now (after a cancel, or when the
         upstream's webhook says the interaction ended). Only a job that is in
