@@ -144,6 +144,36 @@ async def test_intake_refuses_every_form_as_a_literal_and_as_a_name(settings: Se
         assert r.status_code == 202, r.text
 
 
+class Asked(dict[str, list[str]]):
+    """A resolver's table that notes each host looked up."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.asked: list[str] = []
+
+    def __getitem__(self, host: str) -> list[str]:
+        self.asked.append(host)
+        return super().__getitem__(host)
+
+
+async def test_a_batchs_webhook_hosts_are_resolved_once_each(settings: Settings) -> None:
+    table = Asked({NAME: ["93.184.216.34"], "other.example": ["93.184.216.35"]})
+    secret = generate_secret()
+
+    def line(custom_id: str, url: str) -> dict[str, Any]:
+        return {**job_body("x", custom_id=custom_id), "webhook": {"url": url, "secret": secret}}
+
+    lines = [line(f"c{i}", f"https://{NAME}/hook/{i}") for i in range(300)]
+    lines.append(line("o", "https://other.example/h"))
+    async with api_with(settings, table) as api:
+        r = await api.post("/v1/batches", json={"jobs": lines})
+        assert r.status_code == 202, r.text
+        assert sorted(table.asked) == [NAME, "other.example"]
+        table[NAME] = ["10.0.0.1"]  # a host gone private still refuses the batch
+        lines = [{**x, "custom_id": "n" + x["custom_id"]} for x in lines]
+        assert_unsafe(await api.post("/v1/batches", json={"jobs": lines}))
+
+
 # --------------------------------------------------------------------------- delivery
 
 

@@ -147,11 +147,16 @@ class Ingest:
 
 
 async def check_intake(svc: Services, intake: Intake, webhook: str = "") -> None:
-    """What the lines could not check alone: webhook addresses (resolved) and
-    chains to the tenant's own interactions (422 ``invalid_batch``)."""
+    """What the lines could not check alone: webhook addresses (each host
+    resolved once) and chains to the tenant's own interactions, looked up
+    ``CHAIN_CHUNK`` at a time (422 ``invalid_batch``)."""
+    hosts: set[tuple[str, int]] = set()  # resolved once each, whatever the paths
     for url in sorted(intake.urls | ({webhook} if webhook else set())):
         try:
-            await url_safety.resolve(url, svc.webhook_policy)
+            host, port, _ = url_safety.check_syntax(url)
+            if (host, port) not in hosts:
+                await url_safety.resolve(url, svc.webhook_policy)
+                hosts.add((host, port))
         except url_safety.UnsafeURL as e:
             raise BatchError(str(e)) from None
     bad = []
