@@ -393,3 +393,34 @@ async def test_a_client_that_pauses_mid_batch_keeps_its_lease(
     assert swept, "the client did not pause"
     assert r.status_code == 202, r.text
     assert r.json()["total"] == 2 * FRAME and r.json()["counts"]["queued"] == 2 * FRAME
+
+
+async def test_a_slow_webhook_lookup_after_the_last_line_keeps_the_lease(
+    settings: Settings, svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the per-line webhook hosts are resolved after the last line, while the
+    # last frames are written: the writer still renews the staging lease
+    from api import create_app
+    from jobs.delivery.signing import generate_secret
+
+    monkeypatch.setattr(batch_write, "STAGE_S", 0.6)
+    monkeypatch.setattr(batch_write, "RENEW_S", 0.1)
+    monkeypatch.setattr(batch_ingest, "RENEW_S", 0.1)
+    swept: list[float] = []
+
+    async def slow_dns(host: str, port: int) -> list[str]:
+        await asyncio.sleep(1.5)  # a resolver slower than the staging lease
+        swept.append(await retention.sweep_once(svc))
+        return ["93.184.216.34"]
+
+    hook = {"url": "https://hooks.example/h", "secret": generate_secret()}
+    rows = ndjson([{**line(i), "webhook": hook} for i in range(FRAME + 1)])
+    app = create_app(settings.model_copy(update={"webhook_allow_private": False}))
+    async with app.router.lifespan_context(app):
+        app.state.svc.resolver = slow_dns
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://interq") as api:
+            r = await api.post("/v1/batches", content=rows, headers=NDJSON)
+    assert swept, "the resolver was not asked"
+    assert r.status_code == 202, r.text
+    assert r.json()["total"] == FRAME + 1

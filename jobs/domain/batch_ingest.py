@@ -13,8 +13,9 @@ line stops the records (the batch will be refused) but not the checks, so
 that the 422 lists every bad line; what was written by then is purged
 (``abandon``), as on any other error.
 
-After the last line: what needs Redis is checked (webhook addresses, chains
-to the tenant's own interactions), then the commit.
+After the last line, while the last frames are written: what needs Redis or
+DNS is checked (webhook addresses, chains to the tenant's own interactions);
+then the commit.
 """
 
 from __future__ import annotations
@@ -126,13 +127,16 @@ class Ingest:
     async def finish(self) -> str:
         """The body has ended: refused (422) or written and committed."""
         await self.send(await asyncio.to_thread(self.intake.finish))
+        staged = self._staged
+        if staged is None:
+            raise RuntimeError("finish() before start()")
+        # while the last frames are written (and the lease kept: DNS can be slow)
+        await check_intake(self.svc, self.intake, staged.batch.webhook_url)
         await self._drain()
         if self._error is not None:
             raise self._error
-        staged = self._staged
-        if staged is None or not staged.deadline:  # an accepted batch has a job
-            raise RuntimeError("finish() before start(), or a batch without jobs")
-        await check_intake(self.svc, self.intake, staged.batch.webhook_url)
+        if not staged.deadline:  # an accepted batch has a job, so it was staged
+            raise RuntimeError("a batch without jobs")
         await staged.commit()
         for label, n in self.intake.models.items():
             metrics.JOBS_ACCEPTED.labels(model=label).inc(n)
