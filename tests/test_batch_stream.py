@@ -424,3 +424,20 @@ async def test_a_slow_webhook_lookup_after_the_last_line_keeps_the_lease(
     assert swept, "the resolver was not asked"
     assert r.status_code == 202, r.text
     assert r.json()["total"] == FRAME + 1
+
+
+async def test_a_batch_written_after_redis_lost_its_scripts_is_accepted(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = batch_write.StagedBatch.stage
+
+    async def stage_then_flush(self: batch_write.StagedBatch) -> None:
+        await real(self)
+        await self.svc.redis.script_flush()  # as a restart or an operator would
+
+    monkeypatch.setattr(batch_write.StagedBatch, "stage", stage_then_flush)
+    r = await api.post(
+        "/v1/batches", content=ndjson([line(i) for i in range(FRAME + 1)]), headers=NDJSON
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["total"] == FRAME + 1 and r.json()["counts"]["queued"] == FRAME + 1

@@ -37,6 +37,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from jobs.domain.records import Batch
 from jobs.domain.statuses import JobStatus
 from jobs.errors import Unavailable
@@ -103,15 +105,24 @@ class StagedBatch:
         k, tenant, queued = self.keys, self.batch.tenant, JobStatus.queued.value
         shared = [k.seq, k.counts, k.tenant_jobs(tenant), k.tenant_status(tenant, queued)]
         shared += [k.ready(self.lane), k.lanes, k.batch_jobs(self.batch.id)]
-        sha = _scripts(self.svc)["create_batch_jobs"].sha  # loaded by stage()
-        async with self.svc.redis.pipeline(transaction=False) as pipe:
-            for frame in frames:
-                keys = shared + [k.job(job_id) for job_id, _ in frame]
-                args: list[Any] = [queued, self.lane, len(frame)]
-                args += [job_id for job_id, _ in frame]
-                args += [record for _, record in frame]
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            await pipe.execute()
+        script = _scripts(self.svc)["create_batch_jobs"]  # loaded by stage()
+        for attempt in (1, 2):
+            try:
+                async with self.svc.redis.pipeline(transaction=False) as pipe:
+                    for frame in frames:
+                        keys = shared + [k.job(job_id) for job_id, _ in frame]
+                        args: list[Any] = [queued, self.lane, len(frame)]
+                        args += [job_id for job_id, _ in frame]
+                        args += [record for _, record in frame]
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    await pipe.execute()
+                break
+            except NoScriptError:  # Redis lost its script cache (a restart, a flush)
+                if attempt == 2:
+                    raise
+                # had some call of the group run, the job list's length would
+                # no longer match `written` and the commit would refuse the batch
+                await self.svc.redis.script_load(script.script)
         self.written += sum(len(f) for f in frames)
 
     async def commit(self) -> None:
