@@ -136,6 +136,8 @@ async def read_ndjson(
     finally:
         if parsing is not None and not parsing.done():
             await asyncio.wait([parsing])  # the thread ends (its frames are not wanted)
+            if not parsing.cancelled():
+                parsing.exception()  # seen: an error of its own is not the one raised
     await ingest.feed(feed, b"".join(buf), True)
 
 
