@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -94,14 +95,16 @@ async def test_a_client_that_pauses_mid_batch_keeps_its_lease(
     monkeypatch.setattr("jobs.http.routes.batches.READ_CHUNK", 4096)
     rows = ndjson([line(i) for i in range(2 * FRAME)]).splitlines(keepends=True)
     swept: list[float] = []
+    seen_while_staged: list[Any] = []
 
     async def slow_client() -> AsyncIterator[bytes]:
         for row in rows[:FRAME]:
             yield row
-        staged = await svc.redis.zrange(svc.store.keys.expiring_batches, 0, -1)  # type: ignore[misc]
-        while not staged:  # the first frames reach Redis as the next chunk is read
+        jobs_key = svc.store.keys.tenant_jobs("default")
+        while await svc.redis.zcard(jobs_key) < FRAME:  # written as the next chunk is read
             yield b"\n"
-            staged = await svc.redis.zrange(svc.store.keys.expiring_batches, 0, -1)  # type: ignore[misc]
+        # jobs of the batch are in Redis (staged), but not in the tenant's listing
+        seen_while_staged.append((await api.get("/v1/jobs")).json()["data"])
         await asyncio.sleep(1.5)  # the client thinks: longer than the staging lease
         swept.append(await retention.sweep_once(svc))
         for row in rows[FRAME:]:
@@ -111,6 +114,9 @@ async def test_a_client_that_pauses_mid_batch_keeps_its_lease(
     assert swept, "the client did not pause"
     assert r.status_code == 202, r.text
     assert r.json()["total"] == 2 * FRAME and r.json()["counts"]["queued"] == 2 * FRAME
+    assert seen_while_staged == [[]]
+    listed = (await api.get("/v1/jobs", params={"limit": 1000})).json()["data"]
+    assert len(listed) == 2 * FRAME  # committed: listed
 
 
 async def test_a_slow_webhook_lookup_after_the_last_line_keeps_the_lease(

@@ -46,11 +46,12 @@ from jobs.services import Services
 from jobs.storage import purge
 from jobs.storage.keys import lane_of
 from jobs.storage.scripts import register
+from jobs.storage.store import STAGING
 
 STAGE_S = 60.0  # a staged batch not renewed for this long is purged by the sweeper
 RENEW_S = 10.0  # a writer renews its staging lease this often (before a frame, or idle)
 PURGE_CHUNK = 500
-MARK = "staging"
+MARK = STAGING
 
 
 def _scripts(svc: Services) -> dict[str, Any]:

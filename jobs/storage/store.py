@@ -40,6 +40,7 @@ from jobs.storage.transitions import Outcome, Step, Transitions
 __all__ = ["Outcome", "Page", "Step", "Store"]
 
 ATTEMPTS_KEPT = 100  # delivery attempts kept in an event's log
+STAGING = "staging"  # a batch record's field while it is being written (batch_write.py)
 
 
 @dataclass
@@ -186,11 +187,24 @@ class Store(Transitions):
         ids = [(_s(m), int(sc)) for m, sc in raw]
         more = len(ids) > limit
         ids = ids[:limit]
-        jobs = await self.get_jobs([i for i, _ in ids])
-        page = Page(items=[j for j in jobs if j is not None])
+        jobs = await self.visible(await self.get_jobs([i for i, _ in ids]))
+        page = Page(items=jobs)
         if more and ids:
             page.next_cursor = str(ids[-1][1])
         return page
+
+    async def visible(self, jobs: list[Job | None]) -> list[Job]:
+        """The jobs that exist and are not of a batch still being written (its
+        record marked ``staging``: ``batch_write.py``), which may yet be refused."""
+        found = [j for j in jobs if j is not None]
+        batch_ids = sorted({j.batch_id for j in found if j.batch_id})
+        if not batch_ids:
+            return found
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bid in batch_ids:
+                pipe.hexists(self.keys.batch(bid), STAGING)
+            staged = {bid for bid, s in zip(batch_ids, await pipe.execute(), strict=True) if s}
+        return [j for j in found if j.batch_id not in staged]
 
     # -- events ---------------------------------------------------------------
     async def get_event(self, event_id: str) -> Event | None:
