@@ -135,18 +135,28 @@ async def two_tenants(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+KEY_A = {"Authorization": "Bearer key-a"}
+KEY_B = {"Authorization": "Bearer key-b"}
+
+
+async def name_interactions(settings: Settings, named: dict[str, str]) -> None:
+    """Interaction id -> job id, as the submit step records it once the
+    upstream names the interaction."""
+    r = aredis.from_url(settings.effective_redis_url)
+    try:
+        for iid, job_id in named.items():
+            await r.set(Keys(settings.key_prefix).iid(iid), job_id)
+    finally:
+        await r.aclose()
+
+
 async def test_previous_interaction_must_be_the_tenants_own(
     two_tenants: httpx.AsyncClient, settings: Settings
 ) -> None:
-    a = {"Authorization": "Bearer key-a"}
-    b = {"Authorization": "Bearer key-b"}
+    a, b = KEY_A, KEY_B
     first = await two_tenants.post("/v1/jobs", json={"interaction": body()}, headers=a)
     assert first.status_code == 202
-    r = aredis.from_url(settings.effective_redis_url)
-    try:  # as the submit step records it once the upstream names the interaction
-        await r.set(Keys(settings.key_prefix).iid("v1_team_a_1"), first.json()["id"])
-    finally:
-        await r.aclose()
+    await name_interactions(settings, {"v1_team_a_1": first.json()["id"]})
     chained = {"interaction": body(previous_interaction_id="v1_team_a_1")}
     theirs = await two_tenants.post("/v1/jobs", json=chained, headers=b)
     assert theirs.status_code == 422, theirs.text
@@ -173,18 +183,11 @@ async def test_a_batch_of_many_chained_lines_names_each_foreign_chain(
     two_tenants: httpx.AsyncClient, settings: Settings
 ) -> None:
     # more lines than one lookup chunk (jobs/domain/batch_ingest.py, CHAIN_CHUNK)
-    a = {"Authorization": "Bearer key-a"}
-    b = {"Authorization": "Bearer key-b"}
+    a, b = KEY_A, KEY_B
     mine = await two_tenants.post("/v1/jobs", json={"interaction": body()}, headers=a)
     theirs = await two_tenants.post("/v1/jobs", json={"interaction": body()}, headers=b)
-    r = aredis.from_url(settings.effective_redis_url)
-    keys = Keys(settings.key_prefix)
-    try:
-        await r.set(keys.iid("v1_a"), mine.json()["id"])
-        await r.set(keys.iid("v1_b"), theirs.json()["id"])
-        await r.set(keys.iid("v1_gone"), "job_" + "0" * 32)  # its job was purged
-    finally:
-        await r.aclose()
+    named = {"v1_a": mine.json()["id"], "v1_b": theirs.json()["id"]}
+    await name_interactions(settings, {**named, "v1_gone": "job_" + "0" * 32})  # purged
     foreign = {700: "v1_b", 1001: "v1_nobody", 1100: "v1_gone", 1150: ""}
     lines = [
         {"custom_id": f"c{n}", "interaction": body(previous_interaction_id=foreign.get(n, "v1_a"))}
