@@ -112,7 +112,6 @@ class Intake:
     def __init__(self, cfg: Settings, tenant: str, batch_id: str, now: float) -> None:
         self.cfg, self.tenant, self.batch_id, self.now = cfg, tenant, batch_id, now
         self.count = 0  # non-blank lines
-        self.jobs = 0  # records made
         self.bad = 0
         self.errors: list[dict[str, Any]] = []
         self.seen: dict[str, int] = {}  # custom_id -> line
@@ -232,7 +231,6 @@ class Intake:
     # -- output -----------------------------------------------------------------
     def _take(self) -> list[Frame]:
         done, self._done = self._done, []
-        self.jobs += sum(len(f) for f in done)
         return done
 
     def finish(self) -> list[Frame]:

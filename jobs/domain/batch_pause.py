@@ -27,6 +27,7 @@ from jobs.errors import Conflict
 from jobs.observe import metrics
 from jobs.services import Services
 from jobs.storage import changes
+from jobs.storage.store import STAGING
 
 log = logging.getLogger("interq.batches")
 
@@ -98,7 +99,7 @@ async def held(svc: Services, batch_id: str) -> bool:
     """Whether the dispatcher leaves the batch's lane alone: paused, or not
     committed yet (``staging``: ``jobs/storage/batch_write.py``)."""
     key = svc.store.keys.batch(batch_id)
-    paused, staging = await svc.redis.hmget(key, ["paused", "staging"])  # type: ignore[misc]
+    paused, staging = await svc.redis.hmget(key, ["paused", STAGING])  # type: ignore[misc]
     return bool(paused or staging)
 
 

@@ -31,8 +31,7 @@ from jobs.domain.records import Batch, Job
 from jobs.domain.statuses import BATCH_COMPLETED, TERMINAL, JobStatus
 from jobs.services import Services
 from jobs.settings import get_settings as get_settings  # the default settings (tests patch it)
-from jobs.storage.batch_write import MARK
-from jobs.storage.store import Page
+from jobs.storage.store import STAGING, Page
 from jobs.upstream import answers as interactions
 
 CHUNK = 500
@@ -43,7 +42,7 @@ async def get_batch(svc: Services, tenant: str, batch_id: str) -> Batch | None:
     if len(batch_id) > 64:
         return None
     batch = await svc.store.get_batch(batch_id)
-    if batch is None or batch.tenant != tenant or batch.extra.get(MARK):
+    if batch is None or batch.tenant != tenant or batch.extra.get(STAGING):
         return None
     return batch
 

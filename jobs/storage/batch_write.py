@@ -51,7 +51,6 @@ from jobs.storage.store import STAGING
 STAGE_S = 60.0  # a staged batch not renewed for this long is purged by the sweeper
 RENEW_S = 10.0  # a writer renews its staging lease this often (before a frame, or idle)
 PURGE_CHUNK = 500
-MARK = STAGING
 
 
 def _scripts(svc: Services) -> dict[str, Any]:
@@ -82,7 +81,8 @@ class StagedBatch:
     async def stage(self) -> None:
         self.deadline, self.renewed_at = _deadline(), time.monotonic()
         async with self.svc.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.batch(self.batch.id), mapping={**self.batch.to_redis(), MARK: "1"})
+            record = {**self.batch.to_redis(), STAGING: "1"}
+            pipe.hset(self.keys.batch(self.batch.id), mapping=record)
             pipe.zadd(self.keys.expiring_batches, {self.batch.id: self.deadline})
             pipe.script_load(_scripts(self.svc)["create_batch_jobs"].script)  # for write()
             await pipe.execute()
@@ -141,7 +141,7 @@ class StagedBatch:
             raise Abandoned(bid)
 
     async def committed(self) -> bool:
-        marked = await self.svc.redis.hmget(self.keys.batch(self.batch.id), ["id", MARK])  # type: ignore[misc]
+        marked = await self.svc.redis.hmget(self.keys.batch(self.batch.id), ["id", STAGING])  # type: ignore[misc]
         return bool(marked[0]) and not marked[1]
 
     async def abandon(self) -> None:
