@@ -5,7 +5,6 @@ through a client that pauses, a slow DNS lookup, or Redis losing its scripts
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +18,7 @@ from jobs.services import Services
 from jobs.settings import Settings
 from jobs.storage import batch_write
 from jobs.work import retention
+from tests.helpers import wait_until
 from tests.test_batch_stream import NDJSON, NOTHING, leftovers, line, ndjson
 from tests.test_batch_stream import svc as svc  # the fixture
 
@@ -83,15 +83,33 @@ async def test_an_ndjson_batch_carries_its_metadata_in_a_header(
     assert await leftovers(svc) == before  # nothing more stored
 
 
+async def sweep_between_leases(svc: Services) -> float:
+    """Once the staged batch's lease has been renewed, a sweep at a time past
+    its first deadline and before the renewed one: what a sweeper would do
+    to a writer that did not renew. Returns the sweep's answer."""
+    key = svc.store.keys.expiring_batches
+
+    async def staged() -> Any:
+        return await svc.redis.zrange(key, 0, -1, withscores=True)
+
+    [(batch_id, first)] = await wait_until(staged, timeout=10, what="the batch staged")
+
+    async def renewed() -> float | None:
+        score = await svc.redis.zscore(key, batch_id)
+        return score if score is not None and score > first + 20 else None
+
+    later = await wait_until(renewed, timeout=10, what="the staging lease renewed")
+    return await retention.sweep_once(svc, now=(first + later) / 2000)
+
+
 async def test_a_client_that_pauses_mid_batch_keeps_its_lease(
     api: httpx.AsyncClient, svc: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a batch streamed from a slow generator: its first frames are staged in
     # Redis while the rest has not been sent; the writer renews its lease while
     # it waits, so the sweeper does not take the batch from under it
-    monkeypatch.setattr(batch_write, "STAGE_S", 0.6)
-    monkeypatch.setattr(batch_write, "RENEW_S", 0.1)
-    monkeypatch.setattr(batch_ingest, "RENEW_S", 0.1)
+    monkeypatch.setattr(batch_write, "RENEW_S", 0.05)
+    monkeypatch.setattr(batch_ingest, "RENEW_S", 0.05)
     monkeypatch.setattr("jobs.http.routes.batches.READ_CHUNK", 4096)
     rows = ndjson([line(i) for i in range(2 * FRAME)]).splitlines(keepends=True)
     swept: list[float] = []
@@ -105,13 +123,12 @@ async def test_a_client_that_pauses_mid_batch_keeps_its_lease(
             yield b"\n"
         # jobs of the batch are in Redis (staged), but not in the tenant's listing
         seen_while_staged.append((await api.get("/v1/jobs")).json()["data"])
-        await asyncio.sleep(1.5)  # the client thinks: longer than the staging lease
-        swept.append(await retention.sweep_once(svc))
+        swept.append(await sweep_between_leases(svc))  # the client thinks meanwhile
         for row in rows[FRAME:]:
             yield row
 
     r = await api.post("/v1/batches", content=slow_client(), headers=NDJSON)
-    assert swept, "the client did not pause"
+    assert swept, "no sweep ran: the lease was not renewed while the writer waited"
     assert r.status_code == 202, r.text
     assert r.json()["total"] == 2 * FRAME and r.json()["counts"]["queued"] == 2 * FRAME
     assert seen_while_staged == [[]]
@@ -127,14 +144,12 @@ async def test_a_slow_webhook_lookup_after_the_last_line_keeps_the_lease(
     from api import create_app
     from jobs.delivery.signing import generate_secret
 
-    monkeypatch.setattr(batch_write, "STAGE_S", 0.6)
-    monkeypatch.setattr(batch_write, "RENEW_S", 0.1)
-    monkeypatch.setattr(batch_ingest, "RENEW_S", 0.1)
+    monkeypatch.setattr(batch_write, "RENEW_S", 0.05)
+    monkeypatch.setattr(batch_ingest, "RENEW_S", 0.05)
     swept: list[float] = []
 
     async def slow_dns(host: str, port: int) -> list[str]:
-        await asyncio.sleep(1.5)  # a resolver slower than the staging lease
-        swept.append(await retention.sweep_once(svc))
+        swept.append(await sweep_between_leases(svc))  # a resolver slower than the lease
         return ["93.184.216.34"]
 
     hook = {"url": "https://hooks.example/h", "secret": generate_secret()}
@@ -145,7 +160,7 @@ async def test_a_slow_webhook_lookup_after_the_last_line_keeps_the_lease(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://interq") as api:
             r = await api.post("/v1/batches", content=rows, headers=NDJSON)
-    assert swept, "the resolver was not asked"
+    assert swept, "no sweep ran: the lease was not renewed during the lookup"
     assert r.status_code == 202, r.text
     assert r.json()["total"] == FRAME + 1
 
