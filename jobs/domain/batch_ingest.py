@@ -166,8 +166,7 @@ async def check_intake(svc: Services, intake: Intake, webhook: str = "") -> None
     bad = []
     for i in range(0, len(intake.chains), CHAIN_CHUNK):
         chunk = intake.chains[i : i + CHAIN_CHUNK]
-        named = [prev if isinstance(prev, str) else "" for _, prev in chunk]
-        owners = await svc.store.interaction_tenants(named)
+        owners = await svc.store.interaction_tenants([prev for _, prev in chunk])
         for (n, prev), owner in zip(chunk, owners, strict=True):
             if owner != intake.tenant:
                 problem = checks.not_own_interaction(prev)

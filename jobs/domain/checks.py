@@ -222,11 +222,8 @@ async def previous_problem(store: Store, tenant: str, body: dict[str, Any]) -> s
     prev = body.get("previous_interaction_id")
     if prev is None:
         return None
-    job_id = await store.job_for_interaction(prev) if isinstance(prev, str) else None
-    job = await store.get_job(job_id) if job_id else None
-    if job is None or job.tenant != tenant:
-        return not_own_interaction(prev)
-    return None
+    [owner] = await store.interaction_tenants([prev])
+    return None if owner == tenant else not_own_interaction(prev)
 
 
 def not_own_interaction(prev: Any) -> str:

@@ -51,11 +51,8 @@ class Page:
 
 def record_json(job: Job) -> bytes:
     """A new job's record as one UTF-8 JSON object, field -> value, for the
-    create scripts' ``cjson`` (``lua/create_job.lua``, ``create_batch_jobs.lua``).
-    Copied to a bytes object of its own size: orjson's output keeps the 4 KB
-    buffer it was written into, so the records of a batch waiting to be
-    written took ten times their size (95 MB at the peak of a 5 MB batch)."""
-    return bytes(memoryview(orjson.dumps(job.to_redis())))
+    create scripts' ``cjson`` (``lua/create_job.lua``, ``create_batch_jobs.lua``)."""
+    return orjson.dumps(job.to_redis())
 
 
 class Store(Transitions):
@@ -144,10 +141,12 @@ class Store(Transitions):
         raw = await self.redis.get(self.keys.iid(interaction_id))
         return _s(raw) if raw is not None else None
 
-    async def interaction_tenants(self, interaction_ids: list[str]) -> list[str | None]:
-        """For each interaction, the tenant of the job it belongs to (None: no
-        such job), in two round trips whatever the count (a batch's chains)."""
-        raw = await self.redis.mget([self.keys.iid(i) for i in interaction_ids])
+    async def interaction_tenants(self, interaction_ids: list[Any]) -> list[str | None]:
+        """For each interaction id as a caller sent it, the tenant of the job it
+        belongs to (None: no such job, or not a string), in two round trips
+        whatever the count (a batch's chains)."""
+        names = [i if isinstance(i, str) else "" for i in interaction_ids]  # "": never set
+        raw = await self.redis.mget([self.keys.iid(i) for i in names])
         job_ids = [_s(r) if r is not None else None for r in raw]
         async with self.redis.pipeline(transaction=False) as pipe:
             for jid in job_ids:
